@@ -1,0 +1,40 @@
+# The two commands that matter: `make run` (the appliance on embedded defaults) and `make test`
+# (everything CI checks). Both work on a fresh Debian machine with Python 3.11+; `make test`
+# installs what it needs (a venv in .venv, and Debian's coturn for its turnutils_* clients).
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: run test check lint typecheck system-deps clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.runtime: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.test: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@ $(VENV)/.runtime
+
+run: $(VENV)/.runtime
+	$(BIN)/secureconnect run
+
+system-deps:
+	bash scripts/install-system-deps.sh
+
+lint: $(VENV)/.test
+	$(BIN)/ruff check src tests
+	$(BIN)/lint-imports
+
+typecheck: $(VENV)/.test
+	$(BIN)/mypy
+
+test: $(VENV)/.test system-deps lint typecheck
+	$(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info

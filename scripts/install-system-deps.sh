@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Debian packages the test suite drives as real clients. Installed when missing; if they are
+# missing and cannot be installed (not root, no apt), this fails loudly instead of letting tests skip.
+set -euo pipefail
+
+need=()
+command -v turnutils_stunclient >/dev/null || need+=(coturn)
+command -v ip >/dev/null || need+=(iproute2)
+
+[ ${#need[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
+    echo "install-system-deps: missing ${need[*]} and cannot apt-get install them (need root on Debian)" >&2
+    exit 1
+fi
+echo "install-system-deps: installing ${need[*]}"
+export DEBIAN_FRONTEND=noninteractive
+# Debian's coturn package would start a turnserver on install where an init system runs; forbid
+# service starts during the install so nothing else holds our test ports.
+policy=/usr/sbin/policy-rc.d
+created_policy=0
+if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy" && created_policy=1
+fi
+trap '[ $created_policy = 1 ] && rm -f "$policy"' EXIT
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null

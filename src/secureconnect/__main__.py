@@ -1,0 +1,3 @@
+from secureconnect.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,165 @@
+"""The ``secureconnect`` command line.
+
+``run`` starts the supervisor (all enabled components, or the ones named), ``check-config``
+validates a file and prints the effective config with secrets masked, ``example-config`` prints
+the commented example. Flags that change config keys go through one table, :data:`FLAG_KEYS`, and
+``--set KEY=VALUE`` reaches every other key, so the CLI never re-implements a config rule.
+
+Exit status: 0 on success or clean shutdown, 1 when a component cannot start, 2 for a bad config
+or bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from secureconnect import __version__
+from secureconnect.config import (
+    Config,
+    ConfigError,
+    load_config,
+    parse_override,
+    render_effective,
+    render_example,
+)
+from secureconnect.logs import configure_logging, fields
+from secureconnect.runtime import COMPONENT_NAMES, build_components, prepare_runtime, service_urls
+from secureconnect.supervisor import StartupError, Supervisor
+
+log = logging.getLogger("secureconnect.cli")
+
+# argparse destination -> dotted config key: the one table of CLI overrides.
+FLAG_KEYS: dict[str, str] = {
+    "log_level": "general.log_level",
+    "log_format": "general.log_format",
+    "state_dir": "general.state_dir",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and documentation)."""
+    parser = argparse.ArgumentParser(
+        prog="secureconnect", description="STUN, TURN and WSS signaling for WebRTC."
+    )
+    parser.add_argument("--version", action="version", version=f"secureconnect {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run the appliance (all enabled components by default)")
+    run.add_argument(
+        "components",
+        nargs="*",
+        metavar="COMPONENT",
+        help=f"run only these: {', '.join(COMPONENT_NAMES)}",
+    )
+    _config_flags(run, config_optional=True)
+
+    check = commands.add_parser("check-config", help="validate a config file and print it")
+    check.add_argument("config", type=Path, help="the TOML file to check")
+    _config_flags(check, config_optional=False)
+
+    commands.add_parser("example-config", help="print the commented example config")
+    return parser
+
+
+def _config_flags(parser: argparse.ArgumentParser, *, config_optional: bool) -> None:
+    if config_optional:
+        parser.add_argument(
+            "-c", "--config", type=Path, help="TOML config (default: embedded defaults)"
+        )
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-format", choices=["kv", "json"])
+    parser.add_argument("--state-dir", help="where generated files live")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="set",
+        help="set any config key, e.g. --set stun.port=3479 (repeatable)",
+    )
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    overrides: dict[str, Any] = dict(parse_override(item) for item in args.set)
+    for dest, key in FLAG_KEYS.items():
+        if getattr(args, dest, None) is not None:
+            overrides[key] = getattr(args, dest)
+    return overrides
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "example-config":
+            sys.stdout.write(render_example())
+            return 0
+        if args.command == "check-config":
+            config = load_config(args.config, _overrides(args))
+            sys.stdout.write(render_effective(config))
+            return 0
+        config = load_config(args.config, _overrides(args))
+    except ConfigError as exc:
+        print(f"secureconnect: config error: {exc}", file=sys.stderr)
+        return 2
+    return run(config, args.config, args.components)
+
+
+def run(config: Config, config_path: Path | None, names: Sequence[str]) -> int:
+    """Run the supervisor until SIGINT/SIGTERM; return the exit status."""
+    configure_logging(config.general.log_level, config.general.log_format)
+    try:
+        runtime = prepare_runtime(config, config_path)
+        components = build_components(runtime, names)
+    except ConfigError as exc:
+        print(f"secureconnect: config error: {exc}", file=sys.stderr)
+        return 2
+    if not components:
+        print("secureconnect: no component is enabled", file=sys.stderr)
+        return 2
+    supervisor = Supervisor(
+        components,
+        drain_timeout=config.general.drain_timeout,
+        reload_hooks=runtime.reload_hooks(),
+    )
+
+    async def main_task() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(supervisor.serve_signals)
+            async with trio.open_nursery() as running:
+                await running.start(supervisor.run)
+                urls = service_urls(components)
+                log.info(
+                    "serving", extra=fields(urls=" ".join(urls), state_dir=str(runtime.state_dir))
+                )
+                print(
+                    "SecureConnect is ready:", *(f"  {url}" for url in urls), sep="\n", flush=True
+                )
+            # supervisor.run has returned: the shutdown is complete; stop listening for signals.
+            nursery.cancel_scope.cancel()
+
+    failure: StartupError | None = None
+    try:
+        trio.run(main_task)
+    except* StartupError as group:
+        failure = _first_leaf(group)
+    if failure is not None:
+        print(f"secureconnect: cannot start {failure}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _first_leaf(group: BaseExceptionGroup[StartupError]) -> StartupError:
+    """The first StartupError in a (possibly nested) exception group."""
+    first: BaseException = group
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    return typing.cast(StartupError, first)

@@ -1,0 +1,200 @@
+"""The configuration schema: frozen dataclasses, one per TOML section.
+
+This module is the single place where keys, types, defaults and their one-line descriptions live
+(the ``doc`` metadata). The shipped example config is rendered from it
+(:func:`secureconnect.config.render.render_example`) and a test keeps the file in sync, so the
+documentation cannot drift from what the loader accepts.
+
+Conventions:
+- A key whose metadata has ``secret=True`` is masked when the effective config is printed.
+- ``*_file`` keys name files holding secrets; a relative name is looked up in systemd's
+  ``$CREDENTIALS_DIRECTORY`` first (``LoadCredential=``), then relative to the config file.
+- ``check`` metadata holds a validator returning an error message or ``None``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+Check = Callable[[Any], "str | None"]
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("kv", "json")
+
+
+def _doc(text: str, *, secret: bool = False, check: Check | None = None) -> dict[str, Any]:
+    return {"doc": text, "secret": secret, "check": check}
+
+
+def _port(value: int) -> str | None:
+    return None if 1 <= value <= 65535 else "must be a port number from 1 to 65535"
+
+
+def _port_or_zero(value: int) -> str | None:
+    return None if 0 <= value <= 65535 else "must be 0 (ephemeral) or a port number up to 65535"
+
+
+def _positive(value: float) -> str | None:
+    return None if value > 0 else "must be greater than 0"
+
+
+def _one_of(*choices: str) -> Check:
+    def check(value: str) -> str | None:
+        return None if value in choices else f"must be one of {', '.join(choices)}"
+
+    return check
+
+
+def _ip(value: str) -> str | None:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return f"{value!r} is not an IP address"
+    return None
+
+
+def _ip_or_empty(value: str) -> str | None:
+    return None if value == "" else _ip(value)
+
+
+def _ip_list(values: tuple[str, ...]) -> str | None:
+    if not values:
+        return "must name at least one address"
+    for value in values:
+        if (problem := _ip(value)) is not None:
+            return problem
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class GeneralConfig:
+    """Process-wide settings."""
+
+    log_level: str = field(
+        default="info",
+        metadata=_doc("log level: debug, info, warning or error", check=_one_of(*LOG_LEVELS)),
+    )
+    log_format: str = field(
+        default="kv",
+        metadata=_doc("log line format: kv (key=value) or json", check=_one_of(*LOG_FORMATS)),
+    )
+    state_dir: str = field(
+        default="",
+        metadata=_doc(
+            "where generated files live; empty: $STATE_DIRECTORY, $XDG_STATE_HOME/secureconnect "
+            "or ~/.local/state/secureconnect"
+        ),
+    )
+    drain_timeout: float = field(
+        default=3.0,
+        metadata=_doc(
+            "seconds to drain connections on SIGTERM before they are cut", check=_positive
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """The certificate shared by STUN/TURN over TLS and WSS signaling (reloaded on SIGHUP)."""
+
+    cert_file: str = field(
+        default="",
+        metadata=_doc("PEM certificate chain; empty: a self-signed one is generated in state_dir"),
+    )
+    key_file: str = field(
+        default="",
+        metadata=_doc("PEM private key for cert_file; empty together with cert_file"),
+    )
+    server_names: tuple[str, ...] = field(
+        default=("localhost", "127.0.0.1", "::1"),
+        metadata=_doc("names and addresses the generated self-signed certificate is valid for"),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class StunConfig:
+    """The STUN responder (RFC 8489 Binding, RFC 5780 discovery, classic RFC 3489 answers)."""
+
+    enabled: bool = field(default=True, metadata=_doc("run the STUN responder"))
+    listen: tuple[str, ...] = field(
+        default=("127.0.0.1",),
+        metadata=_doc("addresses to listen on (loopback by default)", check=_ip_list),
+    )
+    port: int = field(default=3478, metadata=_doc("UDP and TCP port", check=_port_or_zero))
+    udp: bool = field(default=True, metadata=_doc("answer over UDP"))
+    tcp: bool = field(default=True, metadata=_doc("answer over TCP"))
+    tls: bool = field(default=True, metadata=_doc("answer over TLS on tls_port"))
+    tls_port: int = field(default=5349, metadata=_doc("STUN over TLS port", check=_port_or_zero))
+    alternate_address: str = field(
+        default="",
+        metadata=_doc(
+            "second IP of this host: enables RFC 5780 discovery (OTHER-ADDRESS, CHANGE-REQUEST); "
+            "empty: off",
+            check=_ip_or_empty,
+        ),
+    )
+    alternate_port: int = field(
+        default=3479,
+        metadata=_doc("second UDP port used with alternate_address", check=_port),
+    )
+    software: str = field(
+        default="",
+        metadata=_doc(
+            "SOFTWARE attribute and error reason phrases; empty: none (less amplification)"
+        ),
+    )
+    max_connections: int = field(
+        default=1024,
+        metadata=_doc(
+            "TCP/TLS connections open at once; more are closed at accept", check=_positive
+        ),
+    )
+    idle_timeout: float = field(
+        default=30.0,
+        metadata=_doc("seconds a TCP/TLS connection may stay silent", check=_positive),
+    )
+    handshake_timeout: float = field(
+        default=10.0,
+        metadata=_doc("seconds a TLS handshake may take", check=_positive),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class TurnConfig:
+    """TURN credentials shared with signaling (the relay itself arrives with the TURN issue)."""
+
+    realm: str = field(default="secureconnect", metadata=_doc("long-term credential realm"))
+    secrets: tuple[str, ...] = field(
+        default=(),
+        metadata=_doc(
+            "TURN REST API shared secrets, newest first (several allow rotation)", secret=True
+        ),
+    )
+    secret_file: str = field(
+        default="",
+        metadata=_doc(
+            "file with one shared secret per line, newest first; empty and no secrets: a random "
+            "secret is generated in state_dir"
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole configuration; every key has a default, so an empty file is valid."""
+
+    general: GeneralConfig = field(default_factory=GeneralConfig)
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    stun: StunConfig = field(default_factory=StunConfig)
+    turn: TurnConfig = field(default_factory=TurnConfig)
+
+
+SECTION_DOCS: dict[str, str] = {
+    "general": "Process-wide settings.",
+    "tls": "The certificate for STUN/TURN over TLS and WSS (reloaded on SIGHUP).",
+    "stun": "The STUN responder: RFC 8489 Binding, RFC 5780 discovery, classic RFC 3489 answers.",
+    "turn": "TURN credentials (the relay arrives with the TURN component).",
+}

@@ -1,0 +1,1 @@
+"""WSS signaling. Arrives with the signaling issue."""

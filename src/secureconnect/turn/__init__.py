@@ -1,0 +1,1 @@
+"""TURN relay (RFC 8656). Arrives with the TURN issue."""

@@ -1,0 +1,161 @@
+"""Config loading: defaults, errors naming file and dotted key, overrides, the shipped example."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from importlib import resources
+from pathlib import Path
+
+import pytest
+
+from secureconnect.cli import main
+from secureconnect.config import (
+    Config,
+    ConfigError,
+    load_config,
+    parse_override,
+    render_effective,
+    render_example,
+)
+from secureconnect.runtime import load_turn_secrets
+from secureconnect.statedir import resolve_secret_file
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "sc.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_no_file_and_empty_file_give_the_defaults(tmp_path: Path) -> None:
+    assert load_config(None) == Config()
+    assert load_config(write(tmp_path, "")) == Config()
+    assert Config().stun.listen == ("127.0.0.1",)  # loopback-safe embedded default
+    assert Config().stun.port == 3478
+    assert Config().stun.tls_port == 5349
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "fragment"),
+    [
+        ("[bogus]\nx = 1\n", "bogus", "unknown section"),
+        ("[stun]\nprot = 1\n", "stun.prot", "unknown key"),
+        ("[stun]\nport = 'x'\n", "stun.port", "whole number"),
+        ("[stun]\nport = 70000\n", "stun.port", "port number"),
+        ("[stun]\nudp = 1\n", "stun.udp", "true or false"),
+        ("[stun]\nlisten = '127.0.0.1'\n", "stun.listen", "list of strings"),
+        ("[stun]\nlisten = ['localhost']\n", "stun.listen", "not an IP address"),
+        ("[general]\nlog_level = 'loud'\n", "general.log_level", "one of"),
+        ("[general]\ndrain_timeout = 0\n", "general.drain_timeout", "greater than 0"),
+        ("stun = 3\n", "stun", "must be a table"),
+        ("[tls]\ncert_file = 'c.pem'\n", "tls.key_file", "go together"),
+        ("[stun]\nalternate_address = '127.0.0.1'\n", "stun.alternate_address", "differ"),
+        ("[stun]\nalternate_address = '::2'\n", "stun.alternate_address", "family"),
+        (
+            "[stun]\nalternate_address = '127.0.0.2'\nalternate_port = 3478\n",
+            "stun.alternate_port",
+            "differ",
+        ),
+        (
+            "[stun]\nalternate_address = '127.0.0.2'\nlisten = ['127.0.0.1', '::1']\n",
+            "stun.listen",
+            "exactly one",
+        ),
+        ("[stun]\nudp = false\ntcp = false\ntls = false\n", "stun.udp", "all off"),
+    ],
+)
+def test_bad_config_names_file_and_key(tmp_path: Path, text: str, key: str, fragment: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert caught.value.key == key
+    assert fragment in caught.value.message
+    assert str(caught.value).startswith(f"{path}: {key}: ")
+
+
+def test_unreadable_and_invalid_toml_name_the_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.toml")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(write(tmp_path, "[stun\n"))
+
+
+def test_overrides_are_checked_like_the_file(tmp_path: Path) -> None:
+    config = load_config(
+        write(tmp_path, "[stun]\nport = 4000\n"), dict([parse_override("stun.port=4001")])
+    )
+    assert config.stun.port == 4001
+    assert parse_override("general.log_level=debug") == ("general.log_level", "debug")
+    assert parse_override("stun.listen=['::1']") == ("stun.listen", ["::1"])
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, {"stun.port": 0.5})
+    assert caught.value.key == "stun.port"
+    assert caught.value.source == "<defaults>"
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        parse_override("no-equals-sign")
+
+
+def test_shipped_example_is_the_rendered_schema_and_loads() -> None:
+    shipped = resources.files("secureconnect.config").joinpath("example.toml").read_text("utf-8")
+    assert shipped == render_example(), (
+        "regenerate: secureconnect example-config > src/.../example.toml"
+    )
+    assert load_config(None) == Config()
+    # Uncommenting every `# key = value` line yields valid TOML that loads to the defaults, so the
+    # documented defaults are the real ones and have the right types.
+    uncommented = re.sub(r"^# (\w+ = .*)$", r"\1", shipped, flags=re.MULTILINE)
+    tree = tomllib.loads(uncommented)
+    assert set(tree) == {"general", "tls", "stun", "turn"}
+    for section, keys in tree.items():
+        for key, value in keys.items():
+            loaded = getattr(getattr(Config(), section), key)
+            assert (list(loaded) if isinstance(loaded, tuple) else loaded) == value
+
+
+def test_effective_config_masks_secrets_and_round_trips(tmp_path: Path) -> None:
+    config = load_config(None, {"turn.secrets": ["hunter2", "older"], "stun.port": 4000})
+    text = render_effective(config)
+    assert "hunter2" not in text
+    assert "older" not in text
+    assert 'secrets = ["********", "********"]' in text
+    again = load_config(
+        write(tmp_path, text.replace('"********", "********"', '"hunter2", "older"'))
+    )
+    assert again == config
+
+
+def test_check_config_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = write(tmp_path, "[stunn]\nport = 1\n")
+    assert main(["check-config", str(bad)]) == 2
+    assert "stunn: unknown section" in capsys.readouterr().err
+    good = write(tmp_path, "[turn]\nsecrets = ['s3cret']\n")
+    assert main(["check-config", str(good)]) == 0
+    out = capsys.readouterr().out
+    assert "s3cret" not in out
+    assert "[stun]" in out
+
+
+def test_secret_files_come_from_credentials_directory(tmp_path: Path) -> None:
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "turn-secret").write_text("# rotated weekly\nnewest\n\nolder\n", encoding="utf-8")
+    env = {"CREDENTIALS_DIRECTORY": str(creds)}
+    assert resolve_secret_file("turn-secret", tmp_path, env) == creds / "turn-secret"
+    assert resolve_secret_file("other", tmp_path, env) == tmp_path / "other"
+    assert resolve_secret_file("/abs/x", tmp_path, env) == Path("/abs/x")
+    path = write(
+        tmp_path, f"[turn]\nsecrets = ['inline']\nsecret_file = '{creds / 'turn-secret'}'\n"
+    )
+    assert load_turn_secrets(load_config(path), path, tmp_path / "state") == (
+        "inline",
+        "newest",
+        "older",
+    )
+
+
+def test_missing_secret_file_names_the_key(tmp_path: Path) -> None:
+    path = write(tmp_path, "[turn]\nsecret_file = 'nope'\n")
+    with pytest.raises(ConfigError) as caught:
+        load_turn_secrets(load_config(path), path, tmp_path / "state")
+    assert caught.value.key == "turn.secret_file"
