@@ -12,8 +12,10 @@ or bad arguments.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
+import time
 import typing
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,8 +32,17 @@ from secureconnect.config import (
     render_effective,
     render_example,
 )
+from secureconnect.credentials import CredentialMinter
 from secureconnect.logs import configure_logging, fields
-from secureconnect.runtime import COMPONENT_NAMES, build_components, prepare_runtime, service_urls
+from secureconnect.runtime import (
+    COMPONENT_NAMES,
+    build_components,
+    load_turn_secrets,
+    prepare_runtime,
+    service_urls,
+    turn_uris,
+)
+from secureconnect.statedir import resolve_state_dir
 from secureconnect.supervisor import StartupError, Supervisor
 
 log = logging.getLogger("secureconnect.cli")
@@ -66,6 +77,15 @@ def build_parser() -> argparse.ArgumentParser:
     _config_flags(check, config_optional=False)
 
     commands.add_parser("example-config", help="print the commented example config")
+
+    creds = commands.add_parser(
+        "credentials", help="print a fresh TURN REST API credential as JSON"
+    )
+    creds.add_argument("--user", help="user id embedded in the username (optional)")
+    creds.add_argument(
+        "--ttl", type=int, help="seconds the credential is valid (turn.credential_ttl)"
+    )
+    _config_flags(creds, config_optional=True)
     return parser
 
 
@@ -107,10 +127,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stdout.write(render_effective(config))
             return 0
         config = load_config(args.config, _overrides(args))
+        if args.command == "credentials":
+            return print_credentials(config, args.config, args.user, args.ttl)
     except ConfigError as exc:
         print(f"secureconnect: config error: {exc}", file=sys.stderr)
         return 2
     return run(config, args.config, args.components)
+
+
+def print_credentials(
+    config: Config, config_path: Path | None, user: str | None, ttl: int | None
+) -> int:
+    """``secureconnect credentials``: the TURN REST API JSON for the newest shared secret."""
+    secrets = load_turn_secrets(config, config_path, resolve_state_dir(config.general.state_dir))
+    try:
+        credential = CredentialMinter(secrets).mint(
+            user, ttl or config.turn.credential_ttl, time.time()
+        )
+    except ValueError as exc:
+        print(f"secureconnect: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(credential.to_json(turn_uris(config)), indent=2))
+    return 0
 
 
 def run(config: Config, config_path: Path | None, names: Sequence[str]) -> int:

@@ -8,12 +8,14 @@ explicitly.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from secureconnect.config import Config, ConfigError
+from secureconnect.credentials import CredentialMinter, NonceMint
 from secureconnect.logs import fields
 from secureconnect.statedir import (
     ensure_self_signed,
@@ -26,6 +28,11 @@ from secureconnect.stun.responder import BindingResponder, ResponderConfig
 from secureconnect.stun.serve import StunEndpoints, StunServer
 from secureconnect.supervisor import Component
 from secureconnect.tlscontext import CertificateStore
+from secureconnect.turn.allocation import RelayPortPool
+from secureconnect.turn.auth import Authenticator, RateLimiter
+from secureconnect.turn.core import TurnCore, TurnSettings
+from secureconnect.turn.peerpolicy import DEFAULT_DENY, LOOPBACK_RANGES, PeerPolicy
+from secureconnect.turn.serve import TurnEndpoints, TurnServer
 
 log = logging.getLogger("secureconnect.runtime")
 
@@ -40,11 +47,14 @@ class Runtime:
     config_path: Path | None
     state_dir: Path
     certificates: CertificateStore
-    turn_secrets: tuple[str, ...]
+    minter: CredentialMinter  # shared by TURN (checks) and signaling (mints)
+    nonces: NonceMint = field(default_factory=NonceMint.random)
 
     def reload_turn_secrets(self) -> None:
         """Re-read the TURN shared secrets (config text stays as loaded; files are re-read)."""
-        self.turn_secrets = load_turn_secrets(self.config, self.config_path, self.state_dir)
+        self.minter.replace_secrets(
+            load_turn_secrets(self.config, self.config_path, self.state_dir)
+        )
 
     def reload_hooks(self) -> list[tuple[str, Callable[[], None]]]:
         """What SIGHUP reloads, in order."""
@@ -67,7 +77,7 @@ def prepare_runtime(config: Config, config_path: Path | None) -> Runtime:
     except (OSError, ValueError) as exc:
         raise ConfigError(str(config_path or "<defaults>"), "tls.cert_file", str(exc)) from exc
     secrets = load_turn_secrets(config, config_path, state_dir)
-    return Runtime(config, config_path, state_dir, certificates, secrets)
+    return Runtime(config, config_path, state_dir, certificates, CredentialMinter(secrets))
 
 
 def load_turn_secrets(config: Config, config_path: Path | None, state_dir: Path) -> tuple[str, ...]:
@@ -87,7 +97,11 @@ def load_turn_secrets(config: Config, config_path: Path | None, state_dir: Path)
 
 
 def build_components(runtime: Runtime, names: Sequence[str]) -> list[Component]:
-    """The enabled components among ``names`` (all when empty), in start order."""
+    """The enabled components among ``names`` (all when empty), in start order.
+
+    With no names, a STUN component that would share its port with TURN is not built: the TURN
+    listener answers Binding on that port itself (as coturn does).
+    """
     config = runtime.config
     wanted = list(names) or [n for n in COMPONENT_NAMES if n in BUILDERS]
     for name in wanted:
@@ -97,11 +111,20 @@ def build_components(runtime: Runtime, names: Sequence[str]) -> list[Component]:
             )
         if name not in BUILDERS:
             raise ConfigError("<command line>", name, "this component is not available yet")
+    if not names and "turn" in wanted and config.turn.enabled and stun_served_by_turn(config):
+        log.info("stun-served-by-turn", extra=fields(port=config.turn.port))
+        wanted.remove("stun")
     components: list[Component] = []
     for name in wanted:
         if getattr(config, name).enabled or names:
             components.append(BUILDERS[name](runtime))
     return components
+
+
+def stun_served_by_turn(config: Config) -> bool:
+    """Whether the STUN component's port is one the TURN listener already answers on."""
+    stun, turn = config.stun, config.turn
+    return stun.enabled and stun.port == turn.port and bool(set(stun.listen) & set(turn.listen))
 
 
 def build_stun(runtime: Runtime) -> StunServer:
@@ -134,7 +157,81 @@ def build_stun(runtime: Runtime) -> StunServer:
     )
 
 
-BUILDERS: dict[str, Callable[[Runtime], Component]] = {"stun": build_stun}
+def _per_family(addresses: Sequence[str]) -> dict[int, str]:
+    """The first address of each IP version."""
+    found: dict[int, str] = {}
+    for address in addresses:
+        found.setdefault(ipaddress.ip_address(address).version, address)
+    return found
+
+
+def peer_policy(config: Config) -> PeerPolicy:
+    """The relay's peer policy: the built-in denylist plus ``denied_peers``, with
+    ``allowed_peers`` (and loopback, when ``loopback_peers`` says so) as exceptions."""
+    turn = config.turn
+    allow = list(turn.allowed_peers)
+    all_loopback = all(ipaddress.ip_address(a).is_loopback for a in turn.listen)
+    if turn.loopback_peers == "allow" or (turn.loopback_peers == "auto" and all_loopback):
+        allow += LOOPBACK_RANGES
+    return PeerPolicy(deny=(*DEFAULT_DENY, *turn.denied_peers), allow=allow)
+
+
+def build_turn(runtime: Runtime) -> TurnServer:
+    """The TURN component from ``[turn]``; it also answers STUN Binding on its ports."""
+    turn = runtime.config.turn
+    relay = _per_family(turn.relay_addresses or turn.listen)
+    external = _per_family(turn.external_addresses)
+    settings = TurnSettings(
+        relay_ipv4=relay.get(4),
+        relay_ipv6=relay.get(6),
+        external_ipv4=external.get(4),
+        external_ipv6=external.get(6),
+        default_lifetime=turn.default_lifetime,
+        max_lifetime=turn.max_lifetime,
+        user_quota=turn.user_quota,
+        total_quota=turn.total_quota,
+        max_permissions=turn.max_permissions,
+        max_channels=turn.max_channels,
+        bandwidth=turn.bandwidth_limit,
+        rfc5766_channels=turn.rfc5766_channels,
+        software=turn.software or None,
+        reason_phrases=bool(turn.software),
+    )
+    users = dict(user.split(":", 1) for user in turn.users)
+    auth = Authenticator(
+        realm=turn.realm,
+        minter=runtime.minter,
+        nonces=runtime.nonces,
+        static_users=users,
+        strict_expiry=turn.strict_expiry,
+        unauthorized=RateLimiter(rate=turn.unauthorized_rate, burst=2 * turn.unauthorized_rate),
+    )
+    core = TurnCore(
+        settings,
+        auth=auth,
+        peers=peer_policy(runtime.config),
+        ports=RelayPortPool(turn.relay_port_min, turn.relay_port_max),
+        binding=BindingResponder(
+            ResponderConfig(software=turn.software or None, reason_phrases=bool(turn.software))
+        ),
+    )
+    return TurnServer(
+        core,
+        TurnEndpoints(
+            addresses=turn.listen,
+            port=turn.port,
+            udp=turn.udp,
+            tcp=turn.tcp,
+            tls_port=turn.tls_port if turn.tls else None,
+        ),
+        tls_context=lambda: runtime.certificates.context,
+        max_connections=turn.max_connections,
+        idle_timeout=turn.idle_timeout,
+        handshake_timeout=turn.handshake_timeout,
+    )
+
+
+BUILDERS: dict[str, Callable[[Runtime], Component]] = {"stun": build_stun, "turn": build_turn}
 
 
 def service_urls(components: Sequence[Component]) -> list[str]:
@@ -142,18 +239,47 @@ def service_urls(components: Sequence[Component]) -> list[str]:
     urls: list[str] = []
     for component in components:
         if isinstance(component, StunServer):
+            primary = _primary_udp(component)
             for transport, ip, port in component.bound:
-                host = f"[{ip}]" if ":" in ip else ip
-                if transport == "udp" and (ip, port) in _primary_udp(component):
-                    urls.append(f"stun:{host}:{port}")
-                elif transport == "tcp":
-                    urls.append(f"stun:{host}:{port}?transport=tcp")
-                elif transport == "tls":
-                    urls.append(f"stuns:{host}:{port}")
+                if transport != "udp" or (ip, port) in primary:
+                    urls.append(_url("stun", transport, ip, port))
+        elif isinstance(component, TurnServer):
+            for transport, ip, port in component.bound:
+                urls.append(_url("turn", transport, ip, port))
+            urls += [_url("stun", t, ip, port) for t, ip, port in component.bound if t == "udp"]
     return urls
+
+
+def _url(scheme: str, transport: str, ip: str, port: int) -> str:
+    """RFC 7064/7065 URIs: stun:, stuns:, turn:...?transport=udp|tcp, turns:...?transport=tcp."""
+    host = f"[{ip}]" if ":" in ip else ip
+    if scheme == "stun":
+        return {"udp": f"stun:{host}:{port}", "tcp": f"stun:{host}:{port}?transport=tcp"}.get(
+            transport, f"stuns:{host}:{port}"
+        )
+    if transport == "tls":
+        return f"turns:{host}:{port}?transport=tcp"
+    return f"turn:{host}:{port}?transport={transport}"
 
 
 def _primary_udp(server: StunServer) -> set[tuple[str, int]]:
     return {(ip, server.endpoints.port) for ip in server.endpoints.addresses} | {
         (ip, port) for t, ip, port in server.bound if t == "udp" and server.endpoints.port == 0
     }
+
+
+def turn_uris(config: Config) -> list[str]:
+    """The TURN URIs to hand to clients, from the config (external addresses first)."""
+    turn = config.turn
+    hosts = list(turn.external_addresses) or [
+        a for a in turn.listen if not ipaddress.ip_address(a).is_unspecified
+    ]
+    uris: list[str] = []
+    for host in hosts:
+        if turn.udp:
+            uris.append(_url("turn", "udp", host, turn.port))
+        if turn.tcp:
+            uris.append(_url("turn", "tcp", host, turn.port))
+        if turn.tls:
+            uris.append(_url("turn", "tls", host, turn.tls_port))
+    return uris

@@ -11,6 +11,7 @@ validation, so they get exactly the same checks and error messages as the file.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import tomllib
 import typing
 from collections.abc import Mapping
@@ -157,3 +158,41 @@ def _cross_check(config: Config, source: str) -> None:
             raise ConfigError(source, "stun.alternate_port", "must differ from stun.port")
         if stun.port == 0:
             raise ConfigError(source, "stun.port", "RFC 5780 needs a fixed port, not 0")
+    _check_turn(config, source)
+
+
+def _families(addresses: tuple[str, ...]) -> list[int]:
+    return [ipaddress.ip_address(a).version for a in addresses]
+
+
+def _check_turn(config: Config, source: str) -> None:
+    """TURN keys that depend on each other or on ``[stun]``."""
+    turn = config.turn
+    if not turn.enabled:
+        return
+    if not (turn.udp or turn.tcp or turn.tls):
+        raise ConfigError(source, "turn.udp", "turn is enabled but udp, tcp and tls are all off")
+    if turn.relay_port_min > turn.relay_port_max:
+        raise ConfigError(
+            source, "turn.relay_port_min", "is above turn.relay_port_max (range upside down)"
+        )
+    if turn.relay_port_min < 1024:
+        raise ConfigError(source, "turn.relay_port_min", "relay ports never come from 0-1023")
+    if turn.default_lifetime > turn.max_lifetime:
+        raise ConfigError(source, "turn.default_lifetime", "is above turn.max_lifetime")
+    for key, addresses in (
+        ("turn.relay_addresses", turn.relay_addresses),
+        ("turn.external_addresses", turn.external_addresses),
+    ):
+        families = _families(addresses)
+        if len(set(families)) != len(families):
+            raise ConfigError(source, key, "at most one address per family")
+    stun = config.stun
+    shared = stun.enabled and stun.port == turn.port and set(stun.listen) & set(turn.listen)
+    if shared and stun.alternate_address:
+        raise ConfigError(
+            source,
+            "stun.port",
+            "RFC 5780 needs the STUN component on its own port: TURN already answers Binding "
+            f"on {turn.port}",
+        )

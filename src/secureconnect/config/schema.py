@@ -69,6 +69,29 @@ def _ip_list(values: tuple[str, ...]) -> str | None:
     return None
 
 
+def _software_field() -> Any:
+    """The SOFTWARE key shared by [stun] and [turn]."""
+    return field(
+        default="",
+        metadata=_doc(
+            "SOFTWARE attribute and error reason phrases; empty: none (less amplification)"
+        ),
+    )
+
+
+def _max_connections_field() -> Any:
+    return field(
+        default=1024,
+        metadata=_doc(
+            "TCP/TLS connections open at once; more are closed at accept", check=_positive
+        ),
+    )
+
+
+def _handshake_timeout_field() -> Any:
+    return field(default=10.0, metadata=_doc("seconds a TLS handshake may take", check=_positive))
+
+
 @dataclass(frozen=True, slots=True)
 class GeneralConfig:
     """Process-wide settings."""
@@ -140,32 +163,75 @@ class StunConfig:
         default=3479,
         metadata=_doc("second UDP port used with alternate_address", check=_port),
     )
-    software: str = field(
-        default="",
-        metadata=_doc(
-            "SOFTWARE attribute and error reason phrases; empty: none (less amplification)"
-        ),
-    )
-    max_connections: int = field(
-        default=1024,
-        metadata=_doc(
-            "TCP/TLS connections open at once; more are closed at accept", check=_positive
-        ),
-    )
+    software: str = _software_field()
+    max_connections: int = _max_connections_field()
     idle_timeout: float = field(
         default=30.0,
         metadata=_doc("seconds a TCP/TLS connection may stay silent", check=_positive),
     )
-    handshake_timeout: float = field(
-        default=10.0,
-        metadata=_doc("seconds a TLS handshake may take", check=_positive),
-    )
+    handshake_timeout: float = _handshake_timeout_field()
+
+
+def _ip_list_or_empty(values: tuple[str, ...]) -> str | None:
+    return None if not values else _ip_list(values)
+
+
+def _cidr_list(values: tuple[str, ...]) -> str | None:
+    for value in values:
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            return f"{value!r} is not an address or CIDR range"
+    return None
+
+
+def _user_list(values: tuple[str, ...]) -> str | None:
+    for value in values:
+        name, colon, password = value.partition(":")
+        if not colon or not name or not password:
+            return 'entries must be "user:password"'
+    return None
+
+
+def _non_negative(value: float) -> str | None:
+    return None if value >= 0 else "must be 0 or more"
 
 
 @dataclass(frozen=True, slots=True)
 class TurnConfig:
-    """TURN credentials shared with signaling (the relay itself arrives with the TURN issue)."""
+    """The TURN relay (RFC 8656) and the credentials it shares with signaling."""
 
+    enabled: bool = field(default=True, metadata=_doc("run the TURN relay"))
+    listen: tuple[str, ...] = field(
+        default=("127.0.0.1",),
+        metadata=_doc("addresses clients reach TURN on (loopback by default)", check=_ip_list),
+    )
+    port: int = field(
+        default=3478,
+        metadata=_doc("UDP and TCP port; also answers STUN Binding", check=_port_or_zero),
+    )
+    udp: bool = field(default=True, metadata=_doc("accept clients over UDP"))
+    tcp: bool = field(default=True, metadata=_doc("accept clients over TCP"))
+    tls: bool = field(default=True, metadata=_doc("accept clients over TLS on tls_port"))
+    tls_port: int = field(default=5349, metadata=_doc("TURN over TLS port", check=_port_or_zero))
+    relay_addresses: tuple[str, ...] = field(
+        default=(),
+        metadata=_doc(
+            "local addresses relay sockets bind to, at most one per family; empty: the first "
+            "listen address of each family",
+            check=_ip_list_or_empty,
+        ),
+    )
+    external_addresses: tuple[str, ...] = field(
+        default=(),
+        metadata=_doc(
+            "public addresses advertised as relayed addresses behind a 1:1 NAT (Docker, cloud), "
+            "at most one per family; empty: the relay address itself",
+            check=_ip_list_or_empty,
+        ),
+    )
+    relay_port_min: int = field(default=49152, metadata=_doc("lowest relay port", check=_port))
+    relay_port_max: int = field(default=65535, metadata=_doc("highest relay port", check=_port))
     realm: str = field(default="secureconnect", metadata=_doc("long-term credential realm"))
     secrets: tuple[str, ...] = field(
         default=(),
@@ -180,6 +246,91 @@ class TurnConfig:
             "secret is generated in state_dir"
         ),
     )
+    users: tuple[str, ...] = field(
+        default=(),
+        metadata=_doc(
+            'static long-term users as "user:password" (labs, legacy clients)',
+            secret=True,
+            check=_user_list,
+        ),
+    )
+    credential_ttl: int = field(
+        default=86400,
+        metadata=_doc("seconds a minted REST credential stays valid", check=_positive),
+    )
+    strict_expiry: bool = field(
+        default=False,
+        metadata=_doc(
+            "end allocations when their REST credential expires; false: expiry is checked at "
+            "Allocate and sessions may refresh past it (coturn's behaviour)"
+        ),
+    )
+    default_lifetime: int = field(
+        default=600,
+        metadata=_doc("allocation lifetime when the client asks for less", check=_positive),
+    )
+    max_lifetime: int = field(
+        default=3600, metadata=_doc("longest allocation lifetime granted", check=_positive)
+    )
+    user_quota: int = field(
+        default=10, metadata=_doc("allocations one username may hold", check=_positive)
+    )
+    total_quota: int = field(
+        default=1000, metadata=_doc("allocations the server holds at most", check=_positive)
+    )
+    max_permissions: int = field(
+        default=64, metadata=_doc("permissions per allocation", check=_positive)
+    )
+    max_channels: int = field(
+        default=64, metadata=_doc("channel bindings per allocation", check=_positive)
+    )
+    bandwidth_limit: int = field(
+        default=5_000_000,
+        metadata=_doc(
+            "bytes per second one allocation may relay, both directions; 0: unlimited",
+            check=_non_negative,
+        ),
+    )
+    rfc5766_channels: bool = field(
+        default=False,
+        metadata=_doc(
+            "also accept RFC 5766 channel numbers 0x5000-0x7FFF (coturn's turnutils_uclient "
+            "uses them); RFC 8656 allows 0x4000-0x4FFF only"
+        ),
+    )
+    allowed_peers: tuple[str, ...] = field(
+        default=(),
+        metadata=_doc(
+            "CIDR ranges relayed to even though the denylist covers them (labs, tests)",
+            check=_cidr_list,
+        ),
+    )
+    denied_peers: tuple[str, ...] = field(
+        default=(),
+        metadata=_doc("CIDR ranges refused in addition to the built-in denylist", check=_cidr_list),
+    )
+    loopback_peers: str = field(
+        default="auto",
+        metadata=_doc(
+            "relay to loopback peers: auto (only when every listen address is loopback, for "
+            "local demos), allow or deny",
+            check=_one_of("auto", "allow", "deny"),
+        ),
+    )
+    unauthorized_rate: float = field(
+        default=20.0,
+        metadata=_doc(
+            "401 responses per second per source address (amplification); 0: unlimited",
+            check=_non_negative,
+        ),
+    )
+    software: str = _software_field()
+    max_connections: int = _max_connections_field()
+    idle_timeout: float = field(
+        default=300.0,
+        metadata=_doc("seconds a TCP/TLS client may stay silent", check=_positive),
+    )
+    handshake_timeout: float = _handshake_timeout_field()
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,5 +347,5 @@ SECTION_DOCS: dict[str, str] = {
     "general": "Process-wide settings.",
     "tls": "The certificate for STUN/TURN over TLS and WSS (reloaded on SIGHUP).",
     "stun": "The STUN responder: RFC 8489 Binding, RFC 5780 discovery, classic RFC 3489 answers.",
-    "turn": "TURN credentials (the relay arrives with the TURN component).",
+    "turn": "The TURN relay (RFC 8656) and the credentials it shares with signaling.",
 }

@@ -1,0 +1,230 @@
+"""Listening sockets shared by the STUN and TURN components (thin trio I/O).
+
+:func:`udp_socket` binds a non-blocking UDP socket or raises :class:`BindError`.
+
+:class:`StreamAcceptor` opens listeners, accepts connections up to a cap, runs the TLS handshake
+under a deadline and hands each connection to the component's ``handler`` coroutine
+``handler(stream, source, local, transport)``.
+
+Resource handling: every accepted stream is closed when its handler returns, however it returns;
+``open_listeners`` closes what it opened if a later bind fails, and raises :class:`BindError`
+naming the address.
+
+Error handling: a peer that resets, sends bytes that cannot be framed (``StunDecodeError``),
+stalls its TLS handshake or fails it is counted and closed; nothing propagates to other
+connections or to the accept loop. Out of descriptors, the accept loop backs off instead of
+spinning.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import ssl
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+
+import trio
+
+from secureconnect.stun.message import StunDecodeError
+
+Address = tuple[str, int]
+Handler = Callable[[trio.abc.Stream, Address, Address, str], Awaitable[None]]
+
+
+class BindError(OSError):
+    """A socket could not be bound; the message names the transport, address and port."""
+
+
+@dataclass(slots=True)
+class StreamCounters:
+    """Connection-level counters for TCP/TLS clients."""
+
+    accepted: int = 0
+    refused_over_cap: int = 0
+    idle_closed: int = 0
+    handshake_failed: int = 0
+    framing_errors: int = 0
+    udp_send_errors: int = 0
+    open: int = 0
+
+
+@dataclass
+class StreamAcceptor:
+    """Accept loop, connection cap and TLS handshake for one component; see the module doc."""
+
+    handler: Handler
+    tls_context: Callable[[], ssl.SSLContext] | None = None
+    max_connections: int = 1024
+    handshake_timeout: float = 10.0
+    counters: StreamCounters = field(default_factory=StreamCounters)
+
+    async def open_listeners(
+        self, addresses: Sequence[str], port: int
+    ) -> list[trio.SocketListener]:
+        """TCP listeners on ``port`` of every address (all or none)."""
+        listeners: list[trio.SocketListener] = []
+        try:
+            for ip in addresses:
+                try:
+                    listeners += await trio.open_tcp_listeners(port, host=ip)
+                except OSError as exc:
+                    raise BindError(
+                        exc.errno,
+                        f"cannot listen on tcp {format_address(ip, port)}: {exc.strerror}",
+                    ) from exc
+        except BaseException:
+            for listener in listeners:
+                await trio.aclose_forcefully(listener)
+            raise
+        return listeners
+
+    async def accept_loop(
+        self, listener: trio.SocketListener, tls: bool, connections: trio.Nursery
+    ) -> None:
+        """Accept until cancelled; each connection runs in ``connections``."""
+        local = sockname(listener)
+        counters = self.counters
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    await trio.sleep(0.1)  # out of descriptors: back off instead of spinning
+                    continue
+                raise
+            if counters.open >= self.max_connections:
+                counters.refused_over_cap += 1
+                await trio.aclose_forcefully(stream)
+                continue
+            counters.accepted += 1
+            counters.open += 1
+            connections.start_soon(partial(self._serve_connection, stream, local, tls))
+
+    async def _serve_connection(self, raw: trio.SocketStream, local: Address, tls: bool) -> None:
+        counters = self.counters
+        stream: trio.abc.Stream = raw
+        try:
+            peer = raw.socket.getpeername()
+            source = (peer[0], peer[1])
+            if tls:
+                secured = await self._tls_handshake(raw)
+                if secured is None:
+                    return
+                stream = secured
+            await self.handler(stream, source, local, "tls" if tls else "tcp")
+        except StunDecodeError:
+            counters.framing_errors += 1
+        except trio.BrokenResourceError as exc:
+            if tls and isinstance(exc.__cause__, ssl.SSLError):
+                counters.handshake_failed += 1
+        except OSError:
+            pass  # peer reset: nothing to do but close
+        finally:
+            counters.open -= 1
+            await trio.aclose_forcefully(stream)
+
+    async def _tls_handshake(
+        self, raw: trio.SocketStream
+    ) -> trio.SSLStream[trio.SocketStream] | None:
+        """The server side of a TLS handshake, bounded by ``handshake_timeout``; None on timeout.
+
+        The context is fetched per connection, so a SIGHUP-reloaded certificate applies to new
+        connections at once.
+        """
+        if self.tls_context is None:  # TLS listeners are opened only with a context
+            return None
+        ssl_stream = trio.SSLStream(raw, self.tls_context(), server_side=True)
+        with trio.move_on_after(self.handshake_timeout) as handshake:
+            await ssl_stream.do_handshake()
+        if handshake.cancelled_caught:
+            self.counters.handshake_failed += 1
+            await trio.aclose_forcefully(ssl_stream)
+            return None
+        return ssl_stream
+
+
+def sockname(listener: trio.SocketListener) -> Address:
+    name = listener.socket.getsockname()
+    return (name[0], name[1])
+
+
+def format_address(ip: str, port: int) -> str:
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def udp_socket(ip: str, port: int) -> socket.socket:
+    """A non-blocking UDP socket bound to (ip, port); IPv6 sockets are IPv6-only."""
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.setblocking(False)
+        sock.bind((ip, port))
+    except OSError as exc:
+        sock.close()
+        where = format_address(ip, port)
+        raise BindError(exc.errno, f"cannot bind udp {where}: {exc.strerror}") from exc
+    return sock
+
+
+@dataclass
+class ListeningSockets:
+    """A component's bound sockets: UDP by local address, TCP and TLS listeners."""
+
+    udp: dict[Address, socket.socket] = field(default_factory=dict)
+    tcp: list[trio.SocketListener] = field(default_factory=list)
+    tls: list[trio.SocketListener] = field(default_factory=list)
+
+    @classmethod
+    async def open(
+        cls,
+        acceptor: StreamAcceptor,
+        *,
+        udp: Sequence[Address],
+        addresses: Sequence[str],
+        tcp_port: int | None,
+        tls_port: int | None,
+    ) -> ListeningSockets:
+        """Bind UDP sockets on ``udp`` and TCP/TLS listeners on ``addresses`` (a None port:
+        none of that kind); all or nothing, raising :class:`BindError`."""
+        opened = cls()
+        try:
+            for ip, port in udp:
+                sock = udp_socket(ip, port)
+                opened.udp[sock.getsockname()[:2]] = sock
+            if tcp_port is not None:
+                opened.tcp = await acceptor.open_listeners(addresses, tcp_port)
+            if tls_port is not None and acceptor.tls_context is not None:
+                opened.tls = await acceptor.open_listeners(addresses, tls_port)
+        except BaseException:
+            await opened.aclose()
+            raise
+        return opened
+
+    def bound(self) -> list[tuple[str, str, int]]:
+        """(transport, ip, port) of every socket, for logs and service URLs."""
+        return [
+            *(("udp", ip, port) for ip, port in self.udp),
+            *(("tcp", *sockname(listener)) for listener in self.tcp),
+            *(("tls", *sockname(listener)) for listener in self.tls),
+        ]
+
+    def start_accepting(
+        self, nursery: trio.Nursery, acceptor: StreamAcceptor, connections: trio.Nursery
+    ) -> None:
+        """Run an accept loop per listener in ``nursery``; connections go to ``connections``."""
+        for listener in self.tcp:
+            nursery.start_soon(acceptor.accept_loop, listener, False, connections)
+        for listener in self.tls:
+            nursery.start_soon(acceptor.accept_loop, listener, True, connections)
+
+    async def aclose(self) -> None:
+        """Close everything (waking any task blocked on a UDP socket)."""
+        for sock in self.udp.values():
+            trio.lowlevel.notify_closing(sock)
+            sock.close()
+        for listener in self.tcp + self.tls:
+            await trio.aclose_forcefully(listener)

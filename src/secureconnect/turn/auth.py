@@ -1,0 +1,171 @@
+"""Long-term credential authentication for TURN requests (RFC 8489 §9.2, RFC 8656 §5).
+
+Theory of operation
+-------------------
+:meth:`Authenticator.authenticate` takes a decoded request and either returns the
+:class:`Authenticated` identity (username and the long-term key that protects the response) or
+raises :class:`~secureconnect.stun.StunError` with the attributes the error response needs
+(REALM and a fresh NONCE for 401 and 438). It stores nothing per client: nonces are stateless
+HMACs (:class:`~secureconnect.credentials.NonceMint`), and the only per-source state is the
+bounded 401 rate limiter, which exists to keep the server from being an amplifier.
+
+Passwords come from two places:
+
+* TURN REST API usernames ``<expiry>:<user>`` (or a bare ``<expiry>``): one candidate password per
+  configured shared secret, so secrets rotate without a flag day. The expiry is checked when
+  ``check_expiry`` is set (at Allocate, and on every request in strict mode). Policy: a session
+  created before its credential expired may keep refreshing after it, as coturn and LiveKit do,
+  unless ``strict_expiry`` is on (then Refresh/CreatePermission/ChannelBind get 401 after the
+  expiry and the allocation's lifetime never extends past it).
+* Static users from the config (username -> password), for labs and legacy clients.
+
+``now`` is Unix time in seconds throughout the TURN core, because REST usernames carry a Unix
+expiry; the I/O layer passes ``time.time()``.
+
+Every MAC comparison is constant-time (``hmac.compare_digest`` inside ``verify_integrity``).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Final
+
+from secureconnect.credentials import CredentialMinter, NonceMint, parse_expiry
+from secureconnect.stun import (
+    AttrType,
+    ErrorCode,
+    StunError,
+    StunMessage,
+    long_term_key,
+    verify_integrity,
+)
+from secureconnect.stun.attributes import decode_text_untrusted
+from secureconnect.stun.constants import MAX_TEXT_BYTES, MAX_USERNAME_BYTES
+from secureconnect.stun.message import StunDecodeError
+
+
+class Silent(Exception):
+    """The request gets no answer at all (e.g. a source over its 401 rate)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Authenticated:
+    """Who sent a request whose MESSAGE-INTEGRITY checked."""
+
+    username: str
+    key: bytes
+    credential_expiry: float | None  # REST credentials only
+
+
+class RateLimiter:
+    """Token buckets per source IP, bounded in size: the oldest entries are forgotten first, so a
+    flood of spoofed sources costs memory ``max_sources`` at most."""
+
+    __slots__ = ("_buckets", "burst", "max_sources", "rate")
+
+    def __init__(self, rate: float, burst: float, max_sources: int = 10_000) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.max_sources = max_sources
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def allow(self, source_ip: str, now: float) -> bool:
+        """Take one token for ``source_ip``; False when its bucket is empty."""
+        if self.rate <= 0:
+            return True
+        tokens, stamp = self._buckets.pop(source_ip, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - stamp) * self.rate)
+        allowed = tokens >= 1.0
+        self._buckets[source_ip] = (tokens - 1.0 if allowed else tokens, now)
+        while len(self._buckets) > self.max_sources:
+            self._buckets.popitem(last=False)
+        return allowed
+
+
+_USERNAME: Final = int(AttrType.USERNAME)
+_REALM: Final = int(AttrType.REALM)
+_NONCE: Final = int(AttrType.NONCE)
+
+
+class Authenticator:
+    """Checks long-term credentials; see the module docstring."""
+
+    __slots__ = ("minter", "nonces", "realm", "static_users", "strict_expiry", "unauthorized")
+
+    def __init__(
+        self,
+        *,
+        realm: str,
+        minter: CredentialMinter,
+        nonces: NonceMint,
+        static_users: dict[str, str] | None = None,
+        strict_expiry: bool = False,
+        unauthorized: RateLimiter | None = None,
+    ) -> None:
+        self.realm = realm
+        self.minter = minter
+        self.nonces = nonces
+        self.static_users = dict(static_users or {})
+        self.strict_expiry = strict_expiry
+        self.unauthorized = unauthorized or RateLimiter(rate=20.0, burst=40.0)
+
+    def challenge(self, code: int, source_ip: str, now: float) -> StunError:
+        """A 401 or 438 carrying REALM and a fresh NONCE (RFC 8489 §9.2.4), unless the source
+        is over its rate, in which case :class:`Silent` is raised instead."""
+        if code == ErrorCode.UNAUTHORIZED and not self.unauthorized.allow(source_ip, now):
+            raise Silent
+        return StunError(
+            code,
+            attributes=(
+                (_REALM, self.realm.encode()),
+                (_NONCE, self.nonces.issue(now, source_ip).encode()),
+            ),
+        )
+
+    def authenticate(
+        self, msg: StunMessage, source_ip: str, now: float, *, check_expiry: bool
+    ) -> Authenticated:
+        """RFC 8489 §9.2.4, in its order; raises StunError (or Silent) when the request fails."""
+        # "If the message does not contain a MESSAGE-INTEGRITY or MESSAGE-INTEGRITY-SHA256
+        # attribute, the server MUST generate an error response with an error code of 401".
+        if msg.integrity_offset is None:
+            raise self.challenge(ErrorCode.UNAUTHORIZED, source_ip, now)
+        # "If the message contains a MESSAGE-INTEGRITY ... but is missing either the USERNAME or
+        # USERHASH, REALM, or NONCE attribute, the server MUST generate ... 400".
+        try:
+            username = _text(msg, _USERNAME, MAX_USERNAME_BYTES)
+            realm = _text(msg, _REALM, MAX_TEXT_BYTES)
+            nonce = _text(msg, _NONCE, MAX_TEXT_BYTES)
+        except StunDecodeError:
+            raise StunError(ErrorCode.BAD_REQUEST) from None
+        if username is None or realm is None or nonce is None:
+            raise StunError(ErrorCode.BAD_REQUEST)
+        # "If the NONCE is no longer valid, the server MUST generate ... 438 (Stale Nonce)".
+        if not self.nonces.check(nonce, now, source_ip):
+            raise self.challenge(ErrorCode.STALE_NONCE, source_ip, now)
+        # A realm other than ours cannot produce a valid key: 401 like a wrong password.
+        if realm != self.realm:
+            raise self.challenge(ErrorCode.UNAUTHORIZED, source_ip, now)
+        expiry = parse_expiry(username)
+        if expiry is not None:
+            passwords = self.minter.passwords_for(username)
+            # Expiry of a REST credential: checked at Allocate, and always in strict mode.
+            if (check_expiry or self.strict_expiry) and expiry <= now:
+                raise self.challenge(ErrorCode.UNAUTHORIZED, source_ip, now)
+        else:
+            static = self.static_users.get(username)
+            passwords = (static,) if static is not None else ()
+        # "If the USERNAME does not contain a username value currently valid within the server
+        # ... 401"; "... compute the value for MESSAGE-INTEGRITY ... If the resulting value does
+        # not match ... 401".
+        for password in passwords:
+            key = long_term_key(username, self.realm, password)
+            if verify_integrity(msg, key):
+                return Authenticated(username, key, float(expiry) if expiry is not None else None)
+        raise self.challenge(ErrorCode.UNAUTHORIZED, source_ip, now)
+
+
+def _text(msg: StunMessage, attr: int, limit: int) -> str | None:
+    value = msg.get(attr)
+    return None if value is None else decode_text_untrusted(value, limit)

@@ -1,0 +1,568 @@
+"""The sans-IO TURN server (RFC 8656): STUN-format requests in, responses and effects out.
+
+Theory of operation
+-------------------
+:meth:`TurnCore.handle_stun` takes one STUN message from a client, the client's 5-tuple and
+``now`` (Unix seconds), and returns what to do: ``bytes`` (a response for the client), a
+:class:`ToPeer` (a Send indication's payload for a peer) or None. Relay sockets are opened and
+closed through the :class:`~secureconnect.turn.allocation.RelayBinder` the I/O layer passes in,
+synchronously, so a request is answered in one call. ChannelData and peer datagrams never come
+here: they take :mod:`secureconnect.turn.relaypath`.
+
+Errors are raised as ``StunError`` wherever a guard fails and become an error response at one
+site, :meth:`TurnCore._error`; once a request has authenticated, its error responses carry
+MESSAGE-INTEGRITY too (RFC 8489 §9.2.4). Unauthenticated requests only ever get 400, 401 or 438,
+small and without SOFTWARE or reason phrases unless configured (amplification, REFERENCE.md).
+
+Every request on an allocation records its transaction id and response, so a retransmission
+(same 5-tuple, same transaction id, RFC 8656 §7.2 and §6.3) gets the same answer.
+
+:meth:`TurnCore.handle_timeout` expires allocations, permissions, channels and reservations and
+refills bandwidth budgets; the I/O layer calls it about once a second.
+"""
+
+from __future__ import annotations
+
+import random
+import secrets
+from collections.abc import Callable
+
+from secureconnect.stun import (
+    AttrType,
+    BindingResponder,
+    ErrorCode,
+    MessageClass,
+    Method,
+    StunDecodeError,
+    StunError,
+    StunMessage,
+    decode_message_untrusted,
+    decode_u32_untrusted,
+    decode_xor_address_untrusted,
+    encode_error_code,
+    encode_message,
+    encode_u32,
+    encode_xor_address,
+)
+from secureconnect.stun.constants import REASON_PHRASES
+from secureconnect.turn.allocation import (
+    Address,
+    Allocation,
+    AllocationTable,
+    Channel,
+    FiveTuple,
+    RelayBinder,
+    RelayEndpoint,
+    RelayPortPool,
+    Reservation,
+)
+from secureconnect.turn.auth import Authenticated, Authenticator, Silent
+from secureconnect.turn.peerpolicy import PeerPolicy
+from secureconnect.turn.relaypath import spend_to_peer, valid_channel_number
+from secureconnect.turn.requests import (
+    ADDITIONAL_FAMILY_ERROR,
+    FAMILIES,
+    KNOWN,
+    NO_INTEGRITY_CODES,
+    allocate_asks,
+    canonical_ip,
+    unknown_attributes_error,
+)
+from secureconnect.turn.settings import ToPeer, TurnCounters, TurnSettings
+
+A = AttrType
+
+__all__ = ["ToPeer", "TurnCore", "TurnCounters", "TurnSettings"]
+
+
+class TurnCore:
+    """A TURN server without I/O; see the module docstring."""
+
+    def __init__(
+        self,
+        settings: TurnSettings,
+        *,
+        auth: Authenticator,
+        peers: PeerPolicy,
+        binder: RelayBinder | None = None,
+        ports: RelayPortPool | None = None,
+        binding: BindingResponder | None = None,
+        counters: TurnCounters | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self.auth = auth
+        # The I/O layer installs its binder (TurnServer does); without one nothing can bind.
+        self.binder: RelayBinder = binder or _NoRelays()
+        self.peers = peers
+        self.ports = ports or RelayPortPool()
+        self.binding = binding
+        self.counters = counters or TurnCounters()
+        self.table = AllocationTable()
+        self.rng = rng or random.Random(secrets.randbits(64))
+        self._software: tuple[tuple[int, bytes], ...] = (
+            ((A.SOFTWARE, settings.software.encode()),) if settings.software else ()
+        )
+        self._last_tick: float | None = None
+        self._handlers: dict[
+            int, Callable[[StunMessage, Allocation, Authenticated, float], list[tuple[int, bytes]]]
+        ] = {
+            Method.REFRESH: self._refresh,
+            Method.CREATE_PERMISSION: self._create_permission,
+            Method.CHANNEL_BIND: self._channel_bind,
+        }
+
+    # -- entry points ----------------------------------------------------------------------
+
+    def handle_stun(self, data: bytes, five_tuple: FiveTuple, now: float) -> bytes | ToPeer | None:
+        """One STUN message from a client; see the module docstring."""
+        try:
+            msg = decode_message_untrusted(data)
+        except StunDecodeError as exc:
+            header = exc.header
+            if header is not None and header.cls is MessageClass.REQUEST and not header.classic:
+                # RFC 8489 §14.8: 400 "The request was malformed."
+                self.counters.requests += 1
+                return self._error_bytes(
+                    header.method, header.transaction_id, StunError(ErrorCode.BAD_REQUEST)
+                )
+            self.counters.dropped_not_stun += 1
+            return None
+        return self.handle_message(msg, five_tuple, now)
+
+    def handle_message(
+        self, msg: StunMessage, five_tuple: FiveTuple, now: float
+    ) -> bytes | ToPeer | None:
+        """A decoded message; Binding goes to the embedded responder."""
+        method, cls = msg.method, msg.cls
+        if method == Method.BINDING:
+            if self.binding is None:
+                return None
+            reply = self.binding.handle_message(
+                msg, five_tuple[1], five_tuple[2], stream=five_tuple[0] != "udp"
+            )
+            return None if reply is None else reply.data
+        if cls is MessageClass.INDICATION and method == Method.SEND and not msg.header.classic:
+            return self._send_indication(msg, five_tuple, now)
+        if cls is not MessageClass.REQUEST or msg.header.classic:
+            self.counters.dropped_indications += 1
+            return None
+        return self._request(msg, five_tuple, now)
+
+    def _request(self, msg: StunMessage, five_tuple: FiveTuple, now: float) -> bytes | None:
+        """A TURN request: authenticate, then dispatch; errors become responses here."""
+        self.counters.requests += 1
+        known = KNOWN.get(msg.method)
+        if known is None:
+            # RFC 8489 §6.3.1: a request of an unknown method gets 400.
+            return self._error(msg, StunError(ErrorCode.BAD_REQUEST), None)
+        try:
+            identity = self.auth.authenticate(
+                msg, five_tuple[1][0], now, check_expiry=msg.method == Method.ALLOCATE
+            )
+        except Silent:
+            self.counters.dropped_unauthorized_rate += 1
+            return None
+        except StunError as exc:
+            return self._error(msg, exc, None)
+        try:
+            return self._dispatch(msg, five_tuple, identity, known, now)
+        except StunError as exc:
+            return self._error(msg, exc, identity)
+
+    def _dispatch(
+        self,
+        msg: StunMessage,
+        five_tuple: FiveTuple,
+        identity: Authenticated,
+        known: frozenset[int],
+        now: float,
+    ) -> bytes:
+        """An authenticated request; returns the success response or raises StunError."""
+        if unknown := msg.unknown_comprehension_required(known):
+            raise unknown_attributes_error(unknown)
+        allocation = self.table.get(five_tuple)
+        if msg.method == Method.ALLOCATE:
+            if allocation is not None:
+                return self._retransmission(msg, allocation)
+            allocation, attributes = self._allocate(msg, five_tuple, identity, now)
+        else:
+            # RFC 8656 §7.3, §10.2, §11.2: requests other than Allocate need an allocation.
+            if allocation is None:
+                raise StunError(ErrorCode.ALLOCATION_MISMATCH)
+            # RFC 8656 §5: "the server MUST check that the USERNAME ... is the same as the one
+            # used to create the allocation"; else 441 (Wrong Credentials).
+            if identity.username != allocation.username:
+                raise StunError(ErrorCode.WRONG_CREDENTIALS)
+            if msg.transaction_id == allocation.last_transaction:
+                return allocation.last_response
+            attributes = self._handlers[msg.method](msg, allocation, identity, now)
+        response = self._success(msg, attributes, identity.key)
+        if self.table.get(five_tuple) is allocation:
+            allocation.last_transaction = msg.transaction_id
+            allocation.last_response = response
+        return response
+
+    def handle_timeout(self, now: float) -> None:
+        """Expire what has expired and refill bandwidth budgets (call about once a second)."""
+        elapsed = 0.0 if self._last_tick is None else max(0.0, now - self._last_tick)
+        self._last_tick = now
+        rate = self.settings.bandwidth
+        for allocation in self.table:
+            credential_over = (
+                self.auth.strict_expiry
+                and allocation.credential_expiry is not None
+                and allocation.credential_expiry <= now
+            )
+            if allocation.lifetime_expires <= now or credential_over:
+                self.counters.allocations_expired += 1
+                self._delete(allocation)
+                continue
+            allocation.expire(now)
+            if rate:
+                allocation.budget = min(float(rate), allocation.budget + rate * elapsed)
+        reservations = self.table.reservations
+        for token in [t for t, r in reservations.items() if r.expires <= now]:
+            self._release_reservation(reservations.pop(token))
+
+    def close_five_tuple(self, five_tuple: FiveTuple) -> None:
+        """The TCP/TLS connection of ``five_tuple`` closed: RFC 8656 §3.1 ends its allocation."""
+        allocation = self.table.get(five_tuple)
+        if allocation is not None:
+            self.counters.allocations_deleted += 1
+            self._delete(allocation)
+
+    def close_all(self) -> None:
+        """Release every relay socket (shutdown)."""
+        for allocation in self.table:
+            self._delete(allocation)
+        for reservation in self.table.reservations.values():
+            self._release_reservation(reservation)
+        self.table.reservations.clear()
+
+    # -- requests --------------------------------------------------------------------------
+
+    def _retransmission(self, msg: StunMessage, allocation: Allocation) -> bytes:
+        # RFC 8656 §7.2: "If the 5-tuple is currently in use by an existing allocation, the
+        # server MUST reject the request with a 437 (Allocation Mismatch) error" - unless this is
+        # a retransmission of the request that created it, which gets the same success.
+        if msg.transaction_id == allocation.last_transaction:
+            return allocation.last_response
+        raise StunError(ErrorCode.ALLOCATION_MISMATCH)
+
+    def _allocate(
+        self, msg: StunMessage, five_tuple: FiveTuple, identity: Authenticated, now: float
+    ) -> tuple[Allocation, list[tuple[int, bytes]]]:
+        """RFC 8656 §7.2, "Receiving an Allocate Request": checks in ``_allocate_asks``, then
+        quotas, the relay port, and the allocation itself."""
+        asks = allocate_asks(msg)
+        if self._relay_ip(asks.family) is None:
+            # "If the value ... is not supported ... 440 (Address Family not Supported)".
+            raise StunError(ErrorCode.ADDRESS_FAMILY_NOT_SUPPORTED)
+        # Quotas: RFC 8656 §7.2 "the server MAY ... reject with 486 (Allocation Quota Reached)".
+        settings = self.settings
+        if (
+            len(self.table) >= settings.total_quota
+            or self.table.by_user.get(identity.username, 0) >= settings.user_quota
+        ):
+            raise StunError(ErrorCode.ALLOCATION_QUOTA_REACHED)
+        family = asks.family
+        reserved_token = b""
+        if asks.token is not None:
+            # "If the token is not valid, the server MUST reject with 508" (RFC 8656 §7.2).
+            reservation = self.table.reservations.pop(asks.token, None)
+            if reservation is None or reservation.expires <= now:
+                raise StunError(ErrorCode.INSUFFICIENT_CAPACITY)
+            endpoint, port, family = reservation.endpoint, reservation.port, reservation.family
+        else:
+            endpoint, port, reserved_token = self._bind_relay(
+                family, even=asks.even, reserve=asks.reserve, now=now, df=asks.dont_fragment
+            )
+        lifetime = self._lifetime(msg, identity, now)
+        allocation = Allocation(
+            five_tuple,
+            username=identity.username,
+            key=identity.key,
+            relay=endpoint,
+            relayed=(self._advertised_ip(family), port),
+            family=family,
+            expires=now + lifetime,
+            budget=float(settings.bandwidth) if settings.bandwidth else float("inf"),
+            credential_expiry=identity.credential_expiry,
+        )
+        self.table.add(allocation)
+        self.binder.activate(endpoint, allocation)
+        self.counters.allocations_created += 1
+        tid = msg.transaction_id
+        attributes: list[tuple[int, bytes]] = [
+            (A.XOR_RELAYED_ADDRESS, encode_xor_address(*allocation.relayed, tid)),
+            (A.LIFETIME, encode_u32(lifetime)),
+        ]
+        if reserved_token:
+            attributes.append((A.RESERVATION_TOKEN, reserved_token))
+        if asks.additional:
+            # RFC 8656 §7.2: dual allocation is optional; say why the second family is missing.
+            code = ErrorCode.ADDRESS_FAMILY_NOT_SUPPORTED
+            value = bytes((ADDITIONAL_FAMILY_ERROR, 0, code // 100, code % 100))
+            attributes.append((A.ADDRESS_ERROR_CODE, value))
+        client_ip, client_port = five_tuple[1]
+        attributes.append((A.XOR_MAPPED_ADDRESS, encode_xor_address(client_ip, client_port, tid)))
+        return allocation, attributes
+
+    def _refresh(
+        self, msg: StunMessage, allocation: Allocation, identity: Authenticated, now: float
+    ) -> list[tuple[int, bytes]]:
+        """RFC 8656 §7.3, "Receiving a Refresh Request"."""
+        family_value = msg.get(A.REQUESTED_ADDRESS_FAMILY)
+        # "If the ... REQUESTED-ADDRESS-FAMILY ... does not match the family of the allocation,
+        # ... 443 (Peer Address Family Mismatch)".
+        if family_value is not None and (
+            len(family_value) != 4 or FAMILIES.get(family_value[0]) != allocation.family
+        ):
+            raise StunError(ErrorCode.PEER_ADDRESS_FAMILY_MISMATCH)
+        lifetime = self._lifetime(msg, identity, now)
+        if lifetime == 0:
+            # "If the 'desired lifetime' is zero, then the request succeeds and the allocation
+            # is deleted."
+            self.counters.allocations_deleted += 1
+            self._delete(allocation)
+        else:
+            allocation.lifetime_expires = now + lifetime
+        return [(A.LIFETIME, encode_u32(lifetime))]
+
+    def _create_permission(
+        self, msg: StunMessage, allocation: Allocation, identity: Authenticated, now: float
+    ) -> list[tuple[int, bytes]]:
+        """RFC 8656 §10.2: all XOR-PEER-ADDRESS attributes succeed, or none is installed."""
+        peers = [
+            self._peer(value, msg, allocation)
+            for atype, value in msg.attributes
+            if atype == A.XOR_PEER_ADDRESS
+        ]
+        if not peers:
+            raise StunError(ErrorCode.BAD_REQUEST, "no XOR-PEER-ADDRESS")
+        permissions = allocation.permissions
+        new = {ip for ip, _ in peers if ip not in permissions}
+        if len(permissions) + len(new) > self.settings.max_permissions:
+            raise StunError(ErrorCode.INSUFFICIENT_CAPACITY)
+        until = now + self.settings.permission_lifetime
+        for ip, _ in peers:
+            permissions[ip] = until
+        return []
+
+    def _channel_bind(
+        self, msg: StunMessage, allocation: Allocation, identity: Authenticated, now: float
+    ) -> list[tuple[int, bytes]]:
+        """RFC 8656 §11.2, "Receiving a ChannelBind Request", guards in the RFC's order."""
+        number_value = msg.get(A.CHANNEL_NUMBER)
+        peer_value = msg.get(A.XOR_PEER_ADDRESS)
+        if number_value is None or peer_value is None or len(number_value) != 4:
+            raise StunError(ErrorCode.BAD_REQUEST, "CHANNEL-NUMBER or XOR-PEER-ADDRESS missing")
+        number = int.from_bytes(number_value[:2], "big")
+        # "The channel number is in the range 0x4000 through 0x4FFF (inclusive)."
+        if not valid_channel_number(number, rfc5766=self.settings.rfc5766_channels):
+            raise StunError(ErrorCode.BAD_REQUEST, "channel number out of range")
+        peer = self._peer(peer_value, msg, allocation)
+        if peer[1] == 0:
+            raise StunError(ErrorCode.BAD_REQUEST, "peer port 0")
+        # "The channel number is not currently bound to a different transport address" and
+        # "The transport address is not currently bound to a different channel number."
+        channel = allocation.channels.get(number)
+        if channel is not None and channel.peer != peer:
+            raise StunError(ErrorCode.BAD_REQUEST, "channel bound to another peer")
+        other = allocation.channel_by_peer.get(peer)
+        if other is not None and other.number != number:
+            raise StunError(ErrorCode.BAD_REQUEST, "peer bound to another channel")
+        if channel is None and len(allocation.channels) >= self.settings.max_channels:
+            raise StunError(ErrorCode.INSUFFICIENT_CAPACITY)
+        if peer[0] not in allocation.permissions and (
+            len(allocation.permissions) >= self.settings.max_permissions
+        ):
+            raise StunError(ErrorCode.INSUFFICIENT_CAPACITY)
+        # Binding (or refreshing) the channel also installs or refreshes the permission.
+        if channel is None:
+            channel = Channel(number, peer, 0.0)
+            allocation.channels[number] = channel
+            allocation.channel_by_peer[peer] = channel
+        channel.expires = now + self.settings.channel_lifetime
+        allocation.permissions[peer[0]] = now + self.settings.permission_lifetime
+        return []
+
+    def _send_indication(
+        self, msg: StunMessage, five_tuple: FiveTuple, now: float
+    ) -> ToPeer | None:
+        """RFC 8656 §11.2 (Send): relay DATA to XOR-PEER-ADDRESS if a permission allows it;
+        anything wrong means a silent discard (indications get no response)."""
+        counters = self.counters
+        allocation = self.table.get(five_tuple)
+        peer_value = msg.get(A.XOR_PEER_ADDRESS)
+        data = msg.get(A.DATA)
+        if allocation is None or peer_value is None or data is None:
+            counters.dropped_indications += 1
+            return None
+        try:
+            peer = decode_xor_address_untrusted(peer_value, msg.transaction_id)
+        except StunDecodeError:
+            counters.relay.dropped_malformed += 1
+            return None
+        peer = (canonical_ip(peer[0]), peer[1])
+        if not allocation.permits(peer[0], now):
+            counters.relay.dropped_no_permission += 1
+            return None
+        if not spend_to_peer(allocation, len(data), counters.relay):
+            return None
+        return ToPeer(allocation.relay, peer, data)
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _peer(self, value: bytes, msg: StunMessage, allocation: Allocation) -> Address:
+        """A checked XOR-PEER-ADDRESS: 400 malformed, 443 wrong family, 403 not permitted."""
+        try:
+            ip, port = decode_xor_address_untrusted(value, msg.transaction_id)
+        except StunDecodeError:
+            raise StunError(ErrorCode.BAD_REQUEST, "malformed XOR-PEER-ADDRESS") from None
+        ip = canonical_ip(ip)
+        # RFC 8656 §10.2, §11.2: a peer of the other family gets 443. The family is the wire
+        # family (an IPv4-mapped IPv6 address is IPv6 here, and the peer policy refuses it).
+        if (4 if value[1:2] == b"\x01" else 6) != allocation.family:
+            raise StunError(ErrorCode.PEER_ADDRESS_FAMILY_MISMATCH)
+        # RFC 8656 §21.1.2 leaves which peers to serve to policy; REFERENCE.md's denylist: 403.
+        if not self.peers.permits(ip):
+            self.counters.peers_refused += 1
+            raise StunError(ErrorCode.FORBIDDEN)
+        return ip, port
+
+    def _lifetime(self, msg: StunMessage, identity: Authenticated, now: float) -> int:
+        """RFC 8656 §7.2: the "desired lifetime" - min(requested, max), at least the default;
+        LIFETIME 0 (Refresh only) means delete. Strict expiry caps it at the credential's."""
+        settings = self.settings
+        value = msg.get(A.LIFETIME)
+        if value is None:
+            lifetime = settings.default_lifetime
+        else:
+            try:
+                requested = decode_u32_untrusted(value)
+            except StunDecodeError:
+                raise StunError(ErrorCode.BAD_REQUEST, "malformed LIFETIME") from None
+            if requested == 0 and msg.method == Method.REFRESH:
+                return 0
+            lifetime = max(min(requested, settings.max_lifetime), settings.default_lifetime)
+        if self.auth.strict_expiry and identity.credential_expiry is not None:
+            lifetime = max(0, min(lifetime, int(identity.credential_expiry - now)))
+        return lifetime
+
+    def _relay_ip(self, family: int) -> str | None:
+        """The local relay address for IP version ``family`` (None: not served)."""
+        if family == 4:
+            return self.settings.relay_ipv4
+        return self.settings.relay_ipv6 if family == 6 else None
+
+    def _advertised_ip(self, family: int) -> str:
+        settings = self.settings
+        external = settings.external_ipv4 if family == 4 else settings.external_ipv6
+        relay = self._relay_ip(family)
+        return external or relay or ""
+
+    def _bind_relay(
+        self, family: int, *, even: bool, reserve: bool, now: float, df: bool
+    ) -> tuple[RelayEndpoint, int, bytes]:
+        """Bind a relay socket from the pool; with ``reserve`` also hold port+1 for a later
+        Allocate with the returned RESERVATION-TOKEN (RFC 8656 §7.2, EVEN-PORT R bit)."""
+        ports = self.ports
+        binder = self.binder
+        for port in ports.candidates(family, even=even or reserve):
+            if reserve and port + 1 > ports.high:
+                continue
+            try:
+                endpoint = binder.bind(family, port, df)
+            except OSError:
+                continue
+            if not reserve:
+                ports.take(family, port)
+                return endpoint, port, b""
+            try:
+                held = binder.bind(family, port + 1, df)
+            except OSError:
+                binder.close(endpoint)
+                continue
+            ports.take(family, port)
+            ports.take(family, port + 1)
+            token = secrets.token_bytes(8)
+            expires = now + self.settings.reservation_lifetime
+            self.table.reservations[token] = Reservation(held, port + 1, expires, family)
+            return endpoint, port, token
+        # RFC 8656 §7.2: no port that satisfies the request: 508 (Insufficient Capacity).
+        raise StunError(ErrorCode.INSUFFICIENT_CAPACITY)
+
+    def _release_reservation(self, reservation: Reservation) -> None:
+        self.binder.close(reservation.endpoint)
+        self.ports.release(reservation.family, reservation.port)
+
+    def _delete(self, allocation: Allocation) -> None:
+        self.table.remove(allocation)
+        self.binder.close(allocation.relay)
+        self.ports.release(allocation.family, allocation.relayed[1])
+
+    def _success(self, msg: StunMessage, attributes: list[tuple[int, bytes]], key: bytes) -> bytes:
+        self.counters.responses += 1
+        return encode_message(
+            msg.method,
+            MessageClass.SUCCESS,
+            msg.transaction_id,
+            [*attributes, *self._software],
+            integrity_key=key,
+            fingerprint=msg.has_fingerprint,
+        )
+
+    def _error(self, msg: StunMessage, error: StunError, identity: Authenticated | None) -> bytes:
+        key = None
+        if identity is not None and error.code not in NO_INTEGRITY_CODES:
+            key = identity.key
+        elif error.code in NO_INTEGRITY_CODES:
+            reason = "stale-nonce" if error.code == ErrorCode.STALE_NONCE else "unauthorized"
+            if msg.integrity_offset is not None:  # a first, unauthenticated request is no failure
+                failures = self.counters.auth_failures
+                failures[reason] = failures.get(reason, 0) + 1
+        return self._error_bytes(
+            msg.method, msg.transaction_id, error, key=key, fingerprint=msg.has_fingerprint
+        )
+
+    def _error_bytes(
+        self,
+        method: int,
+        transaction_id: bytes,
+        error: StunError,
+        *,
+        key: bytes | None = None,
+        fingerprint: bool = False,
+    ) -> bytes:
+        """The one place a StunError becomes an error response."""
+        errors = self.counters.errors
+        errors[error.code] = errors.get(error.code, 0) + 1
+        reason = ""
+        if self.settings.reason_phrases:
+            reason = error.reason or REASON_PHRASES.get(error.code, "")
+        attributes = [(int(A.ERROR_CODE), encode_error_code(error.code, reason))]
+        attributes.extend(error.attributes)
+        attributes.extend(self._software)
+        return encode_message(
+            method,
+            MessageClass.ERROR,
+            transaction_id,
+            attributes,
+            integrity_key=key,
+            fingerprint=fingerprint,
+        )
+
+
+class _NoRelays:
+    """The binder of a core that no I/O layer has adopted: every bind fails (508)."""
+
+    def bind(self, family: int, port: int, dont_fragment: bool) -> RelayEndpoint:
+        raise OSError("no relay binder installed")
+
+    def activate(self, endpoint: RelayEndpoint, allocation: Allocation) -> None:
+        raise OSError("no relay binder installed")
+
+    def close(self, endpoint: RelayEndpoint) -> None:
+        """Nothing was bound."""

@@ -1,0 +1,338 @@
+"""Thin trio I/O around :class:`~secureconnect.turn.core.TurnCore`.
+
+One :class:`TurnServer` owns the TURN component's sockets: UDP listening sockets, TCP and TLS
+listeners (through :class:`~secureconnect.stun.serve_listeners.StreamAcceptor`) and one UDP relay
+socket per allocation (bound through :class:`UdpRelayBinder`, which the core calls).
+
+The hot paths - ChannelData from a UDP client, datagrams from peers on relay sockets - wait for
+readability once and then drain up to ``BATCH`` datagrams with non-blocking ``recvfrom`` before
+the next checkpoint (REFERENCE.md: about 6x the packet rate of one ``await`` per datagram). They
+read the clock once per batch, log nothing, and count drops.
+
+Resource handling: listening sockets are bound before ``task_status.started()``; relay sockets are
+closed by the core's ``binder.close`` (expiry, Refresh 0, connection loss) and all of them when
+``serve`` exits. Closing a relay socket wakes its loop via ``trio.lowlevel.notify_closing``.
+
+Error handling: send failures (ICMP errors queued on the socket, full buffers) are counted and
+never end a loop. A TCP/TLS client whose writer cannot keep up has datagrams dropped and counted
+(bounded queue, ``send_nowait``), so one slow client never stalls a relay loop.
+
+Scaling: every piece of state is keyed by a 5-tuple and lives in one process, so several worker
+processes can later share the listening ports with SO_REUSEPORT.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from secureconnect.stun.framing import StreamFramer
+from secureconnect.stun.serve_listeners import (
+    ListeningSockets,
+    StreamAcceptor,
+    StreamCounters,
+)
+from secureconnect.turn.allocation import Address, Allocation, FiveTuple, RelayEndpoint
+from secureconnect.turn.core import ToPeer, TurnCore
+from secureconnect.turn.relaypath import route_channel_data, wrap_peer_data
+
+# Linux values (typeshed lacks the names): IP_MTU_DISCOVER/IPV6_MTU_DISCOVER and "always DF".
+IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)
+IPV6_MTU_DISCOVER = getattr(socket, "IPV6_MTU_DISCOVER", 23)
+IP_PMTUDISC_DO = getattr(socket, "IP_PMTUDISC_DO", 2)
+BATCH = 256  # datagrams handled per readiness wake-up before yielding to other tasks
+RECV_SIZE = 65536  # a relayed UDP datagram may be up to 64 KiB
+STREAM_QUEUE = 512  # messages queued to one TCP/TLS client before drops
+TICK = 1.0  # seconds between expiry passes
+
+
+@dataclass(slots=True)
+class TurnEndpoints:
+    """Where clients reach the TURN server."""
+
+    addresses: tuple[str, ...]
+    port: int
+    udp: bool = True
+    tcp: bool = True
+    tls_port: int | None = None
+
+
+class UdpRelayBinder:
+    """The core's :class:`~secureconnect.turn.allocation.RelayBinder`: real UDP sockets."""
+
+    def __init__(self, server: TurnServer) -> None:
+        self._server = server
+        self.sockets: set[socket.socket] = set()
+
+    def bind(self, family: int, port: int, dont_fragment: bool) -> RelayEndpoint:
+        settings = self._server.core.settings
+        ip = settings.relay_ipv4 if family == 4 else settings.relay_ipv6
+        sock = socket.socket(socket.AF_INET if family == 4 else socket.AF_INET6, socket.SOCK_DGRAM)
+        try:
+            if family == 6:
+                # An IPv6 relay never reaches IPv4 through mapped addresses (REFERENCE.md SSRF).
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if dont_fragment:
+                # RFC 8656 §7.2 DONT-FRAGMENT: set DF on datagrams sent to peers.
+                if family == 4:
+                    sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
+                else:
+                    sock.setsockopt(socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER, IP_PMTUDISC_DO)
+            sock.setblocking(False)
+            sock.bind((ip, port))
+        except BaseException:
+            sock.close()
+            raise
+        self.sockets.add(sock)
+        return sock
+
+    def activate(self, endpoint: RelayEndpoint, allocation: Allocation) -> None:
+        self._server.start_relay(_as_socket(endpoint), allocation)
+
+    def close(self, endpoint: RelayEndpoint) -> None:
+        sock = _as_socket(endpoint)
+        if sock in self.sockets:
+            self.sockets.discard(sock)
+            trio.lowlevel.notify_closing(sock)
+            sock.close()
+
+
+def _as_socket(endpoint: RelayEndpoint) -> socket.socket:
+    if not isinstance(endpoint, socket.socket):  # pragma: no cover - the binder made it
+        raise TypeError("relay endpoint is not a socket")
+    return endpoint
+
+
+@dataclass
+class TurnServer:
+    """The TURN component's I/O; see the module docstring."""
+
+    core: TurnCore
+    endpoints: TurnEndpoints
+    tls_context: Callable[[], ssl.SSLContext] | None = None
+    max_connections: int = 1024
+    idle_timeout: float = 300.0
+    handshake_timeout: float = 10.0
+    clock: Callable[[], float] = time.time
+    name: str = "turn"
+    bound: list[tuple[str, str, int]] = field(default_factory=list)
+    send_errors: int = 0
+    dropped_slow_client: int = 0
+    _udp: dict[Address, socket.socket] = field(default_factory=dict)
+    _streams: dict[FiveTuple, trio.MemorySendChannel[bytes]] = field(default_factory=dict)
+    _relays: trio.Nursery | None = None
+    _accept_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    _acceptor: StreamAcceptor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._acceptor = StreamAcceptor(
+            self._serve_stream,
+            tls_context=self.tls_context,
+            max_connections=self.max_connections,
+            handshake_timeout=self.handshake_timeout,
+        )
+        self.core.binder = UdpRelayBinder(self)
+
+    @property
+    def stream_counters(self) -> StreamCounters:
+        return self._acceptor.counters
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Bind everything, report started, serve until cancelled."""
+        self._accept_scope = trio.CancelScope()
+        endpoints = self.endpoints
+        sockets = await ListeningSockets.open(
+            self._acceptor,
+            udp=[(ip, endpoints.port) for ip in endpoints.addresses] if endpoints.udp else (),
+            addresses=endpoints.addresses,
+            tcp_port=endpoints.port if endpoints.tcp else None,
+            tls_port=endpoints.tls_port,
+        )
+        self.bound[:] = sockets.bound()
+        self._udp = sockets.udp
+        try:
+            async with trio.open_nursery() as relays:
+                self._relays = relays
+                relays.start_soon(self._tick_loop)
+                async with trio.open_nursery() as connections:
+                    with self._accept_scope:
+                        async with trio.open_nursery() as nursery:
+                            for local, sock in sockets.udp.items():
+                                nursery.start_soon(self._udp_loop, sock, local)
+                            sockets.start_accepting(nursery, self._acceptor, connections)
+                            task_status.started()
+                relays.cancel_scope.cancel()
+        finally:
+            self._relays = None
+            self.core.close_all()
+            await sockets.aclose()
+
+    def begin_drain(self) -> None:
+        """Stop serving new requests; the supervisor's deadline ends the rest."""
+        self._accept_scope.cancel()
+
+    def reload(self) -> None:
+        """TLS contexts are fetched per connection and secrets live in the shared minter."""
+
+    # -- relay sockets ---------------------------------------------------------------------
+
+    def start_relay(self, sock: socket.socket, allocation: Allocation) -> None:
+        """Start delivering ``sock``'s datagrams to ``allocation``'s client."""
+        if self._relays is None:  # pragma: no cover - the core only allocates while serving
+            raise RuntimeError("TURN server is not running")
+        self._relays.start_soon(self._relay_loop, sock, allocation)
+
+    async def _relay_loop(self, sock: socket.socket, allocation: Allocation) -> None:
+        """Peer -> client: drain the relay socket after each wake-up."""
+        core = self.core
+        counters = core.counters.relay
+        rng = core.rng
+        clock = self.clock
+        recvfrom = sock.recvfrom
+        _, client, local = allocation.five_tuple
+        queue = self._streams.get(allocation.five_tuple)
+        listen = self._udp.get(local)
+        while True:
+            try:
+                await trio.lowlevel.wait_readable(sock)
+            except (trio.ClosedResourceError, OSError):
+                return  # the allocation was deleted
+            now = clock()
+            for _ in range(BATCH):
+                try:
+                    data, peer = recvfrom(RECV_SIZE)
+                except BlockingIOError:
+                    break
+                except OSError:
+                    if sock.fileno() < 0:
+                        return
+                    continue  # a queued ICMP error from an earlier send
+                if len(peer) > 2:
+                    peer = peer[:2]  # IPv6: drop flow info and scope id
+                out = wrap_peer_data(allocation, data, peer, now, counters, rng=rng)
+                if out is None:
+                    continue
+                if queue is not None:
+                    try:
+                        queue.send_nowait(out)
+                    except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                        self.dropped_slow_client += 1
+                elif listen is not None:
+                    try:
+                        listen.sendto(out, client)
+                    except OSError:
+                        self.send_errors += 1
+
+    def _forward_channel_data(self, allocation: Allocation | None, data: bytes, now: float) -> None:
+        """Client -> peer: a ChannelData message out of its allocation's relay socket."""
+        counters = self.core.counters.relay
+        if allocation is None:
+            counters.dropped_no_allocation += 1
+            return
+        channel = route_channel_data(allocation, data, now, counters)
+        if channel is not None:
+            try:
+                allocation.relay.sendto(data[4 : 4 + ((data[2] << 8) | data[3])], channel.peer)
+            except OSError:
+                self.send_errors += 1
+
+    async def _tick_loop(self) -> None:
+        while True:
+            self.core.handle_timeout(self.clock())
+            await trio.sleep(TICK)
+
+    # -- UDP clients -----------------------------------------------------------------------
+
+    async def _udp_loop(self, sock: socket.socket, local: Address) -> None:
+        """Client -> server over UDP: ChannelData takes the fast path, the rest the core."""
+        core = self.core
+        allocations = core.table.udp_by_local.setdefault(local, {})
+        clock = self.clock
+        recvfrom = sock.recvfrom
+        sendto = sock.sendto
+        forward = self._forward_channel_data
+        v6 = sock.family == socket.AF_INET6
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            now = clock()
+            for _ in range(BATCH):
+                try:
+                    data, source = recvfrom(RECV_SIZE)
+                except BlockingIOError:
+                    break
+                except OSError:
+                    continue  # e.g. a queued ICMP error; never fatal for a UDP server
+                if v6:
+                    source = source[:2]
+                if data and data[0] >> 6 == 1:  # ChannelData (RFC 8656 §12)
+                    forward(allocations.get(source), data, now)
+                    continue
+                out = core.handle_stun(data, ("udp", source, local), now)
+                try:
+                    if type(out) is bytes:
+                        sendto(out, source)
+                    elif isinstance(out, ToPeer):
+                        out.relay.sendto(out.data, out.peer)
+                except OSError:
+                    self.send_errors += 1
+
+    # -- TCP and TLS clients ---------------------------------------------------------------
+
+    async def _serve_stream(
+        self, stream: trio.abc.Stream, source: Address, local: Address, transport: str
+    ) -> None:
+        """One TCP/TLS client: a reader and a writer task; the allocation ends with it."""
+        five_tuple: FiveTuple = (transport, source, local)
+        send, receive = trio.open_memory_channel[bytes](STREAM_QUEUE)
+        self._streams[five_tuple] = send
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._write_stream, stream, receive)
+                await self._read_stream(stream, five_tuple, send)
+                nursery.cancel_scope.cancel()
+        finally:
+            self._streams.pop(five_tuple, None)
+            send.close()
+            self.core.close_five_tuple(five_tuple)
+
+    async def _read_stream(
+        self, stream: trio.abc.Stream, five_tuple: FiveTuple, queue: trio.MemorySendChannel[bytes]
+    ) -> None:
+        core = self.core
+        framer = StreamFramer()
+        while True:
+            with trio.move_on_after(self.idle_timeout) as idle:
+                data = await stream.receive_some(RECV_SIZE)
+            if idle.cancelled_caught:
+                self.stream_counters.idle_closed += 1
+                return
+            if not data:
+                return
+            framer.feed(data)
+            now = self.clock()
+            while (frame := framer.next_frame()) is not None:
+                if frame[0] & 0x40:  # the framer passes STUN (0b00) and ChannelData (0b01)
+                    self._forward_channel_data(core.table.get(five_tuple), frame, now)
+                    continue
+                out = core.handle_stun(frame, five_tuple, now)
+                if type(out) is bytes:
+                    try:
+                        queue.send_nowait(out)
+                    except trio.WouldBlock:
+                        self.dropped_slow_client += 1
+                elif isinstance(out, ToPeer):
+                    try:
+                        out.relay.sendto(out.data, out.peer)
+                    except OSError:
+                        self.send_errors += 1
+
+    async def _write_stream(
+        self, stream: trio.abc.Stream, queue: trio.MemoryReceiveChannel[bytes]
+    ) -> None:
+        async for message in queue:
+            await stream.send_all(message)

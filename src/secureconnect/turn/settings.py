@@ -1,0 +1,58 @@
+"""The TURN core's parameters, outputs and counters (plain data, no behaviour)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from secureconnect.turn.allocation import Address, RelayEndpoint
+from secureconnect.turn.relaypath import RelayCounters
+
+
+@dataclass(frozen=True, slots=True)
+class TurnSettings:
+    """The TURN core's parameters (plain values; the runtime maps the config onto them)."""
+
+    relay_ipv4: str | None = "127.0.0.1"  # local address relay sockets bind to; None: no IPv4
+    relay_ipv6: str | None = None
+    external_ipv4: str | None = None  # advertised instead of relay_ipv4 (1:1 NAT, Docker)
+    external_ipv6: str | None = None
+    default_lifetime: int = 600  # RFC 8656 §3.2: allocations last 10 minutes by default
+    max_lifetime: int = 3600
+    permission_lifetime: int = 300  # RFC 8656 §9: 300 seconds
+    channel_lifetime: int = 600  # RFC 8656 §12: 10 minutes
+    reservation_lifetime: int = 30  # RFC 8656 §7.2: "approximately 30 seconds"
+    user_quota: int = 10
+    total_quota: int = 1000
+    max_permissions: int = 64
+    max_channels: int = 64
+    bandwidth: int = 0  # bytes/s relayed per allocation, both directions; 0: unlimited
+    rfc5766_channels: bool = False  # accept channel numbers up to 0x7FFF (RFC 5766 §11)
+    software: str | None = None
+    reason_phrases: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ToPeer:
+    """Send ``data`` to ``peer`` from the allocation's relay socket (a Send indication)."""
+
+    relay: RelayEndpoint
+    peer: Address
+    data: bytes
+
+
+@dataclass(slots=True)
+class TurnCounters:
+    """Control-plane counters (the hot path's are in ``relay``)."""
+
+    requests: int = 0
+    responses: int = 0
+    errors: dict[int, int] = field(default_factory=dict)  # error code -> responses sent
+    auth_failures: dict[str, int] = field(default_factory=dict)  # reason -> count
+    dropped_not_stun: int = 0
+    dropped_unauthorized_rate: int = 0
+    dropped_indications: int = 0
+    allocations_created: int = 0
+    allocations_deleted: int = 0
+    allocations_expired: int = 0
+    peers_refused: int = 0
+    relay: RelayCounters = field(default_factory=RelayCounters)

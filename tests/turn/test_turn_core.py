@@ -1,0 +1,508 @@
+"""The sans-IO TURN core: RFC 8656 requests with explicit times, no sockets, no sleeps."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+from turnkit import (
+    CLIENT,
+    NOW,
+    PEER,
+    REALM,
+    SERVER,
+    Client,
+    error_code,
+    make_core,
+    rest_user,
+)
+
+from secureconnect.stun import (
+    AttrType,
+    BindingResponder,
+    ErrorCode,
+    MessageClass,
+    Method,
+    ResponderConfig,
+    decode_message_untrusted,
+    decode_u32_untrusted,
+    decode_unknown_attributes_untrusted,
+    decode_xor_address_untrusted,
+    encode_message,
+    encode_u32,
+    long_term_key,
+    new_transaction_id,
+    verify_integrity,
+)
+from secureconnect.turn.core import ToPeer, TurnSettings
+
+A = AttrType
+UDP = (A.REQUESTED_TRANSPORT, bytes((17, 0, 0, 0)))
+
+
+def client(
+    core: object,
+    five_tuple: tuple[str, tuple[str, int], tuple[str, int]] | None = None,
+    user: str = "alice",
+    expiry: float = NOW + 3600,
+) -> Client:
+    username, password = rest_user(expiry, user)
+    c = Client(core, username, password)  # type: ignore[arg-type]
+    if five_tuple is not None:
+        c.five_tuple = five_tuple
+    return c
+
+
+def relayed(response: object) -> tuple[str, int]:
+    value = response.get(A.XOR_RELAYED_ADDRESS)  # type: ignore[attr-defined]
+    return decode_xor_address_untrusted(value, response.transaction_id)  # type: ignore[attr-defined]
+
+
+def lifetime(response: object) -> int:
+    return decode_u32_untrusted(response.get(A.LIFETIME))  # type: ignore[attr-defined]
+
+
+# -- Allocate ---------------------------------------------------------------------------------
+
+
+def test_first_allocate_is_challenged_and_leaves_no_state() -> None:
+    core, relays = make_core()
+    c = client(core)
+    response = c.raw(Method.ALLOCATE, [UDP], authenticate=False)
+    assert error_code(response) == ErrorCode.UNAUTHORIZED
+    assert response is not None
+    assert response.get(A.REALM) == REALM.encode()
+    assert response.get(A.NONCE)
+    assert response.get(A.SOFTWARE) is None
+    assert response.integrity_offset is None
+    assert len(core.table) == 0
+    assert relays.bound == []
+
+
+def test_allocate_succeeds_with_rest_credentials() -> None:
+    core, relays = make_core()
+    c = client(core)
+    response = c.allocate()
+    assert response.cls is MessageClass.SUCCESS
+    assert verify_integrity(response, c.key)
+    ip, port = relayed(response)
+    assert ip == "192.0.2.1"
+    assert 49152 <= port <= 65535
+    assert lifetime(response) == 600
+    mapped = response.get(A.XOR_MAPPED_ADDRESS)
+    assert mapped is not None
+    assert decode_xor_address_untrusted(mapped, response.transaction_id) == CLIENT
+    assert [e.port for e in relays.open()] == [port]
+    assert relays.active[port].username == c.username
+
+
+def test_retransmitted_allocate_gets_the_same_answer_and_a_new_one_437() -> None:
+    core, _ = make_core()
+    c = client(core)
+    tid = new_transaction_id()
+    first = c.request(Method.ALLOCATE, [UDP], transaction_id=tid)
+    again = c.request(Method.ALLOCATE, [UDP], transaction_id=tid)
+    assert first is not None
+    assert again is not None
+    assert again.raw == first.raw
+    assert error_code(c.allocate()) == ErrorCode.ALLOCATION_MISMATCH
+
+
+@pytest.mark.parametrize(
+    ("attributes", "code"),
+    [
+        ([], ErrorCode.BAD_REQUEST),
+        ([(A.REQUESTED_TRANSPORT, bytes((6, 0, 0, 0)))], ErrorCode.UNSUPPORTED_TRANSPORT_PROTOCOL),
+        ([(A.REQUESTED_TRANSPORT, b"\x11")], ErrorCode.BAD_REQUEST),
+        (
+            [UDP, (A.REQUESTED_ADDRESS_FAMILY, bytes((3, 0, 0, 0)))],
+            ErrorCode.ADDRESS_FAMILY_NOT_SUPPORTED,
+        ),
+        ([UDP, (A.RESERVATION_TOKEN, bytes(8)), (A.EVEN_PORT, b"\x00")], ErrorCode.BAD_REQUEST),
+        ([UDP, (A.RESERVATION_TOKEN, bytes(8))], ErrorCode.INSUFFICIENT_CAPACITY),
+        ([UDP, (0x7777, b"x")], ErrorCode.UNKNOWN_ATTRIBUTE),
+    ],
+)
+def test_allocate_refusals(attributes: list[tuple[int, bytes]], code: int) -> None:
+    core, relays = make_core()
+    response = client(core).request(Method.ALLOCATE, attributes)
+    assert error_code(response) == code
+    assert response is not None
+    # Errors after authentication are integrity-protected (RFC 8489 §9.2.4).
+    assert response.integrity_offset is not None
+    if code == ErrorCode.UNKNOWN_ATTRIBUTE:
+        value = response.get(A.UNKNOWN_ATTRIBUTES)
+        assert value is not None
+        assert decode_unknown_attributes_untrusted(value) == (0x7777,)
+    assert relays.open() == []
+
+
+def test_ipv6_relay_and_missing_family() -> None:
+    core, _ = make_core()
+    response = client(core).allocate((A.REQUESTED_ADDRESS_FAMILY, bytes((2, 0, 0, 0))))
+    assert relayed(response)[0] == "2001:db8::1"
+    core4, _ = make_core(TurnSettings(relay_ipv4="192.0.2.1", relay_ipv6=None))
+    response = client(core4).allocate((A.REQUESTED_ADDRESS_FAMILY, bytes((2, 0, 0, 0))))
+    assert error_code(response) == ErrorCode.ADDRESS_FAMILY_NOT_SUPPORTED
+
+
+def test_external_address_is_advertised_behind_a_1to1_nat() -> None:
+    core, _ = make_core(TurnSettings(relay_ipv4="10.0.0.5", external_ipv4="203.0.113.9"))
+    assert relayed(client(core).allocate())[0] == "203.0.113.9"
+
+
+def test_even_port_with_reservation_and_dont_fragment() -> None:
+    core, relays = make_core()
+    first = client(core).allocate((A.EVEN_PORT, b"\x80"), (A.DONT_FRAGMENT, b""))
+    port = relayed(first)[1]
+    assert port % 2 == 0
+    assert relays.dont_fragment == [port, port + 1]
+    token = first.get(A.RESERVATION_TOKEN)
+    assert token is not None
+    assert len(token) == 8
+    other = client(core, ("udp", ("198.51.100.8", 1), SERVER), user="bob")
+    second = other.allocate((A.RESERVATION_TOKEN, token))
+    assert relayed(second)[1] == port + 1
+    # A token is good once.
+    third = client(core, ("udp", ("198.51.100.9", 1), SERVER), user="carol")
+    assert error_code(third.allocate((A.RESERVATION_TOKEN, token))) == 508
+
+
+def test_unclaimed_reservation_expires_and_frees_the_port() -> None:
+    core, relays = make_core()
+    client(core).allocate((A.EVEN_PORT, b"\x80"))
+    assert len(relays.open()) == 2
+    core.handle_timeout(NOW + 31)
+    assert len(relays.open()) == 1
+
+
+def test_busy_ports_are_skipped() -> None:
+    core, relays = make_core()
+    core.ports.low, core.ports.high = 50000, 50002
+    relays.busy = {50000, 50001}
+    assert relayed(client(core).allocate())[1] == 50002
+    other = client(core, ("udp", ("198.51.100.8", 1), SERVER))
+    assert error_code(other.allocate()) == ErrorCode.INSUFFICIENT_CAPACITY
+
+
+# -- authentication ---------------------------------------------------------------------------
+
+
+def test_wrong_password_expired_credential_wrong_realm_get_401() -> None:
+    core, _ = make_core()
+    c = client(core)
+    c.password = "wrong"
+    assert error_code(c.allocate()) == ErrorCode.UNAUTHORIZED
+    expired = client(core, expiry=NOW - 1)
+    assert error_code(expired.allocate()) == ErrorCode.UNAUTHORIZED
+    realm = client(core)
+    realm.realm = "elsewhere.example"
+    assert error_code(realm.allocate()) == ErrorCode.UNAUTHORIZED
+    forged = client(core)
+    forged.nonce = "not-a-nonce-we-issued"
+    assert error_code(forged.allocate()) == ErrorCode.STALE_NONCE
+    assert core.counters.auth_failures == {"unauthorized": 3, "stale-nonce": 1}
+
+
+def test_stale_nonce_gets_438_with_a_fresh_nonce() -> None:
+    core, _ = make_core()
+    c = client(core)
+    c.allocate()
+    later = NOW + 3 * 3600
+    response = c.request(Method.REFRESH, [], now=later)
+    assert error_code(response) == ErrorCode.STALE_NONCE
+    assert response is not None
+    fresh = response.get(A.NONCE)
+    assert fresh
+    assert fresh.decode() != c.nonce
+    c.nonce = fresh.decode()
+    assert error_code(c.request(Method.REFRESH, [], now=later)) is None
+
+
+def test_missing_username_realm_or_nonce_with_integrity_is_400() -> None:
+    core, _ = make_core()
+    c = client(core)
+    key = long_term_key(c.username, REALM, c.password)
+    data = encode_message(
+        Method.ALLOCATE, MessageClass.REQUEST, new_transaction_id(), [UDP], integrity_key=key
+    )
+    out = core.handle_stun(data, c.five_tuple, NOW)
+    assert isinstance(out, bytes)
+    assert error_code(decode_message_untrusted(out)) == ErrorCode.BAD_REQUEST
+
+
+def test_static_users_and_wrong_credentials_on_someone_elses_allocation() -> None:
+    core, _ = make_core(static_users={"lab": "pw"})
+    lab = Client(core, "lab", "pw")
+    assert error_code(lab.allocate()) is None
+    intruder = client(core)  # same 5-tuple, other user
+    assert error_code(intruder.request(Method.REFRESH, [])) == ErrorCode.WRONG_CREDENTIALS
+
+
+def test_unauthenticated_requests_are_rate_limited_per_source() -> None:
+    core, _ = make_core(unauthorized_rate=1.0)
+    c = client(core)
+    answers = [c.raw(Method.ALLOCATE, [UDP], authenticate=False) for _ in range(5)]
+    assert [a is not None for a in answers] == [True, True, False, False, False]
+    assert core.counters.dropped_unauthorized_rate == 3
+    other = client(core, ("udp", ("198.51.100.99", 9), SERVER))
+    assert other.raw(Method.ALLOCATE, [UDP], authenticate=False) is not None
+    assert c.raw(Method.ALLOCATE, [UDP], authenticate=False, now=NOW + 2) is not None
+
+
+def test_strict_expiry_caps_the_lifetime_and_ends_the_session() -> None:
+    core, relays = make_core(strict_expiry=True)
+    c = client(core, expiry=NOW + 100)
+    assert lifetime(c.allocate()) == 100
+    core.handle_timeout(NOW + 101)
+    assert len(core.table) == 0
+    assert relays.open() == []
+
+
+def test_lax_expiry_lets_a_session_refresh_past_its_credential() -> None:
+    core, _ = make_core()
+    c = client(core, expiry=NOW + 100)
+    c.allocate()
+    response = c.request(Method.REFRESH, [], now=NOW + 200)
+    assert error_code(response) is None
+
+
+# -- Refresh ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("asked", "granted"), [(30, 600), (1200, 1200), (10**6, 3600)])
+def test_refresh_lifetime_is_clamped(asked: int, granted: int) -> None:
+    core, _ = make_core()
+    c = client(core)
+    c.allocate()
+    response = c.request(Method.REFRESH, [(A.LIFETIME, encode_u32(asked))])
+    assert lifetime(response) == granted
+
+
+def test_refresh_zero_deletes_and_then_437() -> None:
+    core, relays = make_core()
+    c = client(core)
+    c.allocate()
+    response = c.request(Method.REFRESH, [(A.LIFETIME, encode_u32(0))])
+    assert lifetime(response) == 0
+    assert relays.open() == []
+    assert core.counters.allocations_deleted == 1
+    assert error_code(c.request(Method.REFRESH, [])) == ErrorCode.ALLOCATION_MISMATCH
+
+
+def test_lifetime_zero_appended_after_message_integrity_is_ignored() -> None:
+    core, relays = make_core()
+    c = client(core)
+    c.allocate()
+    response = c.request(Method.REFRESH, [], trailer=[(A.LIFETIME, encode_u32(0))])
+    assert lifetime(response) == 600
+    assert len(relays.open()) == 1
+
+
+def test_refresh_with_the_other_family_is_443() -> None:
+    core, _ = make_core()
+    c = client(core)
+    c.allocate()
+    response = c.request(Method.REFRESH, [(A.REQUESTED_ADDRESS_FAMILY, bytes((2, 0, 0, 0)))])
+    assert error_code(response) == ErrorCode.PEER_ADDRESS_FAMILY_MISMATCH
+
+
+def test_allocation_expires_on_time() -> None:
+    core, relays = make_core()
+    client(core).allocate()
+    core.handle_timeout(NOW + 599)
+    assert len(core.table) == 1
+    core.handle_timeout(NOW + 600)
+    assert len(core.table) == 0
+    assert relays.open() == []
+    assert core.counters.allocations_expired == 1
+
+
+# -- permissions and channels -----------------------------------------------------------------
+
+
+def _permission(c: Client, *peers: tuple[str, int], now: float = NOW) -> int | None:
+    tid = new_transaction_id()
+    attrs = [c.peer_attr(p, tid) for p in peers]
+    return error_code(c.request(Method.CREATE_PERMISSION, attrs, transaction_id=tid, now=now))
+
+
+def _bind(c: Client, number: int, peer: tuple[str, int], now: float = NOW) -> int | None:
+    tid = new_transaction_id()
+    attrs = [(A.CHANNEL_NUMBER, number.to_bytes(2, "big") + b"\0\0"), c.peer_attr(peer, tid)]
+    return error_code(c.request(Method.CHANNEL_BIND, attrs, transaction_id=tid, now=now))
+
+
+def test_create_permission_installs_several_or_none() -> None:
+    core, _ = make_core()
+    c = client(core)
+    c.allocate()
+    assert _permission(c, PEER, ("1.1.1.1", 1)) is None
+    allocation = next(iter(core.table))
+    assert set(allocation.permissions) == {"8.8.8.8", "1.1.1.1"}
+    assert _permission(c, ("9.9.9.9", 1), ("169.254.169.254", 80)) == ErrorCode.FORBIDDEN
+    assert "9.9.9.9" not in allocation.permissions
+    assert _permission(c, ("2606:4700::1111", 1)) == ErrorCode.PEER_ADDRESS_FAMILY_MISMATCH
+    assert error_code(c.request(Method.CREATE_PERMISSION, [])) == ErrorCode.BAD_REQUEST
+
+
+def test_permission_cap_is_508_and_permissions_expire() -> None:
+    core, _ = make_core(TurnSettings(max_permissions=2))
+    c = client(core)
+    c.allocate()
+    assert _permission(c, ("8.8.8.8", 1), ("8.8.4.4", 1)) is None
+    assert _permission(c, ("1.1.1.1", 1)) == ErrorCode.INSUFFICIENT_CAPACITY
+    assert _permission(c, ("8.8.8.8", 9)) is None  # a refresh, not a new one
+    core.handle_timeout(NOW + 301)
+    assert next(iter(core.table)).permissions == {}
+
+
+@pytest.mark.parametrize(
+    "peer",
+    [
+        "0.0.0.0",
+        "127.0.0.1",
+        "10.1.2.3",
+        "169.254.169.254",
+        "192.168.1.1",
+        "100.64.0.1",
+        "224.0.0.1",
+        "255.255.255.255",
+        "172.16.0.1",
+    ],
+)
+def test_denylisted_ipv4_peers_are_refused(peer: str) -> None:
+    core, _ = make_core()
+    c = client(core)
+    c.allocate()
+    assert _permission(c, (peer, 80)) == ErrorCode.FORBIDDEN
+    assert _bind(c, 0x4000, (peer, 80)) == ErrorCode.FORBIDDEN
+    assert core.counters.peers_refused == 2
+
+
+@pytest.mark.parametrize(
+    "peer",
+    [
+        "::",
+        "::1",
+        "::ffff:127.0.0.1",
+        "::ffff:169.254.169.254",
+        "64:ff9b::a9fe:a9fe",
+        "2002:a9fe:a9fe::1",
+        "fe80::1",
+        "fc00::1",
+        "ff02::1",
+        "2001:db8::5",
+        "::127.0.0.1",
+    ],
+)
+def test_denylisted_ipv6_peer_forms_are_refused(peer: str) -> None:
+    core, _ = make_core()
+    c = client(core)
+    c.allocate((A.REQUESTED_ADDRESS_FAMILY, bytes((2, 0, 0, 0))))
+    # Encoded by hand with the IPv6 family: our encoder would send a mapped address as IPv4.
+    tid = new_transaction_id()
+    mask = (0x2112A442).to_bytes(4, "big") + tid
+    raw = ipaddress.IPv6Address(peer.split("%", maxsplit=1)[0]).packed
+    value = (
+        bytes((0, 2))
+        + (80 ^ 0x2112).to_bytes(2, "big")
+        + bytes(a ^ b for a, b in zip(raw, mask, strict=True))
+    )
+    response = c.request(
+        Method.CREATE_PERMISSION, [(A.XOR_PEER_ADDRESS, value)], transaction_id=tid
+    )
+    assert error_code(response) == ErrorCode.FORBIDDEN
+
+
+def test_channel_bind_rules() -> None:
+    core, _ = make_core(TurnSettings(max_channels=2))
+    c = client(core)
+    c.allocate((A.LIFETIME, encode_u32(3600)))
+    assert _bind(c, 0x3FFF, PEER) == ErrorCode.BAD_REQUEST
+    assert _bind(c, 0x5000, PEER) == ErrorCode.BAD_REQUEST
+    assert _bind(c, 0x4000, PEER) is None
+    allocation = next(iter(core.table))
+    assert allocation.permits(PEER[0], NOW)  # a channel binding installs the permission
+    assert _bind(c, 0x4000, PEER, now=NOW + 1) is None  # refresh
+    assert _bind(c, 0x4000, ("8.8.4.4", 1)) == ErrorCode.BAD_REQUEST
+    assert _bind(c, 0x4001, PEER) == ErrorCode.BAD_REQUEST
+    assert _bind(c, 0x4FFF, ("8.8.4.4", 1)) is None
+    assert _bind(c, 0x4001, ("1.1.1.1", 1)) == ErrorCode.INSUFFICIENT_CAPACITY
+    assert _bind(c, 0x4002, (PEER[0], 0)) == ErrorCode.BAD_REQUEST
+    core.handle_timeout(NOW + 601)
+    assert allocation.channels == {}
+    assert allocation.channel_by_peer == {}
+
+
+def test_requests_without_an_allocation_get_437() -> None:
+    core, _ = make_core()
+    c = client(core)
+    assert _permission(c, PEER) == ErrorCode.ALLOCATION_MISMATCH
+    assert _bind(c, 0x4000, PEER) == ErrorCode.ALLOCATION_MISMATCH
+
+
+# -- Send indications and the other messages --------------------------------------------------
+
+
+def _send(c: Client, peer: tuple[str, int], payload: bytes, now: float = NOW) -> object:
+    tid = new_transaction_id()
+    data = encode_message(
+        Method.SEND, MessageClass.INDICATION, tid, [c.peer_attr(peer, tid), (A.DATA, payload)]
+    )
+    return c.core.handle_stun(data, c.five_tuple, now)
+
+
+def test_send_indication_needs_a_permission() -> None:
+    core, _ = make_core()
+    c = client(core)
+    c.allocate()
+    assert _send(c, PEER, b"hello") is None
+    assert core.counters.relay.dropped_no_permission == 1
+    _permission(c, PEER)
+    out = _send(c, PEER, b"hello")
+    assert isinstance(out, ToPeer)
+    assert out.peer == PEER
+    assert out.data == b"hello"
+    assert out.relay is next(iter(core.table)).relay
+    assert _send(c, PEER, b"late", now=NOW + 301) is None
+
+
+def test_binding_garbage_and_malformed_requests() -> None:
+    core, _ = make_core()
+    core.binding = BindingResponder(ResponderConfig())
+    tid = new_transaction_id()
+    out = core.handle_stun(
+        encode_message(Method.BINDING, MessageClass.REQUEST, tid), ("udp", CLIENT, SERVER), NOW
+    )
+    assert isinstance(out, bytes)
+    assert decode_message_untrusted(out).cls is MessageClass.SUCCESS
+    assert core.handle_stun(b"\xff" * 30, ("udp", CLIENT, SERVER), NOW) is None
+    assert core.counters.dropped_not_stun == 1
+    # An attribute that overruns the message: recognisably STUN, but malformed.
+    head = encode_message(Method.ALLOCATE, MessageClass.REQUEST, tid)
+    broken = head[:2] + (8).to_bytes(2, "big") + head[4:] + bytes((0, 0x19, 0, 100, 17, 0, 0, 0))
+    out = core.handle_stun(broken, ("udp", CLIENT, SERVER), NOW)
+    assert isinstance(out, bytes)
+    assert error_code(decode_message_untrusted(out)) == ErrorCode.BAD_REQUEST
+
+
+def test_closing_a_stream_ends_its_allocation() -> None:
+    core, relays = make_core()
+    c = client(core, ("tcp", CLIENT, SERVER))
+    c.allocate()
+    core.close_five_tuple(("tcp", CLIENT, SERVER))
+    assert relays.open() == []
+    assert len(core.table) == 0
+
+
+def test_quotas_give_486() -> None:
+    core, _ = make_core(TurnSettings(user_quota=2, total_quota=3))
+    for i in range(2):
+        assert error_code(client(core, ("udp", ("198.51.100.1", i + 1), SERVER)).allocate()) is None
+    third = client(core, ("udp", ("198.51.100.1", 3), SERVER))
+    assert error_code(third.allocate()) == ErrorCode.ALLOCATION_QUOTA_REACHED
+    bob = client(core, ("udp", ("198.51.100.2", 1), SERVER), user="bob")
+    assert error_code(bob.allocate()) is None
+    carol = client(core, ("udp", ("198.51.100.3", 1), SERVER), user="carol")
+    assert error_code(carol.allocate()) == ErrorCode.ALLOCATION_QUOTA_REACHED
