@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from secureconnect.credentials import rest_password
 from secureconnect.stun import (
     AttrType,
     MessageClass,
@@ -190,3 +191,61 @@ def test_json_logs_are_one_object_per_line(tmp_path: Path) -> None:
         events = [json.loads(line)["event"] for line in proc.stderr.read().splitlines() if line]
     assert "ready" in events
     assert "stopped" in events
+
+
+def test_credentials_command_prints_rest_json_for_the_generated_secret(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "secureconnect", "credentials", "--user", "bob", "--ttl", "60"],
+        capture_output=True,
+        text=True,
+        env=clean_env(tmp_path),
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    credential = json.loads(result.stdout)
+    expiry, user = credential["username"].split(":")
+    assert user == "bob"
+    assert abs(int(expiry) - (time.time() + 60)) < 5
+    assert credential["ttl"] == 60
+    secret = (tmp_path / "state" / "secureconnect" / "turn-secret").read_text().strip()
+    assert credential["password"] == rest_password(secret, credential["username"])
+    assert credential["uris"] == [
+        "turn:127.0.0.1:3478?transport=udp",
+        "turn:127.0.0.1:3478?transport=tcp",
+        "turns:127.0.0.1:5349?transport=tcp",
+    ]
+    bad = subprocess.run(
+        [sys.executable, "-m", "secureconnect", "credentials", "--user", "a:b"],
+        capture_output=True,
+        text=True,
+        env=clean_env(tmp_path),
+        timeout=30,
+        check=False,
+    )
+    assert bad.returncode == 2
+    assert "a:b" in bad.stderr or ":" in bad.stderr
+
+
+def test_embedded_defaults_run_turn_on_3478_with_stun_on_the_same_port(tmp_path: Path) -> None:
+    with appliance(tmp_path) as proc:
+        assert proc.stdout is not None
+        tid = new_transaction_id()
+        request = encode_message(
+            Method.ALLOCATE,
+            MessageClass.REQUEST,
+            tid,
+            [(AttrType.REQUESTED_TRANSPORT, bytes((17, 0, 0, 0)))],
+        )
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(5)
+            sock.sendto(request, ("127.0.0.1", 3478))
+            challenge = decode_message_untrusted(sock.recv(2048))
+        assert challenge.cls is MessageClass.ERROR
+        assert challenge.get(AttrType.REALM) == b"secureconnect"
+        assert challenge.get(AttrType.NONCE)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=5) == 0
+        urls = proc.stdout.read()
+    assert "turn:127.0.0.1:3478?transport=udp" in urls
+    assert "turns:127.0.0.1:5349?transport=tcp" in urls

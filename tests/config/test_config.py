@@ -63,6 +63,22 @@ def test_no_file_and_empty_file_give_the_defaults(tmp_path: Path) -> None:
             "exactly one",
         ),
         ("[stun]\nudp = false\ntcp = false\ntls = false\n", "stun.udp", "all off"),
+        (
+            "[turn]\nrelay_port_min = 60000\nrelay_port_max = 50000\n",
+            "turn.relay_port_min",
+            "upside down",
+        ),
+        ("[turn]\nrelay_port_min = 80\n", "turn.relay_port_min", "0-1023"),
+        ("[turn]\nusers = ['nocolon']\n", "turn.users", "user:password"),
+        ("[turn]\nallowed_peers = ['10.0.0.0/33']\n", "turn.allowed_peers", "CIDR"),
+        ("[turn]\nloopback_peers = 'maybe'\n", "turn.loopback_peers", "one of"),
+        (
+            "[turn]\nrelay_addresses = ['127.0.0.1', '127.0.0.2']\n",
+            "turn.relay_addresses",
+            "one address per family",
+        ),
+        ("[stun]\nalternate_address = '127.0.0.2'\n", "stun.port", "own port"),
+        ("[turn]\ndefault_lifetime = 7200\n", "turn.default_lifetime", "max_lifetime"),
     ],
 )
 def test_bad_config_names_file_and_key(tmp_path: Path, text: str, key: str, fragment: str) -> None:

@@ -33,6 +33,7 @@ from secureconnect.stun import (
     ErrorCode,
     MessageClass,
     Method,
+    ResponderConfig,
     StunDecodeError,
     StunError,
     StunMessage,
@@ -96,7 +97,8 @@ class TurnCore:
         self.binder: RelayBinder = binder or _NoRelays()
         self.peers = peers
         self.ports = ports or RelayPortPool()
-        self.binding = binding
+        # A TURN server is a STUN server: it answers Binding on its ports (keepalives, RFC 8656).
+        self.binding = binding or BindingResponder(ResponderConfig())
         self.counters = counters or TurnCounters()
         self.table = AllocationTable()
         self.rng = rng or random.Random(secrets.randbits(64))
@@ -136,8 +138,6 @@ class TurnCore:
         """A decoded message; Binding goes to the embedded responder."""
         method, cls = msg.method, msg.cls
         if method == Method.BINDING:
-            if self.binding is None:
-                return None
             reply = self.binding.handle_message(
                 msg, five_tuple[1], five_tuple[2], stream=five_tuple[0] != "udp"
             )

@@ -1,0 +1,184 @@
+"""Start real TURN servers as subprocesses: ours (``secureconnect run turn``) and coturn.
+
+Used by the interop tests and by the benchmarks (``bench/`` puts ``tests/support`` on its path),
+so both run the same servers the same way. Each context manager yields a :class:`TurnTarget`
+once the server is listening, and stops the server (SIGTERM, then SIGKILL) however the block
+ends. Everything listens on loopback only.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+SECRET = "interop-secret"
+
+
+@dataclass(frozen=True)
+class TurnTarget:
+    """Where a running TURN server listens and how to authenticate to it."""
+
+    name: str  # "secureconnect" or "coturn"
+    host: str
+    port: int  # UDP and TCP
+    tls_port: int | None
+    secret: str
+    realm: str
+    pid: int
+
+
+def free_port(kind: int = socket.SOCK_DGRAM) -> int:
+    """A port free for both UDP and TCP on 127.0.0.1."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, kind) as probe:
+            probe.bind(("127.0.0.1", 0))
+            port: int = probe.getsockname()[1]
+        other = socket.SOCK_STREAM if kind == socket.SOCK_DGRAM else socket.SOCK_DGRAM
+        with socket.socket(socket.AF_INET, other) as check:
+            try:
+                check.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port")
+
+
+def require_tool(name: str) -> str:
+    """The path of an executable the tests need; a loud failure when it is missing."""
+    path = shutil.which(name)
+    if path is None:
+        raise RuntimeError(
+            f"{name} is not installed: run `make test` (it installs Debian's coturn package)"
+        )
+    return path
+
+
+def _wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited early with status {proc.returncode}")
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.settimeout(0.2)
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"server did not listen on {port} within {timeout} s")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+@contextmanager
+def secureconnect_turn(
+    workdir: Path, *overrides: str, tls: bool = False, secret: str = SECRET
+) -> Iterator[TurnTarget]:
+    """Our TURN component in a subprocess; ``overrides`` are extra ``KEY=VALUE`` settings.
+
+    Defaults suit tests and benchmarks: RFC 5766 channel numbers (turnutils_uclient uses them),
+    no bandwidth cap, a generous user quota, loopback peers (allowed automatically on loopback).
+    """
+    port = free_port()
+    tls_port = free_port(socket.SOCK_STREAM) if tls else None
+    settings = [
+        f"turn.port={port}",
+        f"turn.tls={'true' if tls else 'false'}",
+        f"turn.tls_port={tls_port or 0}",
+        f'turn.secrets=["{secret}"]',
+        "turn.rfc5766_channels=true",
+        "turn.bandwidth_limit=0",
+        "turn.user_quota=100000",
+        "turn.total_quota=100000",
+        "turn.unauthorized_rate=0",
+        *overrides,
+    ]
+    args = [sys.executable, "-m", "secureconnect", "run", "turn"]
+    for item in settings:
+        args += ["--set", item]
+    env = {**os.environ, "XDG_STATE_HOME": str(workdir / "state"), "HOME": str(workdir)}
+    log = (workdir / "secureconnect.log").open("wb")
+    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        _wait_listening(port, proc)
+        yield TurnTarget(
+            "secureconnect", "127.0.0.1", port, tls_port, secret, "secureconnect", proc.pid
+        )
+    finally:
+        _stop(proc)
+        log.close()
+
+
+@contextmanager
+def coturn(workdir: Path, *extra: str, secret: str = SECRET) -> Iterator[TurnTarget]:
+    """Debian's coturn (``turnserver``) on loopback with REST secrets, for side-by-side runs."""
+    binary = require_tool("turnserver")
+    port = free_port()
+    low = 40000 + (port % 1000) * 10
+    conf = workdir / "coturn.conf"
+    conf.write_text(
+        "\n".join(
+            [
+                "listening-ip=127.0.0.1",
+                "relay-ip=127.0.0.1",
+                f"listening-port={port}",
+                f"min-port={low}",
+                f"max-port={low + 9000}",
+                "use-auth-secret",
+                f"static-auth-secret={secret}",
+                "realm=coturn",
+                "no-cli",
+                "no-tls",
+                "no-dtls",
+                "allow-loopback-peers",
+                "no-stdout-log",
+                f"log-file={workdir / 'coturn.log'}",
+                "user-quota=0",
+                "total-quota=0",
+                *extra,
+            ]
+        )
+        + "\n"
+    )
+    proc = subprocess.Popen(
+        [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        _wait_listening(port, proc)
+        yield TurnTarget("coturn", "127.0.0.1", port, None, secret, "coturn", proc.pid)
+    finally:
+        _stop(proc)
+
+
+@contextmanager
+def udp_echo_peer(port: int | None = None) -> Iterator[int]:
+    """coturn's ``turnutils_peer``: a UDP echo server on 127.0.0.1 (the relay's peer)."""
+    binary = require_tool("turnutils_peer")
+    port = port or free_port()
+    proc = subprocess.Popen(
+        [binary, "-p", str(port), "-L", "127.0.0.1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(0.2)  # it has no readiness signal; a UDP bind is immediate
+        if proc.poll() is not None:
+            raise RuntimeError("turnutils_peer exited early")
+        yield port
+    finally:
+        _stop(proc)

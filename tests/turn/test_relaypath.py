@@ -1,0 +1,156 @@
+"""The relay hot path: ChannelData routing, peer data wrapping, bandwidth budget."""
+
+from __future__ import annotations
+
+import random
+
+from turnkit import PEER, Client, make_core, rest_user
+
+from secureconnect.stun import (
+    AttrType,
+    MessageClass,
+    Method,
+    decode_message_untrusted,
+    decode_xor_address_untrusted,
+    encode_u32,
+    new_transaction_id,
+)
+from secureconnect.turn.allocation import Allocation
+from secureconnect.turn.core import TurnCore, TurnSettings
+from secureconnect.turn.relaypath import (
+    RelayCounters,
+    is_channel_data,
+    route_channel_data,
+    valid_channel_number,
+    wrap_peer_data,
+)
+
+NOW = 1_800_000_000.0
+RNG = random.Random(7)
+
+
+def allocated(
+    settings: TurnSettings | None = None, five_tuple: tuple[str, object, object] | None = None
+) -> tuple[TurnCore, Client, Allocation]:
+    core, _ = make_core(settings)
+    username, password = rest_user()
+    c = Client(core, username, password)
+    if five_tuple is not None:
+        c.five_tuple = five_tuple  # type: ignore[assignment]
+    c.allocate((AttrType.LIFETIME, encode_u32(3600)))
+    return core, c, next(iter(core.table))
+
+
+def bind(c: Client, number: int, peer: tuple[str, int]) -> None:
+    tid = new_transaction_id()
+    attrs = [(AttrType.CHANNEL_NUMBER, number.to_bytes(2, "big") + b"\0\0"), c.peer_attr(peer, tid)]
+    response = c.request(Method.CHANNEL_BIND, attrs, transaction_id=tid)
+    assert response is not None
+    assert response.cls is MessageClass.SUCCESS
+
+
+def channel_data(number: int, payload: bytes, pad: int = 0) -> bytes:
+    return number.to_bytes(2, "big") + len(payload).to_bytes(2, "big") + payload + bytes(pad)
+
+
+def test_channel_numbers_and_recognition() -> None:
+    assert valid_channel_number(0x4000)
+    assert valid_channel_number(0x4FFF)
+    assert not valid_channel_number(0x5000)
+    assert valid_channel_number(0x7FFF, rfc5766=True)
+    assert not valid_channel_number(0x8000, rfc5766=True)
+    assert is_channel_data(b"\x40\x00\x00\x00")
+    assert is_channel_data(b"\x7f\xff\x00\x00")
+    assert not is_channel_data(b"\x00\x01")
+    assert not is_channel_data(b"")
+
+
+def test_channel_data_is_routed_to_the_bound_peer_only() -> None:
+    _, c, allocation = allocated()
+    counters = RelayCounters()
+    bind(c, 0x4001, PEER)
+    channel = route_channel_data(allocation, channel_data(0x4001, b"abc", pad=1), NOW, counters)
+    assert channel is not None
+    assert channel.peer == PEER
+    assert route_channel_data(allocation, channel_data(0x4002, b"abc"), NOW, counters) is None
+    assert counters.dropped_bad_channel == 1
+    # A length field larger than the datagram is malformed; so is a stub.
+    assert route_channel_data(allocation, b"\x40\x01\x00\x09abc", NOW, counters) is None
+    assert route_channel_data(allocation, b"\x40", NOW, counters) is None
+    assert counters.dropped_malformed == 2
+    assert (counters.to_peer_packets, counters.to_peer_bytes) == (1, 3)
+
+
+def test_expired_permission_stops_channel_data_even_while_the_channel_lives() -> None:
+    _, c, allocation = allocated()
+    counters = RelayCounters()
+    bind(c, 0x4001, PEER)
+    late = NOW + 301  # permission 300 s, channel 600 s
+    assert route_channel_data(allocation, channel_data(0x4001, b"x"), late, counters) is None
+    assert counters.dropped_no_permission == 1
+
+
+def test_peer_data_becomes_channel_data_or_a_data_indication() -> None:
+    _, c, allocation = allocated()
+    counters = RelayCounters()
+    assert wrap_peer_data(allocation, b"hi", PEER, NOW, counters, rng=RNG) is None
+    assert counters.dropped_no_permission == 1
+    bind(c, 0x4001, PEER)
+    assert wrap_peer_data(allocation, b"hi", PEER, NOW, counters, rng=RNG) == channel_data(
+        0x4001, b"hi"
+    )
+    # Same IP, other port: permitted (permissions ignore ports) but not the channel's peer.
+    other = (PEER[0], PEER[1] + 1)
+    out = wrap_peer_data(allocation, b"hello", other, NOW, counters, rng=RNG)
+    assert out is not None
+    msg = decode_message_untrusted(out)
+    assert msg.method == Method.DATA
+    assert msg.cls is MessageClass.INDICATION
+    assert msg.get(AttrType.DATA) == b"hello"
+    peer_value = msg.get(AttrType.XOR_PEER_ADDRESS)
+    assert peer_value is not None
+    assert decode_xor_address_untrusted(peer_value, msg.transaction_id) == other
+    assert counters.to_client_packets == 2
+
+
+def test_channel_data_to_a_stream_client_is_padded() -> None:
+    client = ("198.51.100.7", 40000)
+    _, c, allocation = allocated(five_tuple=("tcp", client, ("192.0.2.1", 3478)))
+    bind(c, 0x4001, PEER)
+    out = wrap_peer_data(allocation, b"abcde", PEER, NOW, RelayCounters(), rng=RNG)
+    assert out == channel_data(0x4001, b"abcde", pad=3)
+
+
+def test_ipv6_data_indications_decode() -> None:
+    core, c, _ = allocated()
+    six = Client(core, c.username, c.password, ("udp", ("2001:db8::7", 5), ("2001:db8::1", 3478)))
+    six.allocate((AttrType.REQUESTED_ADDRESS_FAMILY, bytes((2, 0, 0, 0))))
+    allocation = core.table.get(six.five_tuple)
+    assert allocation is not None
+    peer = ("2606:4700::1111", 443)
+    allocation.permissions[peer[0]] = NOW + 10
+    out = wrap_peer_data(allocation, b"v6", peer, NOW, RelayCounters(), rng=RNG)
+    assert out is not None
+    msg = decode_message_untrusted(out)
+    value = msg.get(AttrType.XOR_PEER_ADDRESS)
+    assert value is not None
+    assert decode_xor_address_untrusted(value, msg.transaction_id) == peer
+
+
+def test_bandwidth_cap_drops_and_refills_on_the_tick() -> None:
+    core, c, allocation = allocated(TurnSettings(relay_ipv4="192.0.2.1", bandwidth=1000))
+    counters = RelayCounters()
+    bind(c, 0x4001, PEER)
+    core.handle_timeout(NOW)
+    sent = [
+        route_channel_data(allocation, channel_data(0x4001, bytes(300)), NOW, counters)
+        for _ in range(4)
+    ]
+    assert [s is not None for s in sent] == [True, True, True, False]
+    assert counters.dropped_bandwidth == 1
+    core.handle_timeout(NOW + 0.5)  # half a second refills 500 bytes
+    assert route_channel_data(allocation, channel_data(0x4001, bytes(300)), NOW, counters)
+    # Both directions draw on the same budget: 300 left, then none.
+    assert wrap_peer_data(allocation, bytes(300), PEER, NOW, counters, rng=RNG) is not None
+    assert wrap_peer_data(allocation, bytes(1), PEER, NOW, counters, rng=RNG) is None
+    assert counters.dropped_bandwidth == 2

@@ -1,0 +1,254 @@
+"""The TURN component's trio I/O on real loopback sockets: UDP, TCP and TLS clients, relay
+sockets, the fast path both ways, and cleanup when a connection or the server ends."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import trio
+import trio.testing
+import trustme
+from sctest import server_context
+
+from secureconnect.credentials import CredentialMinter, NonceMint, rest_password
+from secureconnect.stun import (
+    AttrType,
+    MessageClass,
+    Method,
+    StreamFramer,
+    StunMessage,
+    decode_message_untrusted,
+    decode_xor_address_untrusted,
+    encode_message,
+    encode_xor_address,
+    long_term_key,
+    new_transaction_id,
+)
+from secureconnect.turn.auth import Authenticator
+from secureconnect.turn.core import TurnCore, TurnSettings
+from secureconnect.turn.peerpolicy import LOOPBACK_RANGES, PeerPolicy
+from secureconnect.turn.serve import TurnEndpoints, TurnServer
+
+A = AttrType
+SECRET = "io-secret"
+REALM = "io.test"
+Address = tuple[str, int]
+
+
+@asynccontextmanager
+async def running_turn(ca: trustme.CA | None = None) -> AsyncIterator[TurnServer]:
+    """A TurnServer on 127.0.0.1 ephemeral ports, loopback peers allowed."""
+    core = TurnCore(
+        TurnSettings(relay_ipv4="127.0.0.1"),
+        auth=Authenticator(
+            realm=REALM, minter=CredentialMinter((SECRET,)), nonces=NonceMint.random()
+        ),
+        peers=PeerPolicy(allow=LOOPBACK_RANGES),
+    )
+    context = server_context(ca) if ca else None
+    server = TurnServer(
+        core,
+        TurnEndpoints(addresses=("127.0.0.1",), port=0, tls_port=0 if ca else None),
+        tls_context=(lambda: context) if context else None,
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.serve)
+        yield server
+        nursery.cancel_scope.cancel()
+
+
+def bound(server: TurnServer, transport: str) -> Address:
+    for kind, ip, port in server.bound:
+        if kind == transport:
+            return ip, port
+    raise AssertionError(f"no {transport} socket")
+
+
+class WireClient:
+    """A TURN client over any transport: builds requests, learns the nonce, decodes answers."""
+
+    def __init__(self, send: object, receive: object) -> None:
+        self.send = send
+        self.receive = receive
+        self.username = f"{int(time.time()) + 600}:io"
+        self.key = long_term_key(self.username, REALM, rest_password(SECRET, self.username))
+        self.nonce = b""
+
+    async def request(self, method: int, attributes: list[tuple[int, bytes]]) -> StunMessage:
+        for _ in range(2):
+            tid = new_transaction_id()
+            attrs = [*attributes]
+            if self.nonce:
+                attrs += [
+                    (A.USERNAME, self.username.encode()),
+                    (A.REALM, REALM.encode()),
+                    (A.NONCE, self.nonce),
+                ]
+            key = self.key if self.nonce else None
+            await self.send(
+                encode_message(method, MessageClass.REQUEST, tid, attrs, integrity_key=key)
+            )  # type: ignore[operator]
+            response = decode_message_untrusted(await self.receive())  # type: ignore[operator]
+            nonce = response.get(A.NONCE)
+            if response.cls is MessageClass.ERROR and nonce is not None and not self.nonce:
+                self.nonce = nonce
+                continue
+            return response
+        raise AssertionError("no answer after the challenge")
+
+    async def allocate(self) -> Address:
+        response = await self.request(
+            Method.ALLOCATE, [(A.REQUESTED_TRANSPORT, bytes((17, 0, 0, 0)))]
+        )
+        assert response.cls is MessageClass.SUCCESS, response
+        value = response.get(A.XOR_RELAYED_ADDRESS)
+        assert value is not None
+        return decode_xor_address_untrusted(value, response.transaction_id)
+
+    async def channel_bind(self, number: int, peer: Address) -> None:
+        tid_free = encode_xor_address(peer[0], peer[1], bytes(12))  # IPv4 XOR ignores the id
+        response = await self.request(
+            Method.CHANNEL_BIND,
+            [
+                (A.CHANNEL_NUMBER, number.to_bytes(2, "big") + b"\0\0"),
+                (A.XOR_PEER_ADDRESS, tid_free),
+            ],
+        )
+        assert response.cls is MessageClass.SUCCESS, response
+
+
+async def udp_client(server: TurnServer) -> tuple[WireClient, trio.socket.SocketType]:
+    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    await sock.connect(bound(server, "udp"))
+
+    async def receive() -> bytes:
+        with trio.fail_after(5):
+            return await sock.recv(65536)
+
+    return WireClient(sock.send, receive), sock
+
+
+async def peer_socket() -> tuple[trio.socket.SocketType, Address]:
+    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    await sock.bind(("127.0.0.1", 0))
+    return sock, sock.getsockname()
+
+
+async def test_udp_client_relays_both_ways_over_a_channel() -> None:
+    async with running_turn() as server:
+        client, sock = await udp_client(server)
+        relayed = await client.allocate()
+        assert relayed[0] == "127.0.0.1"
+        peer, peer_address = await peer_socket()
+        await client.channel_bind(0x4001, peer_address)
+        await sock.send(b"\x40\x01\x00\x05hello\x00\x00\x00")
+        with trio.fail_after(5):
+            data, source = await peer.recvfrom(2048)
+        assert (data, source) == (b"hello", relayed)
+        await peer.sendto(b"back", relayed)
+        with trio.fail_after(5):
+            assert await sock.recv(2048) == b"\x40\x01\x00\x04back"
+        counters = server.core.counters.relay
+        assert (counters.to_peer_packets, counters.to_client_packets) == (1, 1)
+
+
+async def test_peer_without_permission_is_dropped_and_send_indication_works() -> None:
+    async with running_turn() as server:
+        client, sock = await udp_client(server)
+        relayed = await client.allocate()
+        peer, peer_address = await peer_socket()
+        stranger, _ = await peer_socket()
+        await stranger.sendto(b"spam", relayed)
+        tid = new_transaction_id()
+        send = encode_message(
+            Method.SEND,
+            MessageClass.INDICATION,
+            tid,
+            [(A.XOR_PEER_ADDRESS, encode_xor_address(*peer_address, tid)), (A.DATA, b"ping")],
+        )
+        await sock.send(send)  # no permission yet: dropped
+        await client.request(
+            Method.CREATE_PERMISSION,
+            [(A.XOR_PEER_ADDRESS, encode_xor_address(*peer_address, bytes(12)))],
+        )
+        await sock.send(send)
+        with trio.fail_after(5):
+            assert await peer.recv(2048) == b"ping"
+        await peer.sendto(b"pong", relayed)
+        with trio.fail_after(5):
+            msg = decode_message_untrusted(await sock.recv(2048))
+        assert msg.method == Method.DATA
+        assert msg.get(A.DATA) == b"pong"
+        relay = server.core.counters.relay
+        # The stranger's datagram and the early Send indication were both dropped.
+        assert relay.dropped_no_permission == 2
+
+
+async def test_tcp_allocation_ends_with_its_connection() -> None:
+    async with running_turn() as server:
+        stream = await trio.open_tcp_stream(*bound(server, "tcp"))
+        framer = StreamFramer()
+
+        async def receive() -> bytes:
+            with trio.fail_after(5):
+                while (frame := framer.next_frame()) is None:
+                    framer.feed(await stream.receive_some(65536))
+            return frame
+
+        client = WireClient(stream.send_all, receive)
+        relayed = await client.allocate()
+        peer, peer_address = await peer_socket()
+        await client.channel_bind(0x4002, peer_address)
+        await stream.send_all(b"\x40\x02\x00\x03abc\x00")  # padded on streams
+        with trio.fail_after(5):
+            assert await peer.recv(2048) == b"abc"
+        await peer.sendto(b"xyz12", relayed)
+        assert await receive() == b"\x40\x02\x00\x05xyz12\x00\x00\x00"
+        assert len(server.core.table) == 1
+        await stream.aclose()
+        with trio.fail_after(5):
+            await trio.testing.wait_all_tasks_blocked()
+        assert len(server.core.table) == 0
+        # The relay port is free again: its socket was closed.
+        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        probe.bind(relayed)
+        probe.close()
+
+
+async def test_tls_client_allocates_and_binding_is_answered() -> None:
+    ca = trustme.CA()
+    async with running_turn(ca) as server:
+        context = ssl.create_default_context()
+        ca.configure_trust(context)
+        raw = await trio.open_tcp_stream(*bound(server, "tls"))
+        stream = trio.SSLStream(raw, context, server_hostname="localhost")
+        framer = StreamFramer()
+
+        async def receive() -> bytes:
+            with trio.fail_after(5):
+                while (frame := framer.next_frame()) is None:
+                    framer.feed(await stream.receive_some(65536))
+            return frame
+
+        client = WireClient(stream.send_all, receive)
+        relayed = await client.allocate()
+        assert relayed[0] == "127.0.0.1"
+        await stream.aclose()
+        _, sock = await udp_client(server)
+        await sock.send(encode_message(Method.BINDING, MessageClass.REQUEST, new_transaction_id()))
+        with trio.fail_after(5):
+            answer = decode_message_untrusted(await sock.recv(2048))
+        assert answer.cls is MessageClass.SUCCESS
+
+
+async def test_stopping_the_server_closes_relay_sockets() -> None:
+    async with running_turn() as server:
+        client, _ = await udp_client(server)
+        relayed = await client.allocate()
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.bind(relayed)
+    probe.close()
