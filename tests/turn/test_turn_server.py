@@ -6,7 +6,7 @@ from __future__ import annotations
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import trio
@@ -132,6 +132,19 @@ async def udp_client(server: TurnServer) -> tuple[WireClient, trio.socket.Socket
     return WireClient(sock.send, receive), sock
 
 
+def stream_client(stream: trio.abc.Stream) -> tuple[WireClient, Callable[[], Awaitable[bytes]]]:
+    """A WireClient over a TCP/TLS stream, and its frame reader (STUN or ChannelData)."""
+    framer = StreamFramer()
+
+    async def receive() -> bytes:
+        with trio.fail_after(5):
+            while (frame := framer.next_frame()) is None:
+                framer.feed(await stream.receive_some(65536))
+        return frame
+
+    return WireClient(stream.send_all, receive), receive
+
+
 async def peer_socket() -> tuple[trio.socket.SocketType, Address]:
     sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     await sock.bind(("127.0.0.1", 0))
@@ -191,15 +204,7 @@ async def test_peer_without_permission_is_dropped_and_send_indication_works() ->
 async def test_tcp_allocation_ends_with_its_connection() -> None:
     async with running_turn() as server:
         stream = await trio.open_tcp_stream(*bound(server, "tcp"))
-        framer = StreamFramer()
-
-        async def receive() -> bytes:
-            with trio.fail_after(5):
-                while (frame := framer.next_frame()) is None:
-                    framer.feed(await stream.receive_some(65536))
-            return frame
-
-        client = WireClient(stream.send_all, receive)
+        client, receive = stream_client(stream)
         relayed = await client.allocate()
         peer, peer_address = await peer_socket()
         await client.channel_bind(0x4002, peer_address)
@@ -226,15 +231,7 @@ async def test_tls_client_allocates_and_binding_is_answered() -> None:
         ca.configure_trust(context)
         raw = await trio.open_tcp_stream(*bound(server, "tls"))
         stream = trio.SSLStream(raw, context, server_hostname="localhost")
-        framer = StreamFramer()
-
-        async def receive() -> bytes:
-            with trio.fail_after(5):
-                while (frame := framer.next_frame()) is None:
-                    framer.feed(await stream.receive_some(65536))
-            return frame
-
-        client = WireClient(stream.send_all, receive)
+        client, _ = stream_client(stream)
         relayed = await client.allocate()
         assert relayed[0] == "127.0.0.1"
         await stream.aclose()
