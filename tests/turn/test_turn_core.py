@@ -506,3 +506,16 @@ def test_quotas_give_486() -> None:
     assert error_code(bob.allocate()) is None
     carol = client(core, ("udp", ("198.51.100.3", 1), SERVER), user="carol")
     assert error_code(carol.allocate()) == ErrorCode.ALLOCATION_QUOTA_REACHED
+
+
+def test_metrics_expose_gauges_and_counters() -> None:
+    core, _ = make_core()
+    c = client(core)
+    c.allocate()
+    _permission(c, PEER)
+    samples = core.metrics()
+    assert samples["turn_allocations"] == 1
+    assert samples["turn_permissions"] == 1
+    assert samples["turn_allocations_created_total"] == 1
+    assert samples['turn_error_responses_total{code="401"}'] == 1
+    assert samples['turn_relay_dropped_total{reason="bandwidth"}'] == 0

@@ -69,7 +69,7 @@ from secureconnect.turn.requests import (
     canonical_ip,
     unknown_attributes_error,
 )
-from secureconnect.turn.settings import ToPeer, TurnCounters, TurnSettings
+from secureconnect.turn.settings import ToPeer, TurnCounters, TurnSettings, counter_samples
 
 A = AttrType
 
@@ -224,6 +224,10 @@ class TurnCore:
         reservations = self.table.reservations
         for token in [t for t, r in reservations.items() if r.expires <= now]:
             self._release_reservation(reservations.pop(token))
+
+    def metrics(self) -> dict[str, float]:
+        """Counters and gauges for the /metrics endpoint (see ``counter_samples``)."""
+        return counter_samples(self.counters, self.table)
 
     def close_five_tuple(self, five_tuple: FiveTuple) -> None:
         """The TCP/TLS connection of ``five_tuple`` closed: RFC 8656 §3.1 ends its allocation."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from secureconnect.turn.allocation import Address, RelayEndpoint
+from secureconnect.turn.allocation import Address, AllocationTable, RelayEndpoint
 from secureconnect.turn.relaypath import RelayCounters
 
 
@@ -56,3 +56,41 @@ class TurnCounters:
     allocations_expired: int = 0
     peers_refused: int = 0
     relay: RelayCounters = field(default_factory=RelayCounters)
+
+
+def counter_samples(counters: TurnCounters, table: AllocationTable) -> dict[str, float]:
+    """Counters and gauges for the /metrics endpoint, as Prometheus sample names (with
+    labels) -> value: read-only, computed on demand, nothing on the hot path."""
+    allocations, permissions, channels = table.counts()
+    samples: dict[str, float] = {
+        "turn_allocations": allocations,
+        "turn_permissions": permissions,
+        "turn_channels": channels,
+        "turn_reservations": len(table.reservations),
+        "turn_requests_total": counters.requests,
+        "turn_responses_total": counters.responses,
+        "turn_allocations_created_total": counters.allocations_created,
+        "turn_allocations_deleted_total": counters.allocations_deleted,
+        "turn_allocations_expired_total": counters.allocations_expired,
+        "turn_peers_refused_total": counters.peers_refused,
+        'turn_dropped_total{reason="not_stun"}': counters.dropped_not_stun,
+        'turn_dropped_total{reason="unauthorized_rate"}': counters.dropped_unauthorized_rate,
+        'turn_dropped_total{reason="indication"}': counters.dropped_indications,
+    }
+    for code, count in counters.errors.items():
+        samples[f'turn_error_responses_total{{code="{code}"}}'] = count
+    for reason, count in counters.auth_failures.items():
+        samples[f'turn_auth_failures_total{{reason="{reason}"}}'] = count
+    relay = counters.relay
+    for direction in ("to_peer", "to_client"):
+        samples[f'turn_relayed_packets_total{{direction="{direction}"}}'] = getattr(
+            relay, f"{direction}_packets"
+        )
+        samples[f'turn_relayed_bytes_total{{direction="{direction}"}}'] = getattr(
+            relay, f"{direction}_bytes"
+        )
+    for reason in ("no_allocation", "bad_channel", "no_permission", "bandwidth", "malformed"):
+        samples[f'turn_relay_dropped_total{{reason="{reason}"}}'] = getattr(
+            relay, f"dropped_{reason}"
+        )
+    return samples
