@@ -37,11 +37,13 @@ from secureconnect.logs import configure_logging, fields
 from secureconnect.runtime import (
     COMPONENT_NAMES,
     build_components,
+    load_room_secrets,
     load_turn_secrets,
     prepare_runtime,
     service_urls,
     turn_uris,
 )
+from secureconnect.signal.tokens import RoomTokens
 from secureconnect.statedir import resolve_state_dir
 from secureconnect.supervisor import StartupError, Supervisor
 
@@ -86,6 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--ttl", type=int, help="seconds the credential is valid (turn.credential_ttl)"
     )
     _config_flags(creds, config_optional=True)
+
+    token = commands.add_parser(
+        "room-token", help="print a signaling room token (signal.auth = token)"
+    )
+    token.add_argument("room", help='the room, or "*" for any room')
+    token.add_argument("--ttl", type=int, default=3600, help="seconds the token is valid")
+    _config_flags(token, config_optional=True)
     return parser
 
 
@@ -129,10 +138,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(args.config, _overrides(args))
         if args.command == "credentials":
             return print_credentials(config, args.config, args.user, args.ttl)
+        if args.command == "room-token":
+            return print_room_token(config, args.config, args.room, args.ttl)
     except ConfigError as exc:
         print(f"secureconnect: config error: {exc}", file=sys.stderr)
         return 2
     return run(config, args.config, args.components)
+
+
+def print_room_token(config: Config, config_path: Path | None, room: str, ttl: int) -> int:
+    """``secureconnect room-token``: a token for ``room`` signed with the newest secret."""
+    secrets = load_room_secrets(config, config_path)
+    if not secrets:
+        print(
+            "secureconnect: set signal.token_secrets or signal.token_secret_file", file=sys.stderr
+        )
+        return 2
+    try:
+        print(RoomTokens(secrets).mint(room, ttl, time.time()))
+    except ValueError as exc:
+        print(f"secureconnect: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def print_credentials(
@@ -168,6 +195,7 @@ def run(config: Config, config_path: Path | None, names: Sequence[str]) -> int:
         drain_timeout=config.general.drain_timeout,
         reload_hooks=runtime.reload_hooks(),
     )
+    runtime.board.states = supervisor.state  # /healthz reads the supervisor's live states
 
     async def main_task() -> None:
         async with trio.open_nursery() as nursery:

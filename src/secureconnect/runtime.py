@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from secureconnect.config import Config, ConfigError
 from secureconnect.credentials import CredentialMinter, NonceMint
 from secureconnect.logs import fields
+from secureconnect.signal.http import HttpRoutes
+from secureconnect.signal.hub import HubSettings, SignalHub
+from secureconnect.signal.ice import IceConfig
+from secureconnect.signal.serve import SignalServer
+from secureconnect.signal.tokens import RoomTokens
 from secureconnect.statedir import (
     ensure_self_signed,
     ensure_turn_secret,
@@ -40,6 +45,21 @@ COMPONENT_NAMES = ("stun", "turn", "signal")
 
 
 @dataclass
+class StatusBoard:
+    """The live view of the components that /healthz and /metrics read: an explicit object the
+    runtime fills (metric sources) and the CLI wires to the supervisor (states)."""
+
+    states: dict[str, str] = field(default_factory=dict)
+    sources: list[Callable[[], Mapping[str, float]]] = field(default_factory=list)
+
+    def health(self) -> dict[str, str]:
+        return dict(self.states)
+
+    def metrics(self) -> list[Mapping[str, float]]:
+        return [source() for source in self.sources]
+
+
+@dataclass
 class Runtime:
     """Objects shared by components, built once at startup (and reloaded on SIGHUP)."""
 
@@ -49,6 +69,13 @@ class Runtime:
     certificates: CertificateStore
     minter: CredentialMinter  # shared by TURN (checks) and signaling (mints)
     nonces: NonceMint = field(default_factory=NonceMint.random)
+    board: StatusBoard = field(default_factory=StatusBoard)
+    room_tokens: RoomTokens | None = None
+
+    def reload_room_tokens(self) -> None:
+        """Re-read the signaling room-token secrets."""
+        if self.room_tokens is not None:
+            self.room_tokens.replace_secrets(load_room_secrets(self.config, self.config_path))
 
     def reload_turn_secrets(self) -> None:
         """Re-read the TURN shared secrets (config text stays as loaded; files are re-read)."""
@@ -58,7 +85,11 @@ class Runtime:
 
     def reload_hooks(self) -> list[tuple[str, Callable[[], None]]]:
         """What SIGHUP reloads, in order."""
-        return [("tls", self.certificates.reload), ("turn-secrets", self.reload_turn_secrets)]
+        return [
+            ("tls", self.certificates.reload),
+            ("turn-secrets", self.reload_turn_secrets),
+            ("room-token-secrets", self.reload_room_tokens),
+        ]
 
 
 def prepare_runtime(config: Config, config_path: Path | None) -> Runtime:
@@ -77,22 +108,37 @@ def prepare_runtime(config: Config, config_path: Path | None) -> Runtime:
     except (OSError, ValueError) as exc:
         raise ConfigError(str(config_path or "<defaults>"), "tls.cert_file", str(exc)) from exc
     secrets = load_turn_secrets(config, config_path, state_dir)
-    return Runtime(config, config_path, state_dir, certificates, CredentialMinter(secrets))
+    runtime = Runtime(config, config_path, state_dir, certificates, CredentialMinter(secrets))
+    if config.signal.auth == "token":
+        runtime.room_tokens = RoomTokens(load_room_secrets(config, config_path))
+    return runtime
+
+
+def _secrets(
+    inline: tuple[str, ...], file_name: str, key: str, config_path: Path | None
+) -> tuple[str, ...]:
+    """Secrets from the config text, then one per line from the ``key`` file (if named)."""
+    if not file_name:
+        return inline
+    path = resolve_secret_file(file_name, config_path.parent if config_path else None)
+    try:
+        return inline + read_secret_lines(path)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(config_path), key, f"cannot read {path}: {exc}") from exc
+
+
+def load_room_secrets(config: Config, config_path: Path | None) -> tuple[str, ...]:
+    """Room-token secrets from ``signal.token_secrets`` then ``signal.token_secret_file``."""
+    sig = config.signal
+    return _secrets(
+        sig.token_secrets, sig.token_secret_file, "signal.token_secret_file", config_path
+    )
 
 
 def load_turn_secrets(config: Config, config_path: Path | None, state_dir: Path) -> tuple[str, ...]:
     """Secrets from the config text, then from ``turn.secret_file``; none: the generated one."""
-    secrets = config.turn.secrets
-    if config.turn.secret_file:
-        path = resolve_secret_file(
-            config.turn.secret_file, config_path.parent if config_path else None
-        )
-        try:
-            secrets += read_secret_lines(path)
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(
-                str(config_path), "turn.secret_file", f"cannot read {path}: {exc}"
-            ) from exc
+    turn = config.turn
+    secrets = _secrets(turn.secrets, turn.secret_file, "turn.secret_file", config_path)
     return secrets or (ensure_turn_secret(state_dir),)
 
 
@@ -117,7 +163,11 @@ def build_components(runtime: Runtime, names: Sequence[str]) -> list[Component]:
     components: list[Component] = []
     for name in wanted:
         if getattr(config, name).enabled or names:
-            components.append(BUILDERS[name](runtime))
+            component = BUILDERS[name](runtime)
+            components.append(component)
+            metrics = getattr(component, "metrics", None)
+            if callable(metrics):
+                runtime.board.sources.append(metrics)
     return components
 
 
@@ -231,9 +281,6 @@ def build_turn(runtime: Runtime) -> TurnServer:
     )
 
 
-BUILDERS: dict[str, Callable[[Runtime], Component]] = {"stun": build_stun, "turn": build_turn}
-
-
 def service_urls(components: Sequence[Component]) -> list[str]:
     """The URLs a user needs, from what the components actually bound."""
     urls: list[str] = []
@@ -247,6 +294,12 @@ def service_urls(components: Sequence[Component]) -> list[str]:
             for transport, ip, port in component.bound:
                 urls.append(_url("turn", transport, ip, port))
             urls += [_url("stun", t, ip, port) for t, ip, port in component.bound if t == "udp"]
+        elif isinstance(component, SignalServer):
+            for transport, ip, port in component.bound:
+                host = f"[{ip}]" if ":" in ip else ip
+                secure = transport == "tls"
+                urls.append(f"{'wss' if secure else 'ws'}://{host}:{port}/ws")
+                urls.append(f"{'https' if secure else 'http'}://{host}:{port}/  (demo page)")
     return urls
 
 
@@ -268,18 +321,85 @@ def _primary_udp(server: StunServer) -> set[tuple[str, int]]:
     }
 
 
-def turn_uris(config: Config) -> list[str]:
-    """The TURN URIs to hand to clients, from the config (external addresses first)."""
-    turn = config.turn
-    hosts = list(turn.external_addresses) or [
-        a for a in turn.listen if not ipaddress.ip_address(a).is_unspecified
+def ice_host(config: Config) -> str:
+    """The host name or address clients should use for STUN/TURN."""
+    if config.signal.ice_host:
+        return config.signal.ice_host
+    candidates = list(config.turn.external_addresses) + [
+        a for a in config.turn.listen if not ipaddress.ip_address(a).is_unspecified
     ]
+    return candidates[0] if candidates else "127.0.0.1"
+
+
+def turn_uris(config: Config) -> list[str]:
+    """The TURN URIs to hand to clients (``signal.ice_host``, else external/listen address)."""
+    turn = config.turn
+    host = ice_host(config)
     uris: list[str] = []
-    for host in hosts:
-        if turn.udp:
-            uris.append(_url("turn", "udp", host, turn.port))
-        if turn.tcp:
-            uris.append(_url("turn", "tcp", host, turn.port))
-        if turn.tls:
-            uris.append(_url("turn", "tls", host, turn.tls_port))
+    if turn.udp:
+        uris.append(_url("turn", "udp", host, turn.port))
+    if turn.tcp:
+        uris.append(_url("turn", "tcp", host, turn.port))
+    if turn.tls:
+        uris.append(_url("turn", "tls", host, turn.tls_port))
     return uris
+
+
+def stun_uris(config: Config) -> list[str]:
+    """STUN URIs for clients: the TURN port answers Binding, else the STUN component's."""
+    host = ice_host(config)
+    if config.turn.enabled and config.turn.udp:
+        return [_url("stun", "udp", host, config.turn.port)]
+    if config.stun.enabled and config.stun.udp:
+        return [_url("stun", "udp", host, config.stun.port)]
+    return []
+
+
+def build_signal(runtime: Runtime) -> SignalServer:
+    """The signaling component from ``[signal]``, minting with the shared credential minter."""
+    config = runtime.config
+    sig = config.signal
+    ice = IceConfig(
+        minter=runtime.minter,
+        stun_urls=tuple(stun_uris(config)),
+        turn_urls=tuple(turn_uris(config)) if config.turn.enabled else (),
+        ttl=sig.ice_ttl,
+    )
+    hub = SignalHub(
+        HubSettings(
+            max_room_size=sig.max_room_size,
+            max_message_bytes=sig.max_message_bytes,
+            rate_limit=sig.rate_limit,
+            rate_burst=2 * sig.rate_limit,
+            abuse_strikes=int(10 * sig.rate_limit),
+            resume_grace=sig.resume_grace,
+            resume_buffer=sig.resume_buffer,
+            require_tokens=sig.auth == "token",
+        ),
+        ice.servers_for,
+        tokens=runtime.room_tokens,
+    )
+    routes = HttpRoutes(
+        ice=ice,
+        health=runtime.board.health,
+        metrics=runtime.board.metrics,
+        tokens=runtime.room_tokens,
+        allowed_origins=sig.allowed_origins,
+    )
+    return SignalServer(
+        hub,
+        routes,
+        addresses=sig.listen,
+        port=sig.port,
+        tls_context=(lambda: runtime.certificates.context) if sig.tls else None,
+        ping_interval=sig.ping_interval,
+        max_connections_per_ip=sig.max_connections_per_ip,
+        trusted_proxies=sig.trusted_proxies,
+    )
+
+
+BUILDERS: dict[str, Callable[[Runtime], Component]] = {
+    "stun": build_stun,
+    "turn": build_turn,
+    "signal": build_signal,
+}

@@ -122,7 +122,7 @@ def test_shipped_example_is_the_rendered_schema_and_loads() -> None:
     # documented defaults are the real ones and have the right types.
     uncommented = re.sub(r"^# (\w+ = .*)$", r"\1", shipped, flags=re.MULTILINE)
     tree = tomllib.loads(uncommented)
-    assert set(tree) == {"general", "tls", "stun", "turn"}
+    assert set(tree) == {"general", "tls", "stun", "turn", "signal"}
     for section, keys in tree.items():
         for key, value in keys.items():
             loaded = getattr(getattr(Config(), section), key)

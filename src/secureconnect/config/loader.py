@@ -159,6 +159,7 @@ def _cross_check(config: Config, source: str) -> None:
         if stun.port == 0:
             raise ConfigError(source, "stun.port", "RFC 5780 needs a fixed port, not 0")
     _check_turn(config, source)
+    _check_signal(config, source)
 
 
 def _families(addresses: tuple[str, ...]) -> list[int]:
@@ -195,4 +196,13 @@ def _check_turn(config: Config, source: str) -> None:
             "stun.port",
             "RFC 5780 needs the STUN component on its own port: TURN already answers Binding "
             f"on {turn.port}",
+        )
+
+
+def _check_signal(config: Config, source: str) -> None:
+    """Signaling keys that depend on each other."""
+    sig = config.signal
+    if sig.enabled and sig.auth == "token" and not (sig.token_secrets or sig.token_secret_file):
+        raise ConfigError(
+            source, "signal.token_secrets", "auth = token needs token_secrets or token_secret_file"
         )

@@ -334,6 +334,94 @@ class TurnConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SignalConfig:
+    """WSS signaling: rooms, trickle-ICE routing, resumable sessions, ICE servers per peer."""
+
+    enabled: bool = field(default=True, metadata=_doc("run the signaling endpoint"))
+    listen: tuple[str, ...] = field(
+        default=("127.0.0.1",),
+        metadata=_doc("addresses to listen on (loopback by default)", check=_ip_list),
+    )
+    port: int = field(
+        default=8443,
+        metadata=_doc(
+            "HTTPS/WSS port (the demo page, /ws, /ice, /healthz, /metrics)", check=_port_or_zero
+        ),
+    )
+    tls: bool = field(
+        default=True,
+        metadata=_doc("serve TLS with [tls]'s certificate; false only behind a TLS proxy"),
+    )
+    auth: str = field(
+        default="open",
+        metadata=_doc(
+            "open (any room, no token) or token (HMAC room tokens, docs/signaling-protocol.md)",
+            check=_one_of("open", "token"),
+        ),
+    )
+    token_secrets: tuple[str, ...] = field(
+        default=(),
+        metadata=_doc("room-token secrets, newest first (auth = token)", secret=True),
+    )
+    token_secret_file: str = field(
+        default="", metadata=_doc("file with one room-token secret per line, newest first")
+    )
+    allowed_origins: tuple[str, ...] = field(
+        default=(),
+        metadata=_doc(
+            "browser origins allowed besides the page's own (e.g. https://app.example.com); "
+            '"*": any'
+        ),
+    )
+    trusted_proxies: tuple[str, ...] = field(
+        default=(),
+        metadata=_doc(
+            "CIDR ranges of reverse proxies whose X-Forwarded-For is believed", check=_cidr_list
+        ),
+    )
+    ice_host: str = field(
+        default="",
+        metadata=_doc(
+            "host name put in the stun:/turn:/turns: URLs handed to clients (must match the "
+            "certificate for turns:); empty: the TURN external or listen addresses"
+        ),
+    )
+    ice_ttl: int = field(
+        default=3600,
+        metadata=_doc("seconds the TURN credentials handed to a peer live", check=_positive),
+    )
+    max_room_size: int = field(default=16, metadata=_doc("peers per room", check=_positive))
+    max_message_bytes: int = field(
+        default=65536, metadata=_doc("largest message accepted", check=_positive)
+    )
+    rate_limit: float = field(
+        default=50.0,
+        metadata=_doc(
+            "messages per second per connection before rate-limited errors", check=_positive
+        ),
+    )
+    resume_grace: float = field(
+        default=30.0,
+        metadata=_doc("seconds a disconnected peer may resume its session", check=_positive),
+    )
+    resume_buffer: int = field(
+        default=64,
+        metadata=_doc("messages kept for a disconnected peer (oldest dropped)", check=_positive),
+    )
+    ping_interval: float = field(
+        default=20.0,
+        metadata=_doc(
+            "seconds between WebSocket pings (keeps proxies from dropping idle sockets)",
+            check=_positive,
+        ),
+    )
+    max_connections_per_ip: int = field(
+        default=64,
+        metadata=_doc("WebSocket connections one client address may hold", check=_positive),
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration; every key has a default, so an empty file is valid."""
 
@@ -341,6 +429,7 @@ class Config:
     tls: TlsConfig = field(default_factory=TlsConfig)
     stun: StunConfig = field(default_factory=StunConfig)
     turn: TurnConfig = field(default_factory=TurnConfig)
+    signal: SignalConfig = field(default_factory=SignalConfig)
 
 
 SECTION_DOCS: dict[str, str] = {
@@ -348,4 +437,5 @@ SECTION_DOCS: dict[str, str] = {
     "tls": "The certificate for STUN/TURN over TLS and WSS (reloaded on SIGHUP).",
     "stun": "The STUN responder: RFC 8489 Binding, RFC 5780 discovery, classic RFC 3489 answers.",
     "turn": "The TURN relay (RFC 8656) and the credentials it shares with signaling.",
+    "signal": "WSS signaling: rooms, trickle ICE, resume, ICE servers with TURN credentials.",
 }

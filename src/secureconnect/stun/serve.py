@@ -16,6 +16,7 @@ idle is closed and counted; it never affects other connections. Connections beyo
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import ssl
 from collections.abc import Callable, Sequence
@@ -104,6 +105,16 @@ class StunServer:
                         task_status.started()
         finally:
             await sockets.aclose()
+
+    def metrics(self) -> dict[str, float]:
+        """Protocol and connection counters as Prometheus samples (``stun_*``)."""
+        samples: dict[str, float] = {
+            f"stun_{name}_total": value for name, value in dataclasses.asdict(self.counters).items()
+        }
+        streams = dataclasses.asdict(self.stream_counters)
+        samples["stun_stream_connections"] = streams.pop("open")
+        samples.update({f"stun_stream_{name}_total": value for name, value in streams.items()})
+        return samples
 
     def begin_drain(self) -> None:
         """Stop answering UDP and accepting streams; open connections finish or time out."""

@@ -172,6 +172,15 @@ class TurnServer:
             self.core.close_all()
             await sockets.aclose()
 
+    def metrics(self) -> dict[str, float]:
+        """The core's samples plus this layer's send errors, slow-client drops and streams."""
+        samples = self.core.metrics()
+        samples["turn_send_errors_total"] = self.send_errors
+        samples['turn_relay_dropped_total{reason="slow_client"}'] = self.dropped_slow_client
+        samples["turn_stream_connections"] = self.stream_counters.open
+        samples["turn_stream_accepted_total"] = self.stream_counters.accepted
+        return samples
+
     def begin_drain(self) -> None:
         """Stop serving new requests; the supervisor's deadline ends the rest."""
         self._accept_scope.cancel()

@@ -1,0 +1,149 @@
+"""Plain HTTP on the signaling port: the demo page, /healthz, /ice and /metrics (sans-IO).
+
+:meth:`HttpRoutes.respond` maps a request (path with query, headers, the client address) to an
+:class:`HttpReply`, or to None for ``/ws``, which continues as a WebSocket handshake. It also
+decides who the client is (:func:`client_address`: ``X-Forwarded-For`` counts only when the
+connection comes from a configured trusted proxy) and whether a browser's ``Origin`` may open the
+WebSocket.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from secureconnect.signal.exposition import CONTENT_TYPE as METRICS_TYPE
+from secureconnect.signal.exposition import render
+from secureconnect.signal.ice import IceConfig
+from secureconnect.signal.tokens import RoomTokens
+
+JSON_TYPE = "application/json"
+STATIC_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class HttpReply:
+    status: int
+    content_type: str
+    body: bytes
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+def _json(status: int, obj: Any) -> HttpReply:
+    return HttpReply(
+        status, JSON_TYPE, json.dumps(obj, indent=1).encode(), (("Cache-Control", "no-store"),)
+    )
+
+
+def client_address(
+    remote: str,
+    forwarded_for: str | None,
+    trusted: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network],
+) -> str:
+    """The client's IP: the TCP peer, or - when that peer is a trusted proxy - the rightmost
+    ``X-Forwarded-For`` entry that is not itself a trusted proxy."""
+    networks = tuple(trusted)
+
+    def is_trusted(text: str) -> bool:
+        try:
+            address = ipaddress.ip_address(text.strip())
+        except ValueError:
+            return False
+        return any(address in network for network in networks)
+
+    if not forwarded_for or not is_trusted(remote):
+        return remote
+    hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
+    for hop in reversed(hops):
+        if not is_trusted(hop):
+            try:
+                return str(ipaddress.ip_address(hop))
+            except ValueError:
+                return remote
+    return remote
+
+
+@dataclass
+class HttpRoutes:
+    """The HTTP side of the signaling port; see the module docstring."""
+
+    ice: IceConfig
+    health: Callable[[], Mapping[str, str]]
+    metrics: Callable[[], Iterable[Mapping[str, float]]]
+    tokens: RoomTokens | None = None
+    allowed_origins: tuple[str, ...] = ()
+    clock: Callable[[], float] = time.time
+    _static: dict[str, tuple[str, bytes]] = field(default_factory=dict)
+
+    def respond(self, target: str, headers: Mapping[str, str]) -> HttpReply | None:
+        """The reply for ``GET target``; None means "continue with the WebSocket handshake"."""
+        url = urlsplit(target)
+        path = url.path
+        if path == "/ws":
+            return None if self.origin_allowed(headers) else _json(403, {"error": "origin"})
+        if path == "/ice":
+            return self._ice(parse_qs(url.query), headers)
+        if path in ("/", "/index.html"):
+            path = "/index.html"
+        elif path == "/healthz":
+            return self._health()
+        elif path == "/metrics":
+            return HttpReply(200, METRICS_TYPE, render(self.metrics()).encode())
+        if path.count("/") == 1 and path.endswith((".html", ".js", ".css")):
+            return self._static_file(path[1:])
+        return _json(404, {"error": "not found"})
+
+    def _health(self) -> HttpReply:
+        states = dict(self.health())
+        ok = all(state == "running" for state in states.values())
+        body = {"status": "ok" if ok else "degraded", "components": states}
+        return _json(200 if ok else 503, body)
+
+    def origin_allowed(self, headers: Mapping[str, str]) -> bool:
+        """No Origin (not a browser), the page's own origin, or one listed (``*`` for any)."""
+        origin = headers.get("Origin")
+        if origin is None or "*" in self.allowed_origins or origin in self.allowed_origins:
+            return True
+        host = headers.get("Host", "")
+        return urlsplit(origin).netloc == host and bool(host)
+
+    def _ice(self, query: dict[str, list[str]], headers: Mapping[str, str]) -> HttpReply:
+        service = query.get("service", ["turn"])[0]
+        if service != "turn":
+            return _json(400, {"error": "service must be turn"})
+        if self.tokens is not None:
+            bearer = headers.get("Authorization", "")
+            token = query.get("token", [bearer.removeprefix("Bearer ").strip()])[0]
+            if not self.tokens.check(token, None, self.clock()):
+                return _json(401, {"error": "a valid token is required"})
+        user = query.get("username", [None])[0]
+        try:
+            body = self.ice.rest_response(user, self.clock())
+        except (ValueError, TypeError) as exc:
+            return _json(400, {"error": str(exc)})
+        return _json(200, body)
+
+    def _static_file(self, name: str) -> HttpReply:
+        cached = self._static.get(name)
+        if cached is None:
+            folder = resources.files("secureconnect.signal").joinpath("static")
+            item = folder.joinpath(name)
+            if not item.is_file():
+                return _json(404, {"error": "not found"})
+            suffix = name[name.rfind(".") :]
+            cached = self._static[name] = (
+                STATIC_TYPES.get(suffix, "application/octet-stream"),
+                item.read_bytes(),
+            )
+        content_type, body = cached
+        return HttpReply(200, content_type, body, (("Cache-Control", "no-cache"),))

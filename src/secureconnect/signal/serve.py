@@ -1,0 +1,226 @@
+"""Thin trio I/O for signaling: websockets' trio server around the sans-IO hub and routes.
+
+Resource handling: listeners are opened (and TLS wrapped) before ``task_status.started()``; each
+connection has a bounded outbox drained by its own writer task, so a slow browser never blocks the
+peers that signal it (a full outbox closes that connection, whose session can then resume).
+
+TLS: every accepted stream is wrapped with the certificate store's *current* context, so a
+certificate reloaded on SIGHUP applies to new connections at once.
+
+Error handling: the hub turns bad messages into ``error`` replies; frames above websockets'
+``max_size`` (four times the message limit) close the connection with 1009; a client IP over its
+connection cap gets HTTP 429 before the handshake.
+"""
+
+from __future__ import annotations
+
+import http
+import ipaddress
+import itertools
+import logging
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, cast
+
+import trio
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+from websockets.trio.server import ServerConnection
+from websockets.trio.server import serve as serve_websockets
+
+from secureconnect.signal.http import HttpRoutes, client_address
+from secureconnect.signal.hub import CLOSE_POLICY, Outbound, SignalHub
+from secureconnect.signal.messages import encode
+
+log = logging.getLogger("secureconnect.signal")
+OUTBOX = 256  # messages queued for one connection before it counts as too slow
+TICK = 1.0
+
+
+class _Close:
+    """Outbox sentinel: close the WebSocket with ``code``."""
+
+    __slots__ = ("code",)
+
+    def __init__(self, code: int) -> None:
+        self.code = code
+
+
+class TlsListener(trio.abc.Listener[trio.abc.Stream]):
+    """Wraps accepted streams in TLS with the context current at accept time (handshake lazy,
+    so it runs inside websockets' open timeout)."""
+
+    def __init__(self, inner: trio.SocketListener, context: Callable[[], ssl.SSLContext]) -> None:
+        self.inner = inner
+        self.socket = inner.socket  # websockets logs the listening address from it
+        self._context = context
+
+    async def accept(self) -> trio.abc.Stream:
+        stream = await self.inner.accept()
+        return trio.SSLStream(stream, self._context(), server_side=True, https_compatible=True)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+@dataclass
+class SignalServer:
+    """The signaling component's I/O; see the module docstring."""
+
+    hub: SignalHub
+    routes: HttpRoutes
+    addresses: tuple[str, ...]
+    port: int
+    tls_context: Callable[[], ssl.SSLContext] | None = None
+    ping_interval: float = 20.0
+    max_connections_per_ip: int = 64
+    trusted_proxies: tuple[str, ...] = ()
+    clock: Callable[[], float] = time.time
+    name: str = "signal"
+    bound: list[tuple[str, str, int]] = field(default_factory=list)
+    _outboxes: dict[int, trio.MemorySendChannel[str | _Close]] = field(default_factory=dict)
+    _per_ip: dict[str, int] = field(default_factory=dict)
+    _ids: itertools.count[int] = field(default_factory=itertools.count)
+    _server: Any = None
+    _nursery: trio.Nursery | None = None
+
+    def __post_init__(self) -> None:
+        self._trusted = tuple(
+            ipaddress.ip_network(net, strict=False) for net in self.trusted_proxies
+        )
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen, report started, serve until cancelled."""
+        listeners: list[trio.SocketListener] = []
+        try:
+            for ip in self.addresses:
+                listeners += await trio.open_tcp_listeners(self.port, host=ip)
+        except OSError as exc:
+            for listener in listeners:
+                await listener.aclose()
+            where = f"{self.addresses[0]}:{self.port}"
+            raise OSError(exc.errno, f"cannot listen on tcp {where}: {exc.strerror}") from exc
+        scheme = "tls" if self.tls_context is not None else "tcp"
+        self.bound[:] = [(scheme, *lst.socket.getsockname()[:2]) for lst in listeners]
+        wrapped: list[Any] = listeners
+        if self.tls_context is not None:
+            wrapped = [TlsListener(lst, self.tls_context) for lst in listeners]
+        limit = self.hub.settings.max_message_bytes
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            self._server = await nursery.start(
+                partial(
+                    serve_websockets,
+                    self._connection,
+                    listeners=cast("list[trio.SocketListener]", wrapped),
+                    process_request=self._process_request,
+                    ping_interval=self.ping_interval,
+                    ping_timeout=self.ping_interval,
+                    max_size=4 * limit,
+                    compression=None,
+                    server_header=None,
+                )
+            )
+            nursery.start_soon(self._tick_loop)
+            task_status.started()
+
+    def begin_drain(self) -> None:
+        """Close the listeners and say "going away" (1001) to every connection."""
+        if self._server is not None and self._nursery is not None:
+            self._nursery.start_soon(self._server.aclose)
+
+    def reload(self) -> None:
+        """TLS contexts are fetched per connection; credentials live in the shared minter."""
+
+    def metrics(self) -> dict[str, float]:
+        return self.hub.metrics()
+
+    # -- HTTP ------------------------------------------------------------------------------------
+
+    def _client_ip(self, connection: ServerConnection, request: Request | None) -> str:
+        remote = connection.remote_address[0] if connection.remote_address else ""
+        forwarded = request.headers.get("X-Forwarded-For") if request is not None else None
+        return client_address(remote, forwarded, self._trusted)
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        headers = {key: value for key, value in request.headers.raw_items()}
+        reply = self.routes.respond(request.path, headers)
+        if reply is None:
+            ip = self._client_ip(connection, request)
+            if self._per_ip.get(ip, 0) >= self.max_connections_per_ip:
+                return _response(429, "application/json", b'{"error": "too many connections"}')
+            return None
+        return _response(reply.status, reply.content_type, reply.body, reply.headers)
+
+    # -- WebSocket connections ---------------------------------------------------------------------
+
+    async def _connection(self, websocket: ServerConnection) -> None:
+        conn = next(self._ids)
+        ip = self._client_ip(websocket, websocket.request)
+        self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
+        send, receive = trio.open_memory_channel[str | _Close](OUTBOX)
+        self._outboxes[conn] = send
+        self.hub.open(conn, self.clock())
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._write, websocket, receive)
+                try:
+                    async for frame in websocket:
+                        self._dispatch(self.hub.receive(conn, frame, self.clock()))
+                except ConnectionClosed:
+                    pass
+                nursery.cancel_scope.cancel()
+        finally:
+            self._outboxes.pop(conn, None)
+            send.close()
+            self._dispatch(self.hub.closed(conn, self.clock()))
+            count = self._per_ip.get(ip, 1) - 1
+            if count:
+                self._per_ip[ip] = count
+            else:
+                self._per_ip.pop(ip, None)
+
+    async def _write(
+        self, websocket: ServerConnection, outbox: trio.MemoryReceiveChannel[str | _Close]
+    ) -> None:
+        try:
+            async for item in outbox:
+                if isinstance(item, _Close):
+                    await websocket.aclose(item.code)
+                    return
+                await websocket.send(item)
+            # The outbox was closed under us: the client could not keep up.
+            await websocket.aclose(CLOSE_POLICY)
+        except ConnectionClosed:
+            return
+
+    def _dispatch(self, outbound: list[Outbound]) -> None:
+        for item in outbound:
+            box = self._outboxes.get(item.conn)
+            if box is None:
+                continue
+            try:
+                if item.message is not None:
+                    box.send_nowait(encode(item.message))
+                if item.close is not None:
+                    box.send_nowait(_Close(item.close))
+            except trio.WouldBlock:
+                # Too slow to keep up: end the connection (its session may resume).
+                box.close()
+                self._outboxes.pop(item.conn, None)
+
+    async def _tick_loop(self) -> None:
+        while True:
+            await trio.sleep(TICK)
+            self._dispatch(self.hub.handle_timeout(self.clock()))
+
+
+def _response(
+    status: int, content_type: str, body: bytes, extra: tuple[tuple[str, str], ...] = ()
+) -> Response:
+    headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body))), *extra])
+    return Response(status, http.HTTPStatus(status).phrase, headers, body)
