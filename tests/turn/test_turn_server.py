@@ -249,3 +249,31 @@ async def test_stopping_the_server_closes_relay_sockets() -> None:
     probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     probe.bind(relayed)
     probe.close()
+
+
+async def test_a_stream_client_sending_garbage_ends_only_its_own_connection() -> None:
+    """The TCP handler runs a reader and a writer in a nursery, so its errors arrive wrapped in
+    an ExceptionGroup; they must still end just that connection, not the component."""
+    async with running_turn() as server:
+        client, sock = await udp_client(server)
+        relayed = await client.allocate()
+        garbage = await trio.open_tcp_stream(*bound(server, "tcp"))
+        await garbage.send_all(b"\xff" * 64)
+        with trio.fail_after(5):
+            assert await garbage.receive_some(16) == b""  # closed by the server
+        reset = await trio.open_tcp_stream(*bound(server, "tcp"))
+        reset.socket.setsockopt(
+            socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+        )
+        await reset.aclose()  # RST
+        with trio.fail_after(5):
+            await trio.testing.wait_all_tasks_blocked()
+        assert server.stream_counters.framing_errors == 1
+        assert server.stream_counters.handler_failures == 0
+        # The UDP client's allocation is untouched and the server still answers.
+        assert server.core.table.get(("udp", sock.getsockname(), bound(server, "udp")))
+        peer, peer_address = await peer_socket()
+        await client.channel_bind(0x4003, peer_address)
+        await peer.sendto(b"still here", relayed)
+        with trio.fail_after(5):
+            assert await sock.recv(2048) == b"\x40\x03\x00\x0astill here"  # UDP: unpadded

@@ -19,6 +19,7 @@ spinning.
 from __future__ import annotations
 
 import errno
+import logging
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
@@ -29,6 +30,7 @@ import trio
 
 from secureconnect.stun.message import StunDecodeError
 
+log = logging.getLogger("secureconnect.listeners")
 Address = tuple[str, int]
 Handler = Callable[[trio.abc.Stream, Address, Address, str], Awaitable[None]]
 
@@ -47,6 +49,7 @@ class StreamCounters:
     handshake_failed: int = 0
     framing_errors: int = 0
     udp_send_errors: int = 0
+    handler_failures: int = 0
     open: int = 0
 
 
@@ -114,13 +117,19 @@ class StreamAcceptor:
                     return
                 stream = secured
             await self.handler(stream, source, local, "tls" if tls else "tcp")
-        except StunDecodeError:
+        # except*: a handler that runs its own nursery (TURN's reader and writer) raises these
+        # wrapped in an ExceptionGroup; none of them may escape and end the component.
+        except* StunDecodeError:
             counters.framing_errors += 1
-        except trio.BrokenResourceError as exc:
-            if tls and isinstance(exc.__cause__, ssl.SSLError):
+        except* (trio.BrokenResourceError, trio.ClosedResourceError) as group:
+            if tls and any(isinstance(e.__cause__, ssl.SSLError) for e in group.exceptions):
                 counters.handshake_failed += 1
-        except OSError:
+        except* OSError:
             pass  # peer reset: nothing to do but close
+        except* Exception:
+            # A bug in one connection's handling must not take the other sessions down.
+            counters.handler_failures += 1
+            log.exception("connection-handler-failed")
         finally:
             counters.open -= 1
             await trio.aclose_forcefully(stream)
