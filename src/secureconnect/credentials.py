@@ -399,6 +399,13 @@ class NonceMint:
         return -self._skew_ms <= age_ms <= self._lifetime_ms
 
 
+def nonce_features(nonce: str) -> int:
+    """The Security Feature Set a nonce's ``obMatJos2`` cookie carries (0 without one, or when
+    malformed). Trust it only for a nonce ``NonceMint.check`` accepted: the MAC covers it."""
+    parts = _split_nonce_untrusted(nonce)
+    return parts[0] if parts is not None else 0
+
+
 def _split_nonce_untrusted(nonce: object) -> tuple[int, str] | None:
     """(features, base64url body) of a well-formed nonce, or None."""
     if not isinstance(nonce, str) or len(nonce) > _MAX_NONCE_CHARS:

@@ -254,6 +254,7 @@ def build_turn(runtime: Runtime) -> TurnServer:
         nonces=runtime.nonces,
         static_users=users,
         strict_expiry=turn.strict_expiry,
+        sha256=turn.sha256_integrity,
         unauthorized=RateLimiter(rate=turn.unauthorized_rate, burst=2 * turn.unauthorized_rate),
     )
     core = TurnCore(

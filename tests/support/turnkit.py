@@ -86,6 +86,7 @@ def make_core(
     strict_expiry: bool = False,
     static_users: dict[str, str] | None = None,
     unauthorized_rate: float | None = None,
+    sha256: bool = False,
 ) -> tuple[TurnCore, MemoryRelays]:
     relays = MemoryRelays()
     auth = Authenticator(
@@ -94,6 +95,7 @@ def make_core(
         nonces=NonceMint(b"k" * 32),
         static_users=static_users,
         strict_expiry=strict_expiry,
+        sha256=sha256,
         unauthorized=RateLimiter(unauthorized_rate, 2 * unauthorized_rate)
         if unauthorized_rate
         else RateLimiter(0.0, 0.0),

@@ -24,6 +24,7 @@ from secureconnect.stun import (
     MessageClass,
     Method,
     ResponderConfig,
+    StunMessage,
     decode_message_untrusted,
     decode_u32_untrusted,
     decode_unknown_attributes_untrusted,
@@ -34,7 +35,8 @@ from secureconnect.stun import (
     new_transaction_id,
     verify_integrity,
 )
-from secureconnect.turn.core import ToPeer, TurnSettings
+from secureconnect.stun.message import long_term_key_sha256, verify_integrity_sha256
+from secureconnect.turn.core import ToPeer, TurnCore, TurnSettings
 
 A = AttrType
 UDP = (A.REQUESTED_TRANSPORT, bytes((17, 0, 0, 0)))
@@ -519,3 +521,59 @@ def test_metrics_expose_gauges_and_counters() -> None:
     assert samples["turn_allocations_created_total"] == 1
     assert samples['turn_error_responses_total{code="401"}'] == 1
     assert samples['turn_relay_dropped_total{reason="bandwidth"}'] == 0
+
+
+# -- RFC 8489 password algorithms (SHA-256) ---------------------------------------------------
+
+ALGORITHMS = bytes((0, 2, 0, 0, 0, 1, 0, 0))  # SHA-256, MD5: what the server offers
+
+
+def _sha256_allocate(
+    core: TurnCore, *, algorithms: bytes = ALGORITHMS, algorithm: int = 2
+) -> StunMessage | None:
+    c = client(core)
+    challenge = c.raw(Method.ALLOCATE, [UDP], authenticate=False)
+    assert challenge is not None
+    nonce = challenge.get(A.NONCE)
+    assert nonce is not None
+    assert nonce.startswith(b"obMatJos2")  # the nonce cookie carries the feature bits
+    assert challenge.get(A.PASSWORD_ALGORITHMS) == ALGORITHMS
+    hash_key = long_term_key_sha256 if algorithm == 2 else long_term_key
+    key = hash_key(c.username, REALM, c.password)
+    attrs = [
+        UDP,
+        (A.PASSWORD_ALGORITHMS, algorithms),
+        (A.PASSWORD_ALGORITHM, algorithm.to_bytes(2, "big") + b"\0\0"),
+        (A.USERNAME, c.username.encode()),
+        (A.REALM, REALM.encode()),
+        (A.NONCE, nonce),
+    ]
+    data = encode_message(
+        Method.ALLOCATE, MessageClass.REQUEST, new_transaction_id(), attrs, integrity_sha256_key=key
+    )
+    out = core.handle_stun(data, c.five_tuple, NOW)
+    assert isinstance(out, bytes)
+    response = decode_message_untrusted(out)
+    if response.cls is MessageClass.SUCCESS:
+        assert verify_integrity_sha256(response, key)
+        assert response.integrity_offset is None  # answered in kind: SHA-256 only
+    return response
+
+
+def test_sha256_integrity_when_offered_and_chosen() -> None:
+    core, _ = make_core(sha256=True)
+    assert error_code(_sha256_allocate(core)) is None
+    assert len(core.table) == 1
+
+
+def test_sha256_bid_down_protection() -> None:
+    core, _ = make_core(sha256=True)
+    # A man in the middle that strips SHA-256 from the offered list is caught.
+    stripped = bytes((0, 1, 0, 0))
+    assert error_code(_sha256_allocate(core, algorithms=stripped)) == ErrorCode.BAD_REQUEST
+    assert error_code(_sha256_allocate(core, algorithm=9)) == ErrorCode.BAD_REQUEST
+
+
+def test_legacy_md5_clients_still_work_when_sha256_is_offered() -> None:
+    core, _ = make_core(sha256=True)
+    assert error_code(client(core).allocate()) is None

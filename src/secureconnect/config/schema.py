@@ -258,6 +258,13 @@ class TurnConfig:
         default=86400,
         metadata=_doc("seconds a minted REST credential stays valid", check=_positive),
     )
+    sha256_integrity: bool = field(
+        default=False,
+        metadata=_doc(
+            "offer RFC 8489 password algorithms: clients that support them authenticate with "
+            "SHA-256 (MESSAGE-INTEGRITY-SHA256); others keep MD5/SHA-1; 401s grow by 20 bytes"
+        ),
+    )
     strict_expiry: bool = field(
         default=False,
         metadata=_doc(

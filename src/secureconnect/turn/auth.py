@@ -28,10 +28,11 @@ Every MAC comparison is constant-time (``hmac.compare_digest`` inside ``verify_i
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from secureconnect.credentials import CredentialMinter, NonceMint, parse_expiry
+from secureconnect.credentials import CredentialMinter, NonceMint, nonce_features, parse_expiry
 from secureconnect.stun import (
     AttrType,
     ErrorCode,
@@ -42,7 +43,11 @@ from secureconnect.stun import (
 )
 from secureconnect.stun.attributes import decode_text_untrusted
 from secureconnect.stun.constants import MAX_TEXT_BYTES, MAX_USERNAME_BYTES
-from secureconnect.stun.message import StunDecodeError
+from secureconnect.stun.message import (
+    StunDecodeError,
+    long_term_key_sha256,
+    verify_integrity_sha256,
+)
 
 
 class Silent(Exception):
@@ -51,11 +56,12 @@ class Silent(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Authenticated:
-    """Who sent a request whose MESSAGE-INTEGRITY checked."""
+    """Who sent a request whose MESSAGE-INTEGRITY (or -SHA256) checked."""
 
     username: str
     key: bytes
     credential_expiry: float | None  # REST credentials only
+    sha256: bool = False  # the request used MESSAGE-INTEGRITY-SHA256: so does the response
 
 
 class RateLimiter:
@@ -86,12 +92,30 @@ class RateLimiter:
 _USERNAME: Final = int(AttrType.USERNAME)
 _REALM: Final = int(AttrType.REALM)
 _NONCE: Final = int(AttrType.NONCE)
+_ALGORITHMS: Final = int(AttrType.PASSWORD_ALGORITHMS)
+_ALGORITHM: Final = int(AttrType.PASSWORD_ALGORITHM)
+#: RFC 8489 §18.1: bit 0 of the Security Feature Set, "Password algorithms" (the first bit of
+#: the 24 bits the nonce cookie carries).
+FEATURE_PASSWORD_ALGORITHMS: Final = 0x800000
+MD5: Final = 0x0001  # RFC 8489 §18.5 STUN Password Algorithms registry
+SHA256: Final = 0x0002
+#: PASSWORD-ALGORITHMS as we send it (RFC 8489 §14.11): SHA-256 first (preferred), then MD5,
+#: each an algorithm number and a zero parameter length.
+OUR_ALGORITHMS: Final = bytes((0, SHA256, 0, 0, 0, MD5, 0, 0))
 
 
 class Authenticator:
     """Checks long-term credentials; see the module docstring."""
 
-    __slots__ = ("minter", "nonces", "realm", "static_users", "strict_expiry", "unauthorized")
+    __slots__ = (
+        "minter",
+        "nonces",
+        "realm",
+        "sha256",
+        "static_users",
+        "strict_expiry",
+        "unauthorized",
+    )
 
     def __init__(
         self,
@@ -102,8 +126,10 @@ class Authenticator:
         static_users: dict[str, str] | None = None,
         strict_expiry: bool = False,
         unauthorized: RateLimiter | None = None,
+        sha256: bool = False,
     ) -> None:
         self.realm = realm
+        self.sha256 = sha256  # offer RFC 8489 password algorithms (SHA-256 integrity)
         self.minter = minter
         self.nonces = nonces
         self.static_users = dict(static_users or {})
@@ -115,13 +141,16 @@ class Authenticator:
         is over its rate, in which case :class:`Silent` is raised instead."""
         if code == ErrorCode.UNAUTHORIZED and not self.unauthorized.allow(source_ip, now):
             raise Silent
-        return StunError(
-            code,
-            attributes=(
-                (_REALM, self.realm.encode()),
-                (_NONCE, self.nonces.issue(now, source_ip).encode()),
-            ),
-        )
+        features = FEATURE_PASSWORD_ALGORITHMS if self.sha256 else 0
+        attributes = [
+            (_REALM, self.realm.encode()),
+            (_NONCE, self.nonces.issue(now, source_ip, features).encode()),
+        ]
+        if self.sha256:
+            # RFC 8489 §9.2.4: with the "Password algorithms" bit, the server includes
+            # PASSWORD-ALGORITHMS in 401 and 438 responses.
+            attributes.append((_ALGORITHMS, OUR_ALGORITHMS))
+        return StunError(code, attributes=tuple(attributes))
 
     def authenticate(
         self, msg: StunMessage, source_ip: str, now: float, *, check_expiry: bool
@@ -129,7 +158,7 @@ class Authenticator:
         """RFC 8489 §9.2.4, in its order; raises StunError (or Silent) when the request fails."""
         # "If the message does not contain a MESSAGE-INTEGRITY or MESSAGE-INTEGRITY-SHA256
         # attribute, the server MUST generate an error response with an error code of 401".
-        if msg.integrity_offset is None:
+        if msg.integrity_offset is None and msg.integrity_sha256_offset is None:
             raise self.challenge(ErrorCode.UNAUTHORIZED, source_ip, now)
         # "If the message contains a MESSAGE-INTEGRITY ... but is missing either the USERNAME or
         # USERHASH, REALM, or NONCE attribute, the server MUST generate ... 400".
@@ -147,6 +176,7 @@ class Authenticator:
         # A realm other than ours cannot produce a valid key: 401 like a wrong password.
         if realm != self.realm:
             raise self.challenge(ErrorCode.UNAUTHORIZED, source_ip, now)
+        hash_key = _algorithm(msg, nonce)
         expiry = parse_expiry(username)
         if expiry is not None:
             passwords = self.minter.passwords_for(username)
@@ -159,11 +189,34 @@ class Authenticator:
         # "If the USERNAME does not contain a username value currently valid within the server
         # ... 401"; "... compute the value for MESSAGE-INTEGRITY ... If the resulting value does
         # not match ... 401".
+        sha256 = msg.integrity_sha256_offset is not None
+        verify = verify_integrity_sha256 if sha256 else verify_integrity
         for password in passwords:
-            key = long_term_key(username, self.realm, password)
-            if verify_integrity(msg, key):
-                return Authenticated(username, key, float(expiry) if expiry is not None else None)
+            key = hash_key(username, self.realm, password)
+            if verify(msg, key):
+                credential_expiry = float(expiry) if expiry is not None else None
+                return Authenticated(username, key, credential_expiry, sha256)
         raise self.challenge(ErrorCode.UNAUTHORIZED, source_ip, now)
+
+
+def _algorithm(msg: StunMessage, nonce: str) -> Callable[[str, str, str], bytes]:
+    """The long-term key function the request asks for (RFC 8489 §9.2.4 bid-down checks).
+
+    With the "Password algorithms" bit in the nonce, PASSWORD-ALGORITHMS and PASSWORD-ALGORITHM
+    come together or not at all (then MD5); the list must be exactly ours, and the chosen
+    algorithm one of it; anything else is 400. Without the bit they are ignored (MD5).
+    """
+    algorithms, algorithm = msg.get(_ALGORITHMS), msg.get(_ALGORITHM)
+    if not nonce_features(nonce) & FEATURE_PASSWORD_ALGORITHMS:
+        return long_term_key
+    if algorithms is None and algorithm is None:
+        return long_term_key
+    if algorithms != OUR_ALGORITHMS or algorithm is None or len(algorithm) < 4:
+        raise StunError(ErrorCode.BAD_REQUEST, "PASSWORD-ALGORITHMS does not match")
+    number, params = int.from_bytes(algorithm[:2], "big"), int.from_bytes(algorithm[2:4], "big")
+    if params or number not in (MD5, SHA256):
+        raise StunError(ErrorCode.BAD_REQUEST, "unsupported PASSWORD-ALGORITHM")
+    return long_term_key_sha256 if number == SHA256 else long_term_key
 
 
 def _text(msg: StunMessage, attr: int, limit: int) -> str | None:

@@ -197,7 +197,7 @@ class TurnCore:
             if msg.transaction_id == allocation.last_transaction:
                 return allocation.last_response
             attributes = self._handlers[msg.method](msg, allocation, identity, now)
-        response = self._success(msg, attributes, identity.key)
+        response = self._success(msg, attributes, identity)
         if self.table.get(five_tuple) is allocation:
             allocation.last_transaction = msg.transaction_id
             allocation.last_response = response
@@ -507,28 +507,31 @@ class TurnCore:
         self.binder.close(allocation.relay)
         self.ports.release(allocation.family, allocation.relayed[1])
 
-    def _success(self, msg: StunMessage, attributes: list[tuple[int, bytes]], key: bytes) -> bytes:
+    def _success(
+        self, msg: StunMessage, attributes: list[tuple[int, bytes]], identity: Authenticated
+    ) -> bytes:
         self.counters.responses += 1
         return encode_message(
             msg.method,
             MessageClass.SUCCESS,
             msg.transaction_id,
             [*attributes, *self._software],
-            integrity_key=key,
+            # RFC 8489 §9.2.4: the response uses the integrity attribute the request used.
+            integrity_key=None if identity.sha256 else identity.key,
+            integrity_sha256_key=identity.key if identity.sha256 else None,
             fingerprint=msg.has_fingerprint,
         )
 
     def _error(self, msg: StunMessage, error: StunError, identity: Authenticated | None) -> bytes:
-        key = None
-        if identity is not None and error.code not in NO_INTEGRITY_CODES:
-            key = identity.key
-        elif error.code in NO_INTEGRITY_CODES:
+        protect = identity if error.code not in NO_INTEGRITY_CODES else None
+        if error.code in NO_INTEGRITY_CODES and (
+            msg.integrity_offset is not None or msg.integrity_sha256_offset is not None
+        ):  # a first, unauthenticated request is no failure
             reason = "stale-nonce" if error.code == ErrorCode.STALE_NONCE else "unauthorized"
-            if msg.integrity_offset is not None:  # a first, unauthenticated request is no failure
-                failures = self.counters.auth_failures
-                failures[reason] = failures.get(reason, 0) + 1
+            failures = self.counters.auth_failures
+            failures[reason] = failures.get(reason, 0) + 1
         return self._error_bytes(
-            msg.method, msg.transaction_id, error, key=key, fingerprint=msg.has_fingerprint
+            msg.method, msg.transaction_id, error, protect=protect, fingerprint=msg.has_fingerprint
         )
 
     def _error_bytes(
@@ -537,10 +540,11 @@ class TurnCore:
         transaction_id: bytes,
         error: StunError,
         *,
-        key: bytes | None = None,
+        protect: Authenticated | None = None,
         fingerprint: bool = False,
     ) -> bytes:
-        """The one place a StunError becomes an error response."""
+        """The one place a StunError becomes an error response (integrity-protected like the
+        request when ``protect`` names who authenticated it)."""
         errors = self.counters.errors
         errors[error.code] = errors.get(error.code, 0) + 1
         reason = ""
@@ -554,7 +558,8 @@ class TurnCore:
             MessageClass.ERROR,
             transaction_id,
             attributes,
-            integrity_key=key,
+            integrity_key=protect.key if protect and not protect.sha256 else None,
+            integrity_sha256_key=protect.key if protect and protect.sha256 else None,
             fingerprint=fingerprint,
         )
 

@@ -25,8 +25,17 @@ FAMILIES: Final = {0x01: 4, 0x02: 6}  # RFC 8656 §18.6: REQUESTED-ADDRESS-FAMIL
 ADDITIONAL_FAMILY_ERROR: Final = 0x02
 
 A = AttrType
+#: RFC 8489 §9.2 authentication attributes (USERHASH is understood as "no USERNAME": 400).
 _COMMON: Final = frozenset(
-    {A.USERNAME, A.MESSAGE_INTEGRITY, A.MESSAGE_INTEGRITY_SHA256, A.REALM, A.NONCE, A.USERHASH}
+    {
+        A.USERNAME,
+        A.MESSAGE_INTEGRITY,
+        A.MESSAGE_INTEGRITY_SHA256,
+        A.REALM,
+        A.NONCE,
+        A.USERHASH,
+        A.PASSWORD_ALGORITHM,
+    }
 )
 #: Comprehension-required attributes each request understands (others get 420).
 KNOWN: Final[dict[int, frozenset[int]]] = {
