@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test check lint typecheck system-deps clean
+.PHONY: run test check lint typecheck system-deps bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,9 +25,11 @@ run: $(VENV)/.runtime
 
 system-deps:
 	bash scripts/install-system-deps.sh
+	bash scripts/install-browser.sh
 
 lint: $(VENV)/.test
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
 	$(BIN)/lint-imports
 
 typecheck: $(VENV)/.test
@@ -35,6 +37,10 @@ typecheck: $(VENV)/.test
 
 test: $(VENV)/.test system-deps lint typecheck
 	$(BIN)/pytest
+
+# Side-by-side with coturn; prints ratios (see bench/README.md). Not part of `make test`.
+bench: $(VENV)/.test system-deps
+	$(BIN)/python bench/turn_relay.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -1,0 +1,286 @@
+"""The demo page in headless Chromium against the real appliance.
+
+``python -m secureconnect run`` starts on free loopback ports; Debian's ``chromium``, driven by
+Playwright with the system executable, opens the page twice in one room with ``?relay=1``. The two
+pages must connect through our TURN relay, say so ("relay"), and exchange data-channel messages.
+A missing browser or Playwright package fails the test with the install hint; it never skips.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from servers import free_port
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, ConsoleMessage, Error, Page
+
+INSTALL_HINT = (
+    "install it with `sudo bash scripts/install-browser.sh` (Debian's chromium) and "
+    "`.venv/bin/pip install -e '.[test]'` (Playwright); the test uses the system chromium, "
+    "never `playwright install`"
+)
+CHROMIUM_FLAGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    # Chromium gathers no candidates on loopback without this.
+    "--allow-loopback-in-peer-connection",
+    # Host candidates as IPs: no mDNS names, no multicast announcements.
+    "--disable-features=WebRtcHideLocalIpsWithMdns",
+]
+READY = "SecureConnect is ready:"
+CONNECT_TIMEOUT = 30.0  # seconds for both pages to report a relayed, open connection
+STEP_TIMEOUT_MS = 10_000
+
+
+@dataclass
+class Appliance:
+    """A running ``secureconnect run`` and where its demo page is."""
+
+    url: str
+    log: Path
+    proc: subprocess.Popen[bytes]
+
+    def log_tail(self, lines: int = 40) -> str:
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+@dataclass
+class DemoPage:
+    """One browser page showing the demo, with what it printed to its console."""
+
+    name: str
+    page: Page
+    console: list[str] = field(default_factory=list)
+
+    def state(self) -> Any:
+        return self.page.evaluate(
+            "() => window.demo ? {state: demo.state, pairType: demo.pairType, rtt: demo.rtt,"
+            " id: demo.id, peers: demo.peers, iceRestarts: demo.iceRestarts,"
+            " received: demo.received.map(m => m.text)} : 'no window.demo'"
+        )
+
+    def diagnostics(self) -> str:
+        try:
+            state = self.state()
+            log = self.page.inner_text("#log", timeout=2000)
+        except Exception as exc:  # the page may be gone; say so instead of hiding the cause
+            state, log = f"unavailable: {exc}", ""
+        console = "\n".join(self.console[-20:])
+        return f"--- page {self.name}: {state}\n{log}\n--- console:\n{console}"
+
+    def on_console(self, message: ConsoleMessage) -> None:
+        self.console.append(message.text)
+
+    def on_error(self, error: Error) -> None:
+        self.console.append(f"uncaught {error}")
+
+
+def _distinct_ports() -> tuple[int, int, int]:
+    for _ in range(20):
+        turn = free_port()  # UDP and TCP: TURN, and STUN on the same port (served by TURN)
+        tls = free_port(socket.SOCK_STREAM)
+        wss = free_port(socket.SOCK_STREAM)
+        if len({turn, tls, wss}) == 3:
+            return turn, tls, wss
+    raise RuntimeError("no three distinct free ports")
+
+
+def _start_appliance(workdir: Path) -> Appliance:
+    """Start the whole appliance on free loopback ports and wait (bounded) for its ready line."""
+    turn, tls, wss = _distinct_ports()
+    settings = [
+        f"turn.port={turn}",
+        f"turn.tls_port={tls}",
+        f"stun.port={turn}",
+        f"stun.tls_port={tls}",
+        f"signal.port={wss}",
+        "general.drain_timeout=0.5",
+    ]
+    args = [sys.executable, "-m", "secureconnect", "run", "--state-dir", str(workdir / "state")]
+    for item in settings:
+        args += ["--set", item]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "STATE_DIRECTORY"))}
+    env["HOME"] = str(workdir)
+    out = workdir / "stdout.log"
+    log = workdir / "stderr.log"
+    with out.open("wb") as stdout, log.open("wb") as stderr:
+        proc = subprocess.Popen(args, stdout=stdout, stderr=stderr, env=env)
+    appliance = Appliance(f"https://127.0.0.1:{wss}/", log, proc)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if READY in out.read_text(errors="replace"):
+            return appliance
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    _stop(proc)
+    raise RuntimeError(
+        f"the appliance did not get ready (exit status {proc.returncode});\n"
+        f"stdout: {out.read_text(errors='replace')}\nstderr: {appliance.log_tail()}"
+    )
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def appliance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Appliance]:
+    error: RuntimeError | None = None
+    for attempt in range(3):  # a free port may be taken between the probe and the bind
+        try:
+            running = _start_appliance(tmp_path_factory.mktemp(f"appliance{attempt}"))
+        except RuntimeError as exc:
+            error = exc
+            continue
+        try:
+            yield running
+        finally:
+            _stop(running.proc)
+        return
+    raise AssertionError(f"the appliance did not start three times; last: {error}")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    executable = shutil.which("chromium")
+    if executable is None:
+        pytest.fail(f"chromium is not installed: {INSTALL_HINT}", pytrace=False)
+    try:
+        # Imported here so that a missing package fails this test with the hint, not collection.
+        from playwright.sync_api import sync_playwright  # noqa: PLC0415
+    except ImportError:
+        pytest.fail(f"the Playwright Python package is missing: {INSTALL_HINT}", pytrace=False)
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=executable, args=CHROMIUM_FLAGS, timeout=30_000
+        )
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+@pytest.fixture
+def open_pages(browser: Browser, appliance: Appliance) -> Iterator[list[DemoPage]]:
+    """Two pages in two browser contexts (two "users"), in a fresh room, relay only."""
+    room = f"chromium-{uuid.uuid4().hex[:8]}"
+    contexts = [browser.new_context(ignore_https_errors=True) for _ in range(2)]
+    pages: list[DemoPage] = []
+    try:
+        for name, context in zip("AB", contexts, strict=True):
+            demo = DemoPage(name, context.new_page())
+            demo.page.on("console", demo.on_console)
+            demo.page.on("pageerror", demo.on_error)
+            demo.page.set_default_timeout(STEP_TIMEOUT_MS)
+            demo.page.goto(f"{appliance.url}?room={room}&relay=1")
+            pages.append(demo)
+        yield pages
+    finally:
+        for context in contexts:
+            context.close()
+
+
+def wait_all(
+    pages: list[DemoPage], appliance: Appliance, condition: str, what: str, timeout: float
+) -> None:
+    """Wait until the JS ``condition`` holds on every page, sharing one deadline."""
+    deadline = time.monotonic() + timeout
+    for demo in pages:
+        remaining_ms = max(100.0, (deadline - time.monotonic()) * 1000)
+        try:
+            demo.page.wait_for_function(condition, timeout=remaining_ms, polling=200)
+        except Exception as exc:
+            report = "\n".join(d.diagnostics() for d in pages)
+            raise AssertionError(
+                f"{what}: not within {timeout} s ({type(exc).__name__})\n{report}\n"
+                f"--- appliance log:\n{appliance.log_tail()}"
+            ) from None
+
+
+RELAYED = (
+    "() => window.demo && demo.state === 'connected' && demo.pairType === 'relay'"
+    " && Object.values(demo.peers).every(p => p.channel === 'open' && p.remoteType === 'relay')"
+)
+
+
+def exchange(pages: list[DemoPage], appliance: Appliance, tag: str) -> None:
+    """Each page types a message into the form; the other page must show it."""
+    for demo in pages:
+        demo.page.fill("#message", f"{tag} from {demo.name}")
+        demo.page.click("#send")
+    for demo, other in zip(pages, reversed(pages), strict=True):
+        text = f"{tag} from {other.name}"
+        wait_all(
+            [demo],
+            appliance,
+            f"() => demo.received.some(m => m.text === {text!r})",
+            f"page {demo.name} receiving {text!r}",
+            10,
+        )
+        assert text in demo.page.inner_text("#received")
+
+
+def test_two_pages_connect_through_the_relay_and_exchange_messages(
+    open_pages: list[DemoPage], appliance: Appliance
+) -> None:
+    wait_all(open_pages, appliance, RELAYED, "both pages relayed", CONNECT_TIMEOUT)
+    for demo in open_pages:
+        # What a person sees, and the machine-readable copy of it.
+        assert demo.page.inner_text("#pair-type") == "relay"
+        assert demo.page.get_attribute("body", "data-pair-type") == "relay"
+        assert demo.page.inner_text("#state") == "connected"
+    a, b = (demo.state() for demo in open_pages)
+    assert list(a["peers"]) == [b["id"]]
+    assert list(b["peers"]) == [a["id"]]
+    exchange(open_pages, appliance, "hello")
+    # The data-channel ping/pong measures a round trip within a second.
+    wait_all(open_pages, appliance, "() => demo.rtt !== null && demo.rtt > 0", "an RTT", 5)
+
+
+def test_fresh_ice_servers_restart_ice_and_keep_the_call(
+    open_pages: list[DemoPage], appliance: Appliance
+) -> None:
+    wait_all(open_pages, appliance, RELAYED, "both pages relayed", CONNECT_TIMEOUT)
+    a, b = open_pages
+    (old_ufrag,) = [peer["localUfrag"] for peer in a.state()["peers"].values()]
+    # The server's answer to `ice` is the same message it pushes before credentials expire:
+    # the page must apply it with setConfiguration and an ICE restart (new ufrag, same call).
+    a.page.evaluate("demo.refreshIce()")
+    wait_all([a], appliance, "() => demo.iceRestarts === 1", "an ICE restart on page A", 10)
+    restarted = (
+        "() => Object.values(demo.peers).every(p => p.remoteUfrag && p.remoteUfrag !== "
+        f"{old_ufrag!r} && p.signalingState === 'stable')"
+    )
+    wait_all([b], appliance, restarted, "page B applying A's restart", 10)
+    (new_ufrag,) = [peer["localUfrag"] for peer in a.state()["peers"].values()]
+    (seen_by_b,) = [peer["remoteUfrag"] for peer in b.state()["peers"].values()]
+    assert new_ufrag == seen_by_b != old_ufrag
+    wait_all(open_pages, appliance, RELAYED, "relayed again after the restart", CONNECT_TIMEOUT)
+    exchange(open_pages, appliance, "after the restart")
