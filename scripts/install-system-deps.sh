@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Debian packages the test suite drives as real clients. Installed when missing; if they are
-# missing and cannot be installed (not root, no apt), this fails loudly instead of letting tests skip.
+# Debian packages the test suite drives as real clients, and systemd-analyze, which checks the
+# unit files. Installed when missing; if they are missing and cannot be installed (not root, no
+# apt), this fails loudly instead of letting tests skip.
 set -euo pipefail
 
 need=()
 command -v turnutils_stunclient >/dev/null || need+=(coturn)
 command -v ip >/dev/null || need+=(iproute2)
+# systemd-analyze verifies the unit files in systemd/ (tests/test_sdnotify.py); no init is started.
+command -v systemd-analyze >/dev/null || need+=(systemd)
 
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then

@@ -2,8 +2,10 @@
 
 ``run`` starts the supervisor (all enabled components, or the ones named), ``check-config``
 validates a file and prints the effective config with secrets masked, ``example-config`` prints
-the commented example. Flags that change config keys go through one table, :data:`FLAG_KEYS`, and
-``--set KEY=VALUE`` reaches every other key, so the CLI never re-implements a config rule.
+the commented example, ``init`` writes a production config and its files
+(:mod:`secureconnect.initcmd`). Flags that change config keys go through one table,
+:data:`FLAG_KEYS`, and ``--set KEY=VALUE`` reaches every other key, so the CLI never
+re-implements a config rule.
 
 Exit status: 0 on success or clean shutdown, 1 when a component cannot start, 2 for a bad config
 or bad arguments.
@@ -33,6 +35,7 @@ from secureconnect.config import (
     render_example,
 )
 from secureconnect.credentials import CredentialMinter
+from secureconnect.initcmd import add_init_parser, run_init
 from secureconnect.logs import configure_logging, fields
 from secureconnect.runtime import (
     COMPONENT_NAMES,
@@ -43,6 +46,7 @@ from secureconnect.runtime import (
     service_urls,
     turn_uris,
 )
+from secureconnect.sdnotify import Notifier
 from secureconnect.signal.tokens import RoomTokens
 from secureconnect.statedir import resolve_state_dir
 from secureconnect.supervisor import StartupError, Supervisor
@@ -95,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("room", help='the room, or "*" for any room')
     token.add_argument("--ttl", type=int, default=3600, help="seconds the token is valid")
     _config_flags(token, config_optional=True)
+    add_init_parser(commands)
     return parser
 
 
@@ -124,13 +129,15 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return overrides
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 (one return per command)
     """Entry point of the console script."""
     args = build_parser().parse_args(argv)
     try:
         if args.command == "example-config":
             sys.stdout.write(render_example())
             return 0
+        if args.command == "init":
+            return run_init(args)
         if args.command == "check-config":
             config = load_config(args.config, _overrides(args))
             sys.stdout.write(render_effective(config))
@@ -190,10 +197,12 @@ def run(config: Config, config_path: Path | None, names: Sequence[str]) -> int:
     if not components:
         print("secureconnect: no component is enabled", file=sys.stderr)
         return 2
+    notifier = Notifier.from_environ()  # systemd Type=notify; a no-op elsewhere
     supervisor = Supervisor(
         components,
         drain_timeout=config.general.drain_timeout,
         reload_hooks=runtime.reload_hooks(),
+        notifier=notifier,
     )
     runtime.board.states = supervisor.state  # /healthz reads the supervisor's live states
 
@@ -219,6 +228,7 @@ def run(config: Config, config_path: Path | None, names: Sequence[str]) -> int:
         failure = _first_leaf(group)
     if failure is not None:
         print(f"secureconnect: cannot start {failure}", file=sys.stderr)
+        notifier.status(f"cannot start {failure}")
         return 1
     return 0
 

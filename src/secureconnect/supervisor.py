@@ -16,6 +16,12 @@ each component's ``reload``; a failing hook is logged and keeps the old state.
 
 Components share state only through objects passed to them when they are built (the certificate
 store, the credential minter); the supervisor holds no globals.
+
+Under systemd (``Type=notify``) the supervisor reports each of these steps through its
+:class:`~secureconnect.sdnotify.Notifier`: ``READY=1`` once every ``nursery.start()`` has returned
+(so every port is bound), ``RELOADING=1`` then ``READY=1`` around a reload, ``STOPPING=1`` when
+the drain begins, ``STATUS=`` lines naming what runs, and ``WATCHDOG=1`` at the interval systemd
+asked for, from a task in the same trio loop (a wedged loop stops the pings and gets restarted).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from typing import Protocol
 import trio
 
 from secureconnect.logs import fields
+from secureconnect.sdnotify import Notifier
 
 log = logging.getLogger("secureconnect.supervisor")
 
@@ -77,11 +84,13 @@ class Supervisor:
         drain_timeout: float = 3.0,
         reload_hooks: Sequence[tuple[str, Callable[[], None]]] = (),
         backoff: tuple[float, float] = (0.5, 30.0),
+        notifier: Notifier | None = None,
     ) -> None:
         self.components = list(components)
         self.drain_timeout = drain_timeout
         self.reload_hooks = list(reload_hooks)
         self.backoff = backoff
+        self.notifier = notifier or Notifier(None)
         self.restarts: dict[str, int] = {c.name: 0 for c in self.components}
         self.state: dict[str, str] = {c.name: "starting" for c in self.components}
         self._shutdown = trio.Event()
@@ -92,11 +101,16 @@ class Supervisor:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Start every component, report ready, and run until shut down."""
         async with trio.open_nursery() as nursery:
+            if self.notifier.watchdog_interval:
+                nursery.start_soon(self._ping_watchdog, self.notifier.watchdog_interval)
             for component in self.components:
+                self.notifier.status(f"starting {component.name}")
                 await nursery.start(self._keep_running, component)
             log.info("ready", extra=fields(components=",".join(self.state)))
+            self.notifier.ready(self.summary())
             task_status.started()
             await self._shutdown.wait()
+            self.notifier.stopping("draining connections")
             for component in self.components:
                 component.begin_drain()
             with trio.move_on_after(self.drain_timeout) as deadline:
@@ -114,12 +128,21 @@ class Supervisor:
         self._draining = True
         self._shutdown.set()
 
+    def summary(self) -> str:
+        """The one-line state for ``systemctl status``: running components, then the others."""
+        running = [name for name, state in self.state.items() if state == "running"]
+        others = [f"{name} {state}" for name, state in self.state.items() if state != "running"]
+        return "; ".join([f"serving {', '.join(running) or 'nothing'}", *others])
+
     def reload(self) -> None:
         """Run the reload hooks and each component's ``reload``; failures keep the old state."""
+        self.notifier.reloading("reloading certificates and secrets")
+        failed: list[str] = []
         for name, hook in self.reload_hooks:
             try:
                 hook()
             except Exception as exc:  # a bad new certificate must not take the server down
+                failed.append(name)
                 log.error("reload-failed", extra=fields(what=name, error=describe(exc)))
             else:
                 log.info("reloaded", extra=fields(what=name))
@@ -127,7 +150,10 @@ class Supervisor:
             try:
                 component.reload()
             except Exception as exc:
+                failed.append(component.name)
                 log.error("reload-failed", extra=fields(what=component.name, error=describe(exc)))
+        problem = f"; reload failed ({', '.join(failed)}), old state kept" if failed else ""
+        self.notifier.ready(self.summary() + problem)
 
     async def serve_signals(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -161,6 +187,8 @@ class Supervisor:
                         if not started:
                             started = True
                             task_status.started()
+                        else:
+                            self.notifier.status(self.summary())
                 except Exception as exc:
                     if not started:
                         self.state[component.name] = "failed"
@@ -176,6 +204,7 @@ class Supervisor:
                         exc_info=exc,
                         extra=fields(component=component.name, restart_in=delay),
                     )
+                    self.notifier.status(self.summary())
                     await trio.sleep(delay)
                     delay = min(delay * 2, self.backoff[1])
                     continue
@@ -189,3 +218,9 @@ class Supervisor:
             self._running -= 1
             if self._running == 0:
                 self._all_stopped.set()
+
+    async def _ping_watchdog(self, interval: float) -> None:
+        """``WATCHDOG=1`` every ``interval`` seconds for as long as the trio loop is healthy."""
+        while True:
+            self.notifier.watchdog()
+            await trio.sleep(interval)

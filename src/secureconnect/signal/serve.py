@@ -129,9 +129,14 @@ class SignalServer:
             task_status.started()
 
     def begin_drain(self) -> None:
-        """Close the listeners and say "going away" (1001) to every connection."""
+        """Close the listeners, say "going away" (1001) to every connection, then return from
+        ``serve`` (sessions cannot outlive the process: there is nothing else to wait for)."""
         if self._server is not None and self._nursery is not None:
-            self._nursery.start_soon(self._server.aclose)
+            self._nursery.start_soon(self._drain, self._nursery.cancel_scope)
+
+    async def _drain(self, scope: trio.CancelScope) -> None:
+        await self._server.aclose()
+        scope.cancel()
 
     def reload(self) -> None:
         """TLS contexts are fetched per connection; credentials live in the shared minter."""
