@@ -86,7 +86,10 @@ class HttpRoutes:
     _static: dict[str, tuple[str, bytes]] = field(default_factory=dict)
 
     def respond(self, target: str, headers: Mapping[str, str]) -> HttpReply | None:
-        """The reply for ``GET target``; None means "continue with the WebSocket handshake"."""
+        """The reply for ``GET target``; None means "continue with the WebSocket handshake".
+
+        ``headers`` has lower-case names (HTTP names are case-insensitive, RFC 9110 §5.1).
+        """
         url = urlsplit(target)
         path = url.path
         if path == "/ws":
@@ -111,10 +114,10 @@ class HttpRoutes:
 
     def origin_allowed(self, headers: Mapping[str, str]) -> bool:
         """No Origin (not a browser), the page's own origin, or one listed (``*`` for any)."""
-        origin = headers.get("Origin")
+        origin = headers.get("origin")
         if origin is None or "*" in self.allowed_origins or origin in self.allowed_origins:
             return True
-        host = headers.get("Host", "")
+        host = headers.get("host", "")
         return urlsplit(origin).netloc == host and bool(host)
 
     def _ice(self, query: dict[str, list[str]], headers: Mapping[str, str]) -> HttpReply:
@@ -122,7 +125,7 @@ class HttpRoutes:
         if service != "turn":
             return _json(400, {"error": "service must be turn"})
         if self.tokens is not None:
-            bearer = headers.get("Authorization", "")
+            bearer = headers.get("authorization", "")
             token = query.get("token", [bearer.removeprefix("Bearer ").strip()])[0]
             if not self.tokens.check(token, None, self.clock()):
                 return _json(401, {"error": "a valid token is required"})

@@ -101,9 +101,10 @@ class Session:
 class Connection:
     """Per-connection state: its session and its rate-limit bucket."""
 
-    __slots__ = ("session", "stamp", "strikes", "tokens")
+    __slots__ = ("closing", "session", "stamp", "strikes", "tokens")
 
     def __init__(self, now: float, burst: float) -> None:
+        self.closing = False  # the hub asked to close it: ignore what it still sends
         self.session: Session | None = None
         self.tokens = burst
         self.stamp = now
@@ -148,7 +149,7 @@ class SignalHub:
     def receive(self, conn: int, frame: str | bytes, now: float) -> list[Outbound]:
         """One frame from ``conn``: the messages to send in answer (the one error site)."""
         state = self.connections.get(conn)
-        if state is None:
+        if state is None or state.closing:
             return []
         self.counters.messages_received += 1
         try:
@@ -156,6 +157,7 @@ class SignalHub:
             message = parse_client_message(frame, self.settings.max_message_bytes)
             return self._dispatch(conn, state, message, now)
         except _Abusive:
+            state.closing = True
             self.counters.abusive_closed += 1
             return [Outbound(conn, None, close=CLOSE_POLICY)]
         except SignalError as exc:
@@ -303,8 +305,9 @@ class SignalHub:
 
     def _rate_limit(self, state: Connection, now: float) -> None:
         settings = self.settings
-        refill = (now - state.stamp) * settings.rate_limit
-        state.stamp = now
+        # A wall clock stepped back must not drain buckets or add strikes: no negative refill.
+        refill = max(0.0, now - state.stamp) * settings.rate_limit
+        state.stamp = max(state.stamp, now)
         state.tokens = min(settings.rate_burst, state.tokens + refill)
         state.strikes = max(0.0, state.strikes - refill)
         if state.tokens >= 1.0:

@@ -152,7 +152,13 @@ class SignalServer:
         return client_address(remote, forwarded, self._trusted)
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        headers = {key: value for key, value in request.headers.raw_items()}
+        headers: dict[str, str] = {}
+        for key, value in request.headers.raw_items():
+            name = key.lower()
+            if name in headers and name in ("origin", "host", "authorization"):
+                # One of each: two Origin headers could smuggle a foreign origin past the check.
+                return _response(400, "application/json", b'{"error": "duplicate header"}')
+            headers[name] = value
         reply = self.routes.respond(request.path, headers)
         if reply is None:
             ip = self._client_ip(connection, request)
