@@ -40,7 +40,7 @@ test: $(VENV)/.test system-deps lint typecheck
 
 # Side-by-side with coturn; prints ratios (see bench/README.md). Not part of `make test`.
 bench: $(VENV)/.test system-deps
-	$(BIN)/python bench/turn_relay.py
+	$(BIN)/python bench/turn_relay.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

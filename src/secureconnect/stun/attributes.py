@@ -98,7 +98,8 @@ def encode_xor_address(ip: str, port: int, transaction_id: bytes) -> bytes:
 
 
 def decode_xor_address_untrusted(value: bytes, transaction_id: bytes) -> tuple[str, int]:
-    """Decode an XOR-MAPPED-ADDRESS-layout value (RFC 8489 §14.2)."""
+    """Decode an XOR-MAPPED-ADDRESS-layout value (RFC 8489 §14.2); the IP comes back in its
+    canonical text form (what ``ipaddress`` prints), so it can key tables directly."""
     if len(transaction_id) != 12:
         raise StunDecodeError("XOR addresses need a 12-byte transaction id")
     size = len(value)

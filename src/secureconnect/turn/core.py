@@ -66,7 +66,6 @@ from secureconnect.turn.requests import (
     KNOWN,
     NO_INTEGRITY_CODES,
     allocate_asks,
-    canonical_ip,
     unknown_attributes_error,
 )
 from secureconnect.turn.settings import ToPeer, TurnCounters, TurnSettings, counter_samples
@@ -409,7 +408,6 @@ class TurnCore:
         except StunDecodeError:
             counters.relay.dropped_malformed += 1
             return None
-        peer = (canonical_ip(peer[0]), peer[1])
         if not allocation.permits(peer[0], now):
             counters.relay.dropped_no_permission += 1
             return None
@@ -425,7 +423,6 @@ class TurnCore:
             ip, port = decode_xor_address_untrusted(value, msg.transaction_id)
         except StunDecodeError:
             raise StunError(ErrorCode.BAD_REQUEST, "malformed XOR-PEER-ADDRESS") from None
-        ip = canonical_ip(ip)
         # RFC 8656 §10.2, §11.2: a peer of the other family gets 443. The family is the wire
         # family (an IPv4-mapped IPv6 address is IPv6 here, and the peer policy refuses it).
         if (4 if value[1:2] == b"\x01" else 6) != allocation.family:

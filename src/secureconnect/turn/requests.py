@@ -7,7 +7,6 @@ turns it into the error response.
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 from typing import Final
 
@@ -112,8 +111,3 @@ def unknown_attributes_error(types: tuple[int, ...]) -> StunError:
         ErrorCode.UNKNOWN_ATTRIBUTE,
         attributes=((A.UNKNOWN_ATTRIBUTES, encode_unknown_attributes(types)),),
     )
-
-
-def canonical_ip(ip: str) -> str:
-    """The canonical text of ``ip`` (so permission keys match what recvfrom reports)."""
-    return str(ipaddress.ip_address(ip))

@@ -49,6 +49,9 @@ BATCH = 256  # datagrams handled per readiness wake-up before yielding to other 
 RECV_SIZE = 65536  # a relayed UDP datagram may be up to 64 KiB
 STREAM_QUEUE = 512  # messages queued to one TCP/TLS client before drops
 TICK = 1.0  # seconds between expiry passes
+#: UDP receive buffers: the kernel default (~208 KiB) overflows under bursts; coturn uses 4 MiB.
+#: Linux caps the request at net.core.rmem_max.
+RCVBUF = 4 * 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -83,6 +86,7 @@ class UdpRelayBinder:
                     sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
                 else:
                     sock.setsockopt(socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER, IP_PMTUDISC_DO)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
             sock.setblocking(False)
             sock.bind((ip, port))
         except BaseException:
@@ -155,6 +159,8 @@ class TurnServer:
         )
         self.bound[:] = sockets.bound()
         self._udp = sockets.udp
+        for sock in sockets.udp.values():
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
         try:
             async with trio.open_nursery() as relays:
                 self._relays = relays
@@ -343,5 +349,13 @@ class TurnServer:
     async def _write_stream(
         self, stream: trio.abc.Stream, queue: trio.MemoryReceiveChannel[bytes]
     ) -> None:
+        """Send queued messages, everything already waiting in one ``send_all`` (one syscall
+        and, on TLS, one record instead of one per relayed datagram)."""
         async for message in queue:
-            await stream.send_all(message)
+            batch = [message]
+            try:
+                while len(batch) < STREAM_QUEUE:
+                    batch.append(queue.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel):
+                pass
+            await stream.send_all(b"".join(batch) if len(batch) > 1 else message)
