@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test check lint typecheck system-deps bench clean
+.PHONY: run test check lint typecheck system-deps bench clean dist
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,5 +42,9 @@ test: $(VENV)/.test system-deps lint typecheck
 bench: $(VENV)/.test system-deps
 	$(BIN)/python bench/turn_relay.py $(BENCH_ARGS)
 
+# One executable file (shiv zipapp) for a machine with Python 3.11 but without the project.
+dist:
+	PYTHON=$(PYTHON) bash scripts/build-dist.sh
+
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info
+	rm -rf $(VENV) build dist *.egg-info src/*.egg-info

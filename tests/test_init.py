@@ -123,7 +123,8 @@ def test_init_refuses_to_overwrite_and_names_the_file(
     assert "--force" in error
     assert (etc / TURN_SECRET_NAME).read_bytes() == secret
     assert main(["init", *BASE, "--config-dir", str(etc), "--force"]) == 0
-    assert (etc / TURN_SECRET_NAME).read_bytes() != secret
+    # --force rewrites the config but keeps the secret clients already hold.
+    assert (etc / TURN_SECRET_NAME).read_bytes() == secret
     assert (etc / TURN_SECRET_NAME).stat().st_mode & 0o777 == 0o600
 
 
@@ -255,3 +256,16 @@ def test_generated_config_runs_with_secrets_from_a_credentials_directory(tmp_pat
         if proc.poll() is None:
             proc.kill()
         proc.communicate()
+
+
+def test_force_keeps_the_secrets_clients_already_hold(tmp_path: Path) -> None:
+    """Re-running init with --force (e.g. to switch to Let's Encrypt) rewrites the config and
+    certificate but keeps the TURN and room-token secrets, which backends already use."""
+    etc = tmp_path / "etc"
+    assert main(["init", *BASE, "--config-dir", str(etc)]) == 0
+    names = (TURN_SECRET_NAME, "room-token-secret")
+    before = {name: (etc / name).read_bytes() for name in names}
+    cert = (etc / CERT_NAME).read_bytes()
+    assert main(["init", *BASE, "--config-dir", str(etc), "--force"]) == 0
+    assert {name: (etc / name).read_bytes() for name in names} == before
+    assert (etc / CERT_NAME).read_bytes() != cert  # a new self-signed certificate

@@ -86,6 +86,7 @@ class PlannedFile:
     data: bytes = b""
     mode: int = 0o600
     link_to: Path | None = None
+    keep_existing: bool = False  # secrets: --force never replaces one (clients hold it)
 
 
 def add_init_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -137,7 +138,11 @@ def add_init_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
         type=Path,
         help="general.state_dir (default: systemd's StateDirectory=, /var/lib/secureconnect)",
     )
-    init.add_argument("--force", action="store_true", help="overwrite existing files")
+    init.add_argument(
+        "--force",
+        action="store_true",
+        help="overwrite existing files (existing secret files are kept: rotate those by hand)",
+    )
 
 
 def options_from_args(args: argparse.Namespace) -> InitOptions:
@@ -292,8 +297,12 @@ def plan_files(options: InitOptions) -> list[PlannedFile]:
     _validate(config)
     plan = [
         PlannedFile(directory / CONFIG_NAME, "config", config.encode(), 0o644),
-        PlannedFile(directory / TURN_SECRET_NAME, "TURN shared secret", _secret_line()),
-        PlannedFile(directory / ROOM_SECRET_NAME, "room-token secret", _secret_line()),
+        PlannedFile(
+            directory / TURN_SECRET_NAME, "TURN shared secret", _secret_line(), keep_existing=True
+        ),
+        PlannedFile(
+            directory / ROOM_SECRET_NAME, "room-token secret", _secret_line(), keep_existing=True
+        ),
     ]
     if options.cert is not None and options.key is not None:
         for name, target, what in (
@@ -334,6 +343,8 @@ def write_files(plan: Sequence[PlannedFile], *, force: bool) -> None:
                 raise InitError(f"{item.path} exists; use --force to overwrite it", 1)
     for item in plan:
         item.path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        if item.keep_existing and os.path.lexists(item.path):
+            continue  # re-running init (e.g. to switch certificates) keeps the secrets in use
         if item.link_to is not None:
             temporary = item.path.with_name(f".{item.path.name}.{secrets.token_hex(4)}.tmp")
             temporary.symlink_to(item.link_to)

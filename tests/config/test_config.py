@@ -79,6 +79,7 @@ def test_no_file_and_empty_file_give_the_defaults(tmp_path: Path) -> None:
         ),
         ("[stun]\nalternate_address = '127.0.0.2'\n", "stun.port", "own port"),
         ("[turn]\ndefault_lifetime = 7200\n", "turn.default_lifetime", "max_lifetime"),
+        ("[turn]\nlisten = ['0.0.0.0']\n", "turn.external_addresses", "wildcard"),
     ],
 )
 def test_bad_config_names_file_and_key(tmp_path: Path, text: str, key: str, fragment: str) -> None:

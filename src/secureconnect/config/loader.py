@@ -188,6 +188,14 @@ def _check_turn(config: Config, source: str) -> None:
         families = _families(addresses)
         if len(set(families)) != len(families):
             raise ConfigError(source, key, "at most one address per family")
+    wildcard = any(ipaddress.ip_address(a).is_unspecified for a in turn.listen)
+    if wildcard and not (turn.relay_addresses or turn.external_addresses):
+        raise ConfigError(
+            source,
+            "turn.external_addresses",
+            "with a wildcard turn.listen, set the public address clients must relay to "
+            "(or turn.relay_addresses): 0.0.0.0 is no relayed address",
+        )
     stun = config.stun
     shared = stun.enabled and stun.port == turn.port and set(stun.listen) & set(turn.listen)
     if shared and stun.alternate_address:
