@@ -80,6 +80,8 @@ def test_no_file_and_empty_file_give_the_defaults(tmp_path: Path) -> None:
         ("[stun]\nalternate_address = '127.0.0.2'\n", "stun.port", "own port"),
         ("[turn]\ndefault_lifetime = 7200\n", "turn.default_lifetime", "max_lifetime"),
         ("[turn]\nlisten = ['0.0.0.0']\n", "turn.external_addresses", "wildcard"),
+        ("[turn]\nallowed_peers = ['10.0.0.1/8']\n", "turn.allowed_peers", "host bits"),
+        ("[signal]\nice_ttl = 864000\n", "signal.ice_ttl", "7 days"),
     ],
 )
 def test_bad_config_names_file_and_key(tmp_path: Path, text: str, key: str, fragment: str) -> None:
@@ -176,3 +178,17 @@ def test_missing_secret_file_names_the_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_turn_secrets(load_config(path), path, tmp_path / "state")
     assert caught.value.key == "turn.secret_file"
+
+
+def test_secrets_stay_out_of_reprs() -> None:
+    config = load_config(
+        None,
+        {
+            "turn.secrets": ["TOPSECRET"],
+            "turn.users": ["bob:pw1"],
+            "signal.token_secrets": ["ROOMSECRET"],
+        },
+    )
+    text = repr(config)
+    for secret in ("TOPSECRET", "pw1", "ROOMSECRET"):
+        assert secret not in text

@@ -423,3 +423,34 @@ def test_malformed_frames(h: Harness, frame: str | bytes, code: str) -> None:
     (error,) = h.collect(h.hub.receive(1, frame, T0))[1]
     assert error["code"] == code
     assert h.hub.counters.errors == {code: 1}
+
+
+def test_away_buffers_are_bounded_in_bytes_per_session_and_in_total() -> None:
+    """Buffered messages are kept as text and capped, so peers that stay away cannot make the
+    server hold arbitrary amounts of memory (a parsed 64 KiB frame can take 1.5 MB)."""
+    settings = HubSettings(resume_buffer_bytes=1000, max_buffered_bytes=1500)
+    hub = SignalHub(settings, lambda peer, now: ([], 3600))
+    hub.open(1, 0.0)
+    hub.open(2, 0.0)
+    hub.open(3, 0.0)
+    joined = [hub.receive(c, json.dumps({"type": "join", "room": "r"}), 0.0)[0] for c in (1, 2, 3)]
+    _a, b, c = (w.message["peer"] for w in joined if w.message is not None)
+    hub.closed(2, 1.0)
+    hub.closed(3, 1.0)
+    chunk = "x" * 400
+    for _ in range(3):  # ~430 bytes each: the third pushes the first out of B's 1000 bytes
+        hub.receive(1, json.dumps({"type": "signal", "to": b, "data": chunk}), 2.0)
+    assert hub.counters.buffer_dropped == 1
+    for _ in range(2):  # C may take one more before the 1500-byte total is reached
+        hub.receive(1, json.dumps({"type": "signal", "to": c, "data": chunk}), 2.0)
+    assert hub.counters.buffer_dropped == 2
+    hub.open(4, 3.0)
+    resume = next(s for room in hub.rooms.values() for s in room.values() if s.peer == b).resume
+    out = hub.receive(4, json.dumps({"type": "join", "room": "r", "resume": resume}), 3.0)
+    assert [o.message["type"] for o in out if o.message is not None] == [
+        "welcome",
+        "signal",
+        "signal",
+    ]
+    assert out[1].message is not None
+    assert out[1].message["data"] == chunk

@@ -154,3 +154,21 @@ def test_bandwidth_cap_drops_and_refills_on_the_tick() -> None:
     assert wrap_peer_data(allocation, bytes(300), PEER, NOW, counters, rng=RNG) is not None
     assert wrap_peer_data(allocation, bytes(1), PEER, NOW, counters, rng=RNG) is None
     assert counters.dropped_bandwidth == 2
+
+
+def test_a_peer_datagram_too_large_for_a_data_indication_is_dropped() -> None:
+    """An IPv6 peer may send up to 65,527 bytes; a Data indication's 16-bit length cannot carry
+    that, and the encoder must not be asked to (it would overflow and end the relay loop)."""
+    core, c, _ = allocated()
+    six = Client(core, c.username, c.password, ("udp", ("2001:db8::7", 5), ("2001:db8::1", 3478)))
+    six.allocate((AttrType.REQUESTED_ADDRESS_FAMILY, bytes((2, 0, 0, 0))))
+    allocation = core.table.get(six.five_tuple)
+    assert allocation is not None
+    peer = ("2606:4700::1111", 443)
+    allocation.permissions[peer[0]] = NOW + 10
+    counters = RelayCounters()
+    assert wrap_peer_data(allocation, bytes(65_510), peer, NOW, counters, rng=RNG) is None
+    assert counters.dropped_malformed == 1
+    largest = wrap_peer_data(allocation, bytes(65_500), peer, NOW, counters, rng=RNG)
+    assert largest is not None
+    assert decode_message_untrusted(largest).get(AttrType.DATA) == bytes(65_500)

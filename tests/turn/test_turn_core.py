@@ -577,3 +577,40 @@ def test_sha256_bid_down_protection() -> None:
 def test_legacy_md5_clients_still_work_when_sha256_is_offered() -> None:
     core, _ = make_core(sha256=True)
     assert error_code(client(core).allocate()) is None
+
+
+def test_failed_allocates_leave_no_relay_socket_behind() -> None:
+    """A malformed LIFETIME, or an expired reservation token, is refused before (or after
+    releasing) any relay socket: nothing leaks, however often it is tried."""
+    core, relays = make_core()
+    c = client(core)
+    for _ in range(5):
+        assert error_code(c.allocate((A.LIFETIME, b"\x00"))) == ErrorCode.BAD_REQUEST
+    assert relays.open() == []
+    assert core.ports.in_use(4) == 0
+    first = client(core, ("udp", ("198.51.100.50", 1), SERVER), user="r").allocate(
+        (A.EVEN_PORT, b"\x80")
+    )
+    token = first.get(A.RESERVATION_TOKEN)
+    assert token is not None
+    late = client(core, ("udp", ("198.51.100.51", 1), SERVER), user="s")
+    assert error_code(late.allocate((A.RESERVATION_TOKEN, token), now=NOW + 31)) == 508
+    assert len(relays.open()) == 1  # only the first allocation's socket
+    assert core.ports.in_use(4) == 1
+
+
+def test_user_quota_counts_the_rest_user_not_each_minted_username() -> None:
+    core, _ = make_core(TurnSettings(user_quota=2))
+    for i in range(2):
+        c = client(core, ("udp", ("198.51.100.60", i + 1), SERVER), expiry=NOW + 3600 + i)
+        assert error_code(c.allocate()) is None
+    fresh = client(core, ("udp", ("198.51.100.60", 9), SERVER), expiry=NOW + 7200)
+    assert error_code(fresh.allocate()) == ErrorCode.ALLOCATION_QUOTA_REACHED
+
+
+def test_stale_nonce_answers_are_rate_limited_like_401s() -> None:
+    core, _ = make_core(unauthorized_rate=1.0)
+    c = client(core)
+    c.nonce = "forged"
+    answers = [c.allocate() if i < 2 else c.raw(Method.ALLOCATE, [UDP]) for i in range(4)]
+    assert [a is not None for a in answers] == [True, True, False, False]

@@ -179,9 +179,9 @@ def _ip_list_or_empty(values: tuple[str, ...]) -> str | None:
 def _cidr_list(values: tuple[str, ...]) -> str | None:
     for value in values:
         try:
-            ipaddress.ip_network(value, strict=False)
+            ipaddress.ip_network(value)  # strict, like the peer policy: no host bits set
         except ValueError:
-            return f"{value!r} is not an address or CIDR range"
+            return f"{value!r} is not an address or CIDR range (with no host bits set)"
     return None
 
 
@@ -191,6 +191,11 @@ def _user_list(values: tuple[str, ...]) -> str | None:
         if not colon or not name or not password:
             return 'entries must be "user:password"'
     return None
+
+
+def _ttl(value: int) -> str | None:
+    # The credential minter refuses more than a week (it catches milliseconds-for-seconds).
+    return None if 0 < value <= 7 * 86400 else "must be from 1 second to 7 days (604800)"
 
 
 def _non_negative(value: float) -> str | None:
@@ -234,6 +239,7 @@ class TurnConfig:
     relay_port_max: int = field(default=65535, metadata=_doc("highest relay port", check=_port))
     realm: str = field(default="secureconnect", metadata=_doc("long-term credential realm"))
     secrets: tuple[str, ...] = field(
+        repr=False,  # a secret: never in a repr or a traceback
         default=(),
         metadata=_doc(
             "TURN REST API shared secrets, newest first (several allow rotation)", secret=True
@@ -247,6 +253,7 @@ class TurnConfig:
         ),
     )
     users: tuple[str, ...] = field(
+        repr=False,  # a secret: never in a repr or a traceback
         default=(),
         metadata=_doc(
             'static long-term users as "user:password" (labs, legacy clients)',
@@ -256,7 +263,7 @@ class TurnConfig:
     )
     credential_ttl: int = field(
         default=86400,
-        metadata=_doc("seconds a minted REST credential stays valid", check=_positive),
+        metadata=_doc("seconds a minted REST credential stays valid", check=_ttl),
     )
     sha256_integrity: bool = field(
         default=False,
@@ -367,6 +374,7 @@ class SignalConfig:
         ),
     )
     token_secrets: tuple[str, ...] = field(
+        repr=False,  # a secret: never in a repr or a traceback
         default=(),
         metadata=_doc("room-token secrets, newest first (auth = token)", secret=True),
     )
@@ -395,7 +403,7 @@ class SignalConfig:
     )
     ice_ttl: int = field(
         default=3600,
-        metadata=_doc("seconds the TURN credentials handed to a peer live", check=_positive),
+        metadata=_doc("seconds the TURN credentials handed to a peer live", check=_ttl),
     )
     max_room_size: int = field(default=16, metadata=_doc("peers per room", check=_positive))
     max_message_bytes: int = field(

@@ -21,6 +21,7 @@ and become an ``error`` message at one site, :meth:`SignalHub.receive`.
 
 from __future__ import annotations
 
+import json
 import random
 import secrets
 from collections import deque
@@ -37,6 +38,7 @@ from secureconnect.signal.messages import (
     Ping,
     Signal,
     SignalError,
+    encode,
     parse_client_message,
 )
 from secureconnect.signal.tokens import RoomTokens
@@ -58,6 +60,10 @@ class HubSettings:
     abuse_strikes: int = 500  # rate-limited messages (net of refill) before closing
     resume_grace: float = 30.0
     resume_buffer: int = 64
+    # Buffered messages are kept as JSON text (a parsed 64 KiB frame can take 1.5 MB of heap),
+    # bounded per session and in total, so away sessions cannot exhaust memory.
+    resume_buffer_bytes: int = 256 * 1024
+    max_buffered_bytes: int = 64 * 1024 * 1024
     require_tokens: bool = False
 
 
@@ -86,7 +92,16 @@ class HubCounters:
 class Session:
     """A peer in a room; see the module docstring."""
 
-    __slots__ = ("buffer", "conn", "detached_at", "ice_due", "peer", "resume", "room")
+    __slots__ = (
+        "buffer",
+        "buffer_bytes",
+        "conn",
+        "detached_at",
+        "ice_due",
+        "peer",
+        "resume",
+        "room",
+    )
 
     def __init__(self, peer: str, room: str, resume: str, conn: int, resume_buffer: int) -> None:
         self.peer = peer
@@ -95,7 +110,8 @@ class Session:
         self.conn: int | None = conn
         self.detached_at = 0.0
         self.ice_due = 0.0
-        self.buffer: deque[Message] = deque(maxlen=resume_buffer)
+        self.buffer: deque[str] = deque(maxlen=resume_buffer)  # encoded messages
+        self.buffer_bytes = 0
 
 
 class Connection:
@@ -131,6 +147,7 @@ class SignalHub:
         self.connections: dict[int, Connection] = {}
         self.rooms: dict[str, dict[str, Session]] = {}
         self._by_resume: dict[str, Session] = {}
+        self._buffered_bytes = 0  # across every away session
 
     # -- connection events -------------------------------------------------------------------
 
@@ -221,8 +238,8 @@ class SignalHub:
             state.session = session
             self.counters.resumes += 1
             out.append(Outbound(conn, self._welcome(session, now, resumed=True)))
-            out += [Outbound(conn, message) for message in session.buffer]
-            session.buffer.clear()
+            out += [Outbound(conn, json.loads(text)) for text in session.buffer]
+            self._drop_buffer(session)
             return out
         room = self.rooms.setdefault(join.room, {})
         if len(room) >= self.settings.max_room_size:
@@ -257,16 +274,34 @@ class SignalHub:
         if target.conn is not None:
             self.counters.signals_routed += 1
             return [Outbound(target.conn, message)]
-        if len(target.buffer) == target.buffer.maxlen:
+        text = encode(message)
+        size = len(text)
+        limit = self.settings.resume_buffer_bytes
+        if size > limit or self._buffered_bytes + size > self.settings.max_buffered_bytes:
             self.counters.buffer_dropped += 1
-        target.buffer.append(message)
+            return []
+        buffer = target.buffer
+        while buffer and (len(buffer) == buffer.maxlen or target.buffer_bytes + size > limit):
+            dropped = len(buffer.popleft())  # the oldest goes first
+            target.buffer_bytes -= dropped
+            self._buffered_bytes -= dropped
+            self.counters.buffer_dropped += 1
+        buffer.append(text)
+        target.buffer_bytes += size
+        self._buffered_bytes += size
         self.counters.signals_buffered += 1
         return []
 
     def _broadcast(self, room: dict[str, Session], message: Message) -> list[Outbound]:
         return [Outbound(s.conn, message) for s in room.values() if s.conn is not None]
 
+    def _drop_buffer(self, session: Session) -> None:
+        self._buffered_bytes -= session.buffer_bytes
+        session.buffer.clear()
+        session.buffer_bytes = 0
+
     def _remove(self, session: Session) -> list[Outbound]:
+        self._drop_buffer(session)
         room = self.rooms.get(session.room)
         self._by_resume.pop(session.resume, None)
         if room is None or room.pop(session.peer, None) is None:

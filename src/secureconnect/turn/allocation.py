@@ -64,6 +64,13 @@ class RelayBinder(Protocol):
     def close(self, endpoint: RelayEndpoint) -> None: ...
 
 
+def quota_key(username: str) -> str:
+    """Whose quota an allocation counts against: a REST username ``<expiry>:<user>`` counts for
+    ``<user>`` (its expiry changes with every credential minted), anything else as itself."""
+    expiry, colon, user = username.partition(":")
+    return user if colon and expiry.isdigit() else username
+
+
 class Channel:
     """A channel binding (RFC 8656 §12): number <-> peer transport address, with its expiry."""
 
@@ -178,7 +185,8 @@ class AllocationTable:
         self._by_tuple[allocation.five_tuple] = allocation
         if transport == "udp":
             self.udp_by_local.setdefault(local, {})[client] = allocation
-        self.by_user[allocation.username] = self.by_user.get(allocation.username, 0) + 1
+        key = quota_key(allocation.username)
+        self.by_user[key] = self.by_user.get(key, 0) + 1
 
     def remove(self, allocation: Allocation) -> None:
         transport, client, local = allocation.five_tuple
@@ -186,11 +194,12 @@ class AllocationTable:
             return
         if transport == "udp":
             self.udp_by_local.get(local, {}).pop(client, None)
-        count = self.by_user.get(allocation.username, 1) - 1
+        key = quota_key(allocation.username)
+        count = self.by_user.get(key, 1) - 1
         if count:
-            self.by_user[allocation.username] = count
+            self.by_user[key] = count
         else:
-            self.by_user.pop(allocation.username, None)
+            self.by_user.pop(key, None)
 
     def counts(self) -> tuple[int, int, int]:
         """(allocations, permissions, channels) now, for gauges."""

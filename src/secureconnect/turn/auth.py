@@ -139,7 +139,9 @@ class Authenticator:
     def challenge(self, code: int, source_ip: str, now: float) -> StunError:
         """A 401 or 438 carrying REALM and a fresh NONCE (RFC 8489 §9.2.4), unless the source
         is over its rate, in which case :class:`Silent` is raised instead."""
-        if code == ErrorCode.UNAUTHORIZED and not self.unauthorized.allow(source_ip, now):
+        # Both 401 and 438 answer requests nobody has authenticated: rate-limit both per source
+        # (REFERENCE.md: unauthenticated answers are the amplification to bound).
+        if not self.unauthorized.allow(source_ip, now):
             raise Silent
         features = FEATURE_PASSWORD_ALGORITHMS if self.sha256 else 0
         attributes = [

@@ -56,6 +56,7 @@ from secureconnect.turn.allocation import (
     RelayEndpoint,
     RelayPortPool,
     Reservation,
+    quota_key,
 )
 from secureconnect.turn.auth import Authenticated, Authenticator, Silent
 from secureconnect.turn.peerpolicy import PeerPolicy
@@ -266,22 +267,26 @@ class TurnCore:
         settings = self.settings
         if (
             len(self.table) >= settings.total_quota
-            or self.table.by_user.get(identity.username, 0) >= settings.user_quota
+            or self.table.by_user.get(quota_key(identity.username), 0) >= settings.user_quota
         ):
             raise StunError(ErrorCode.ALLOCATION_QUOTA_REACHED)
+        # Every check that can fail comes before a socket is bound: nothing to undo after.
+        lifetime = self._lifetime(msg, identity, now)
         family = asks.family
         reserved_token = b""
         if asks.token is not None:
             # "If the token is not valid, the server MUST reject with 508" (RFC 8656 §7.2).
             reservation = self.table.reservations.pop(asks.token, None)
-            if reservation is None or reservation.expires <= now:
+            if reservation is not None and reservation.expires <= now:
+                self._release_reservation(reservation)
+                reservation = None
+            if reservation is None:
                 raise StunError(ErrorCode.INSUFFICIENT_CAPACITY)
             endpoint, port, family = reservation.endpoint, reservation.port, reservation.family
         else:
             endpoint, port, reserved_token = self._bind_relay(
                 family, even=asks.even, reserve=asks.reserve, now=now, df=asks.dont_fragment
             )
-        lifetime = self._lifetime(msg, identity, now)
         allocation = Allocation(
             five_tuple,
             username=identity.username,

@@ -35,6 +35,9 @@ _XOR_PEER: Final = int(AttrType.XOR_PEER_ADDRESS).to_bytes(2, "big")
 _DATA: Final = int(AttrType.DATA).to_bytes(2, "big")
 _PAD: Final = (b"", b"\x00\x00\x00", b"\x00\x00", b"\x00")  # by length % 4
 _MAX_PEER_HEADERS: Final = 256  # cached XOR-PEER-ADDRESS encodings per allocation
+#: The largest DATA value whose Data indication still fits the 16-bit STUN length: 0xFFFC minus
+#: XOR-PEER-ADDRESS (IPv6: 4 + 20) and the DATA header (4), rounded down to a multiple of 4.
+_MAX_DATA_INDICATION_PAYLOAD: Final = 0xFFFC - 24 - 4
 
 
 @dataclass(slots=True)
@@ -128,6 +131,11 @@ def wrap_peer_data(
         counters.dropped_no_permission += 1
         return None
     size = len(data)
+    if size > _MAX_DATA_INDICATION_PAYLOAD:
+        # A STUN length is 16 bits: a datagram this large fits no Data indication (and no UDP
+        # datagram to the client once framed); dropping it keeps the encoder from overflowing.
+        counters.dropped_malformed += 1
+        return None
     allocation.budget -= size
     if allocation.budget < 0:  # the per-allocation bandwidth cap
         allocation.budget += size

@@ -23,6 +23,7 @@ processes can later share the listening ports with SO_REUSEPORT.
 
 from __future__ import annotations
 
+import logging
 import socket
 import ssl
 import time
@@ -45,6 +46,7 @@ from secureconnect.turn.relaypath import route_channel_data, wrap_peer_data
 IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)
 IPV6_MTU_DISCOVER = getattr(socket, "IPV6_MTU_DISCOVER", 23)
 IP_PMTUDISC_DO = getattr(socket, "IP_PMTUDISC_DO", 2)
+log = logging.getLogger("secureconnect.turn")
 BATCH = 256  # datagrams handled per readiness wake-up before yielding to other tasks
 RECV_SIZE = 65536  # a relayed UDP datagram may be up to 64 KiB
 STREAM_QUEUE = 512  # messages queued to one TCP/TLS client before drops
@@ -127,6 +129,7 @@ class TurnServer:
     bound: list[tuple[str, str, int]] = field(default_factory=list)
     send_errors: int = 0
     dropped_slow_client: int = 0
+    packet_errors: int = 0
     _udp: dict[Address, socket.socket] = field(default_factory=dict)
     _streams: dict[FiveTuple, trio.MemorySendChannel[bytes]] = field(default_factory=dict)
     _relays: trio.Nursery | None = None
@@ -182,6 +185,7 @@ class TurnServer:
         """The core's samples plus this layer's send errors, slow-client drops and streams."""
         samples = self.core.metrics()
         samples["turn_send_errors_total"] = self.send_errors
+        samples["turn_packet_errors_total"] = self.packet_errors
         samples['turn_relay_dropped_total{reason="slow_client"}'] = self.dropped_slow_client
         samples["turn_stream_connections"] = self.stream_counters.open
         samples["turn_stream_accepted_total"] = self.stream_counters.accepted
@@ -209,9 +213,7 @@ class TurnServer:
         rng = core.rng
         clock = self.clock
         recvfrom = sock.recvfrom
-        _, client, local = allocation.five_tuple
-        queue = self._streams.get(allocation.five_tuple)
-        listen = self._udp.get(local)
+        deliver = self._client_sender(allocation)
         while True:
             try:
                 await trio.lowlevel.wait_readable(sock)
@@ -229,19 +231,37 @@ class TurnServer:
                     continue  # a queued ICMP error from an earlier send
                 if len(peer) > 2:
                     peer = peer[:2]  # IPv6: drop flow info and scope id
-                out = wrap_peer_data(allocation, data, peer, now, counters, rng=rng)
-                if out is None:
+                try:
+                    out = wrap_peer_data(allocation, data, peer, now, counters, rng=rng)
+                except Exception:  # a bug costs one datagram, never the component
+                    self._packet_failed()
                     continue
-                if queue is not None:
-                    try:
-                        queue.send_nowait(out)
-                    except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-                        self.dropped_slow_client += 1
-                elif listen is not None:
-                    try:
-                        listen.sendto(out, client)
-                    except OSError:
-                        self.send_errors += 1
+                if out is not None:
+                    deliver(out)
+
+    def _client_sender(self, allocation: Allocation) -> Callable[[bytes], None]:
+        """How relayed data reaches this allocation's client: its stream's bounded queue, or
+        the UDP socket its requests arrived on."""
+        _, client, local = allocation.five_tuple
+        queue = self._streams.get(allocation.five_tuple)
+        if queue is not None:
+
+            def to_stream(out: bytes) -> None:
+                try:
+                    queue.send_nowait(out)
+                except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                    self.dropped_slow_client += 1
+
+            return to_stream
+        sendto = self._udp[local].sendto
+
+        def to_udp(out: bytes) -> None:
+            try:
+                sendto(out, client)
+            except OSError:
+                self.send_errors += 1
+
+        return to_udp
 
     def _forward_channel_data(self, allocation: Allocation | None, data: bytes, now: float) -> None:
         """Client -> peer: a ChannelData message out of its allocation's relay socket."""
@@ -255,6 +275,12 @@ class TurnServer:
                 allocation.relay.sendto(data[4 : 4 + ((data[2] << 8) | data[3])], channel.peer)
             except OSError:
                 self.send_errors += 1
+
+    def _packet_failed(self) -> None:
+        """Count a datagram whose handling raised; log the first traceback only."""
+        self.packet_errors += 1
+        if self.packet_errors == 1:
+            log.exception("packet-handling-failed")
 
     async def _tick_loop(self) -> None:
         while True:
@@ -287,7 +313,11 @@ class TurnServer:
                 if data and data[0] >> 6 == 1:  # ChannelData (RFC 8656 §12)
                     forward(allocations.get(source), data, now)
                     continue
-                out = core.handle_stun(data, ("udp", source, local), now)
+                try:
+                    out = core.handle_stun(data, ("udp", source, local), now)
+                except Exception:  # a bug costs one datagram, never the component
+                    self._packet_failed()
+                    continue
                 try:
                     if type(out) is bytes:
                         sendto(out, source)
