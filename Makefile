@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test check lint typecheck system-deps bench clean dist
+.PHONY: run test check lint typecheck system-deps bench bench-relay clean dist
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,8 +38,14 @@ typecheck: $(VENV)/.test
 test: $(VENV)/.test system-deps lint typecheck
 	$(BIN)/pytest
 
-# Side-by-side with coturn; prints ratios (see bench/README.md). Not part of `make test`.
-bench: $(VENV)/.test system-deps
+# Side-by-side with coturn: writes bench/results/latest.md and latest.json (bench/README.md).
+# Not part of `make test`.
+bench: $(VENV)/.test
+	bash scripts/install-system-deps.sh
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+bench-relay: $(VENV)/.test
+	bash scripts/install-system-deps.sh
 	$(BIN)/python bench/turn_relay.py $(BENCH_ARGS)
 
 # One executable file (shiv zipapp) for a machine with Python 3.11 but without the project.

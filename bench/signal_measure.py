@@ -26,13 +26,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import resource
-import selectors
 import socket
 import ssl
-import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.parse
@@ -43,13 +39,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import common  # noqa: F401 - before `appliance`: it puts tests/support on sys.path
+from appliance import free_port, run_appliance
+from common import percentiles, raise_fd_limit
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests" / "support"))
-
-from servers import free_port  # noqa: E402
 
 MAX_CONNECTIONS = 5000
 MAX_ROUND_TRIPS = 20_000
@@ -74,52 +68,27 @@ class Server:
 @contextmanager
 def appliance(workdir: Path, *, tls: bool) -> Iterator[Server]:
     port = free_port(socket.SOCK_STREAM)
-    args = [sys.executable, "-m", "secureconnect", "run", "signal"]
-    args += ["--state-dir", str(workdir / "state"), "--log-level", "warning"]
-    for item in (
-        f"signal.port={port}",
-        f"signal.tls={str(tls).lower()}",
-        f"signal.max_connections_per_ip={MAX_CONNECTIONS + 100}",
-        "signal.rate_limit=1000000",
-        "signal.max_room_size=1000",
-        "general.drain_timeout=1",
-    ):
-        args += ["--set", item]
-    proc = subprocess.Popen(  # noqa: S603 - our own module with fixed arguments
-        args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-    )
-    try:
-        _wait_ready(proc)
+    state = workdir / "state"
+    with run_appliance(
+        workdir,
+        "signal",
+        state_dir=state,
+        extra_args=("--log-level", "warning"),
+        settings=(
+            f"signal.port={port}",
+            f"signal.tls={str(tls).lower()}",
+            f"signal.max_connections_per_ip={MAX_CONNECTIONS + 100}",
+            "signal.rate_limit=1000000",
+            "signal.max_room_size=1000",
+            "general.drain_timeout=1",
+        ),
+        ready_timeout=30,
+        stop_timeout=15,
+    ) as running:
         context = None
         if tls:
-            cert = workdir / "state" / "selfsigned-cert.pem"
-            context = ssl.create_default_context(cafile=str(cert))
-        yield Server(proc, f"{'wss' if tls else 'ws'}://127.0.0.1:{port}/ws", context)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)
-        if proc.stdout is not None:
-            proc.stdout.close()
-
-
-def _wait_ready(proc: subprocess.Popen[str], timeout: float = 30.0) -> None:
-    if proc.stdout is None:
-        raise RuntimeError("no stdout pipe")
-    deadline = time.monotonic() + timeout
-    with selectors.DefaultSelector() as selector:
-        selector.register(proc.stdout, selectors.EVENT_READ)
-        while time.monotonic() < deadline:
-            if selector.select(timeout=0.1):
-                line = proc.stdout.readline()
-                if "SecureConnect is ready" in line:
-                    return
-                if not line:
-                    break
-    raise RuntimeError(f"the appliance did not start (exit status {proc.poll()})")
+            context = ssl.create_default_context(cafile=str(state / "selfsigned-cert.pem"))
+        yield Server(running.proc, f"{'wss' if tls else 'ws'}://127.0.0.1:{port}/ws", context)
 
 
 async def dial(server: Server) -> ClientConnection:
@@ -198,12 +167,6 @@ async def settled(server: Server, expected: int) -> None:
             await asyncio.sleep(0.1)  # the count lives in another process: poll it
 
 
-def percentiles(samples: list[float]) -> dict[str, float]:
-    ordered = sorted(samples)
-    cut = statistics.quantiles(ordered, n=100, method="inclusive")
-    return {"p50": cut[49], "p99": cut[98], "max": ordered[-1], "n": len(ordered)}
-
-
 async def latency(server: Server, round_trips: int, warmup: int = 200) -> dict[str, Any]:
     """A -> B -> A ``signal`` round trips; (round trip, one-way A->B) percentiles in ms."""
     a, b = await dial(server), await dial(server)
@@ -268,14 +231,6 @@ async def measure(server: Server, connections: int, room_size: int, trips: int) 
         "latency_empty_server": empty,
         "latency_with_idle_connections": loaded,
     }
-
-
-def raise_fd_limit(needed: int) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < needed:
-        if hard != resource.RLIM_INFINITY and hard < needed:
-            raise SystemExit(f"need {needed} open files, the hard limit is {hard}")
-        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
 
 
 def report(label: str, result: dict[str, Any]) -> None:

@@ -25,7 +25,6 @@ import os
 import re
 import resource
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,15 +32,12 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests" / "support"))
-
-from servers import TurnTarget, coturn, require_tool, secureconnect_turn, udp_echo_peer  # noqa: E402
+from common import SERVERS, process_cpu, server_for, wait_udp_ready
+from servers import TurnTarget, require_tool, udp_echo_peer
 
 MAX_ROUND_TRIPS = 2_000_000  # per run (flows * packets)
 MAX_ROUNDS = 20
@@ -54,9 +50,7 @@ SERVER_BOUND = 0.9  # a server using >= 0.9 core at its peak ...
 DROPS_BOUND = 0.01  # ... whose sockets overflowed for >= 1% of the packets is the bottleneck
 NOISY = 0.3  # cores of other people's work in the window above which the report warns
 TARGET_THROUGHPUT = 0.5  # the issue's target: at least half of coturn's throughput
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 NCPU = os.cpu_count() or 1
-SERVERS = ("coturn", "secureconnect")
 
 STATUS = re.compile(r"tot_send_msgs=(\d+), tot_recv_msgs=(\d+)")
 LOST = re.compile(r"Total lost packets (\d+) \(([\d.]+)%\), total send dropped (\d+)")
@@ -65,13 +59,6 @@ RTT = re.compile(r"Average round trip delay ([\d.]+) ms")
 
 
 # -- /proc readers -------------------------------------------------------------------------
-
-
-def process_cpu(pid: int) -> float:
-    """utime+stime of the whole process (all threads, living and exited), in seconds."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14 and 15 of proc(5)
 
 
 def threads_cpu_ns(pid: int) -> int:
@@ -147,23 +134,6 @@ def find_pid(binary: str, needle: str) -> int | None:
         if argv and argv[0].endswith(binary.encode()) and needle.encode() in argv:
             return int(entry)
     return None
-
-
-def wait_udp_ready(target: TurnTarget, timeout: float = 10.0) -> None:
-    """Wait until the server answers a STUN Binding request over UDP (the launchers only wait
-    for the TCP listener; coturn may open its UDP listener a moment later)."""
-    request = b"\x00\x01\x00\x00\x21\x12\xa4\x42" + os.urandom(12)
-    deadline = time.monotonic() + timeout
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.settimeout(0.2)
-        while time.monotonic() < deadline:
-            try:
-                probe.sendto(request, (target.host, target.port))
-                if probe.recv(2048)[8:20] == request[8:20]:
-                    return
-            except OSError:  # timeout, or ICMP port unreachable while the listener starts
-                time.sleep(0.1)
-    raise RuntimeError(f"{target.name} did not answer STUN over UDP within {timeout:.0f} s")
 
 
 # -- sampling during a run -----------------------------------------------------------------
@@ -468,12 +438,6 @@ def bottleneck(result: RunResult) -> str:
 
 
 # -- rounds, summary, output ---------------------------------------------------------------
-
-
-def server_for(name: str, workdir: Path) -> AbstractContextManager[TurnTarget]:
-    if name == "coturn":
-        return coturn(workdir)
-    return secureconnect_turn(workdir)
 
 
 def run_rounds(

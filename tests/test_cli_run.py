@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import selectors
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from appliance import appliance_env, run_appliance
 
 from secureconnect.credentials import rest_password
 from secureconnect.stun import (
@@ -29,51 +26,8 @@ from secureconnect.stun import (
 
 
 def clean_env(tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "STATE_DIRECTORY"))}
-    env["HOME"] = str(tmp_path / "home")
-    env["XDG_STATE_HOME"] = str(tmp_path / "state")
-    return env
-
-
-@contextmanager
-def appliance(tmp_path: Path, *args: str) -> Iterator[subprocess.Popen[str]]:
-    """Start `python -m secureconnect run ARGS` and wait until it says it is ready."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "secureconnect", "run", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=clean_env(tmp_path),
-    )
-    try:
-        wait_for_line(proc, "SecureConnect is ready", timeout=20)
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        assert proc.stdout is not None
-        assert proc.stderr is not None
-        proc.stdout.close()
-        proc.stderr.close()
-
-
-def wait_for_line(proc: subprocess.Popen[str], text: str, timeout: float) -> str:
-    assert proc.stdout is not None
-    deadline = time.monotonic() + timeout
-    selector = selectors.DefaultSelector()
-    selector.register(proc.stdout, selectors.EVENT_READ)
-    seen = []
-    while time.monotonic() < deadline:
-        if selector.select(timeout=0.1):
-            line = proc.stdout.readline()
-            if not line:
-                break
-            seen.append(line)
-            if text in line:
-                return line
-    err = proc.stderr.read() if proc.poll() is not None and proc.stderr else ""
-    raise AssertionError(f"{text!r} not seen; stdout={''.join(seen)!r} stderr={err!r}")
+    """Nothing of systemd's or XDG's; HOME and XDG_STATE_HOME (the default state) in tmp_path."""
+    return appliance_env(tmp_path / "home", XDG_STATE_HOME=str(tmp_path / "state"))
 
 
 def binding(target: tuple[str, int]) -> tuple[tuple[str, int], tuple[str, int]]:
@@ -91,7 +45,7 @@ def binding(target: tuple[str, int]) -> tuple[tuple[str, int], tuple[str, int]]:
 
 
 def test_run_on_embedded_defaults_answers_on_3478_and_stops_on_sigterm(tmp_path: Path) -> None:
-    with appliance(tmp_path) as proc:
+    with run_appliance(tmp_path, env=clean_env(tmp_path)) as app:
         mapped, mine = binding(("127.0.0.1", 3478))
         assert mapped == mine
         state = tmp_path / "state" / "secureconnect"
@@ -100,34 +54,25 @@ def test_run_on_embedded_defaults_answers_on_3478_and_stops_on_sigterm(tmp_path:
         first_cert = (state / "selfsigned-cert.pem").read_bytes()
         first_secret = (state / "turn-secret").read_text()
         started = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=5) == 0
+        assert app.stop(signal.SIGTERM, timeout=5) == 0
         assert time.monotonic() - started < 5
-        assert proc.stderr is not None
-        log = proc.stderr.read()
+        log = app.log_text()
         assert "event=stopped" in log
     # A second run reuses what the first one generated.
-    with appliance(tmp_path) as proc:
+    with run_appliance(tmp_path, env=clean_env(tmp_path)) as app:
         assert (state / "selfsigned-cert.pem").read_bytes() == first_cert
         assert (state / "turn-secret").read_text() == first_secret
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=5) == 0
+        assert app.stop(signal.SIGINT, timeout=5) == 0
 
 
 def test_sighup_reloads_and_keeps_serving(tmp_path: Path) -> None:
-    with appliance(tmp_path, "--set", "stun.port=0", "--set", "stun.tls_port=0") as proc:
-        assert proc.stderr is not None
-        proc.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + 10
-        lines = []
-        while time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            lines.append(line)
-            if "event=reloaded what=turn-secrets" in line:
-                break
+    settings = ("stun.port=0", "stun.tls_port=0")
+    with run_appliance(tmp_path, settings=settings, env=clean_env(tmp_path)) as app:
+        app.proc.send_signal(signal.SIGHUP)
+        last = app.wait_log("event=reloaded what=turn-secrets", timeout=10)
+        lines = app.log[: app.log.index(last) + 1]
         assert any("event=reloaded what=tls" in line for line in lines), lines
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=5) == 0
+        assert app.stop(signal.SIGTERM, timeout=5) == 0
 
 
 def test_a_port_in_use_is_fatal_with_a_clear_message(tmp_path: Path) -> None:
@@ -182,13 +127,14 @@ def test_bad_configuration_exits_2(tmp_path: Path, args: list[str], fragment: st
 
 
 def test_json_logs_are_one_object_per_line(tmp_path: Path) -> None:
-    with appliance(
-        tmp_path, "--log-format", "json", "--set", "stun.port=0", "--set", "stun.tls_port=0"
-    ) as proc:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=5) == 0
-        assert proc.stderr is not None
-        events = [json.loads(line)["event"] for line in proc.stderr.read().splitlines() if line]
+    with run_appliance(
+        tmp_path,
+        settings=("stun.port=0", "stun.tls_port=0"),
+        extra_args=("--log-format", "json"),
+        env=clean_env(tmp_path),
+    ) as app:
+        assert app.stop(signal.SIGTERM, timeout=5) == 0
+        events = [json.loads(line)["event"] for line in app.log_text().splitlines() if line]
     assert "ready" in events
     assert "stopped" in events
 
@@ -228,8 +174,7 @@ def test_credentials_command_prints_rest_json_for_the_generated_secret(tmp_path:
 
 
 def test_embedded_defaults_run_turn_on_3478_with_stun_on_the_same_port(tmp_path: Path) -> None:
-    with appliance(tmp_path) as proc:
-        assert proc.stdout is not None
+    with run_appliance(tmp_path, env=clean_env(tmp_path)) as app:
         tid = new_transaction_id()
         request = encode_message(
             Method.ALLOCATE,
@@ -244,8 +189,7 @@ def test_embedded_defaults_run_turn_on_3478_with_stun_on_the_same_port(tmp_path:
         assert challenge.cls is MessageClass.ERROR
         assert challenge.get(AttrType.REALM) == b"secureconnect"
         assert challenge.get(AttrType.NONCE)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=5) == 0
-        urls = proc.stdout.read()
+        assert app.stop(signal.SIGTERM, timeout=5) == 0
+        urls = "".join(app.output)
     assert "turn:127.0.0.1:3478?transport=udp" in urls
     assert "turns:127.0.0.1:5349?transport=tcp" in urls

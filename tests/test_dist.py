@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import selectors
 import shutil
 import signal
 import socket
@@ -24,11 +23,11 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from appliance import free_port, run_appliance
 
 REPO = Path(__file__).resolve().parents[1]
 BUILD_SCRIPT = REPO / "scripts" / "build-dist.sh"
@@ -166,13 +165,6 @@ def test_version_and_the_package_come_from_the_file_alone(scratch: Scratch) -> N
     assert os.listdir(scratch.directory) == ["secureconnect"]  # nothing written beside it
 
 
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
-
-
 def _stun_binding(port: int) -> tuple[tuple[str, int], tuple[str, int]]:
     """An RFC 8489 Binding request over UDP: (XOR-MAPPED-ADDRESS, our own address)."""
     tid = secrets.token_bytes(12)
@@ -207,57 +199,19 @@ def _stun_binding(port: int) -> tuple[tuple[str, int], tuple[str, int]]:
     raise AssertionError(f"no XOR-MAPPED-ADDRESS in {reply.hex()}")
 
 
-def _lines_until(proc: subprocess.Popen[str], text: str, timeout: float) -> Iterator[str]:
-    assert proc.stdout is not None
-    selector = selectors.DefaultSelector()
-    selector.register(proc.stdout, selectors.EVENT_READ)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if selector.select(timeout=0.1):
-            line = proc.stdout.readline()
-            if not line:
-                return
-            yield line
-            if text in line:
-                return
-
-
 def test_run_stun_answers_binding_and_stops_on_sigterm(scratch: Scratch, tmp_path: Path) -> None:
-    port = _free_udp_port()
-    state = tmp_path / "run-state"
-    proc = subprocess.Popen(
-        [
-            str(scratch.executable),
-            "run",
-            "stun",
-            "--set",
-            f"stun.port={port}",
-            "--set",
-            "stun.tcp=false",
-            "--set",
-            "stun.tls=false",
-            "--state-dir",
-            str(state),
-        ],
+    port = free_port()
+    with run_appliance(
+        tmp_path,
+        "stun",
+        program=(str(scratch.executable),),
         cwd=scratch.directory,
         env=scratch.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        seen = list(_lines_until(proc, "SecureConnect is ready", timeout=60))
-        assert "SecureConnect is ready" in (seen[-1] if seen else ""), (seen, proc.poll())
+        state_dir=tmp_path / "run-state",
+        settings=(f"stun.port={port}", "stun.tcp=false", "stun.tls=false"),
+        ready_timeout=60,
+    ) as app:
         mapped, mine = _stun_binding(port)
         assert mapped == mine
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=20) == 0
-        assert proc.stderr is not None
-        assert "event=stopped" in proc.stderr.read()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
+        assert app.stop(signal.SIGTERM, timeout=20) == 0
+        assert "event=stopped" in app.log_text()

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 import trustme
+from appliance import appliance_env, free_port, run_appliance
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
-from servers import free_port
 
 from secureconnect.cli import main
 from secureconnect.config import load_config
@@ -37,19 +37,13 @@ BASE = ["--domain", "turn.example.test", "--external-ip", "203.0.113.10"]
 ALL_FILES = (CONFIG_NAME, TURN_SECRET_NAME, ROOM_SECRET_NAME, CERT_NAME, KEY_NAME)
 
 
-def clean_env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    systemd = ("NOTIFY_SOCKET", "WATCHDOG_", "STATE_DIRECTORY", "CREDENTIALS_DIRECTORY", "XDG_")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(systemd)}
-    return {**env, "HOME": str(tmp_path / "home"), **extra}
-
-
 def secureconnect(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     """The real command line, as an operator runs it."""
     return subprocess.run(
         [sys.executable, "-m", "secureconnect", *args],
         capture_output=True,
         text=True,
-        env=clean_env(tmp_path, **env),
+        env=appliance_env(tmp_path / "home", **env),
         timeout=60,
         check=False,
     )
@@ -226,16 +220,9 @@ def test_generated_config_runs_with_secrets_from_a_credentials_directory(tmp_pat
         shutil.move(etc / name, creds / name)
     env = {"CREDENTIALS_DIRECTORY": str(creds)}
     config = str(etc / CONFIG_NAME)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "secureconnect", "run", "-c", config],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=clean_env(tmp_path, **env),
-    )
-    try:
-        assert proc.stdout is not None
-        assert "SecureConnect is ready" in proc.stdout.readline()
+    with run_appliance(
+        tmp_path, extra_args=("-c", config), env=appliance_env(tmp_path / "home", **env)
+    ) as app:
         context = ssl.create_default_context(cafile=str(creds / CERT_NAME))
         with (
             socket.create_connection(("127.0.0.1", sig), timeout=5) as raw,
@@ -248,14 +235,9 @@ def test_generated_config_runs_with_secrets_from_a_credentials_directory(tmp_pat
         secret = (creds / TURN_SECRET_NAME).read_text().strip()
         assert credential["password"] == rest_password(secret, credential["username"])
         assert f"turns:localhost:{turns}?transport=tcp" in credential["uris"]
-        proc.send_signal(signal.SIGTERM)
         started = time.monotonic()
-        assert proc.wait(timeout=15) == 0
+        assert app.stop(signal.SIGTERM, timeout=15) == 0
         assert time.monotonic() - started < 15
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate()
 
 
 def test_force_keeps_the_secrets_clients_already_hold(tmp_path: Path) -> None:

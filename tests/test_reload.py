@@ -15,19 +15,16 @@ import os
 import signal
 import socket
 import ssl
-import subprocess
-import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import trustme
-from servers import free_port
+from appliance import Running, free_port, run_appliance
 from websockets.sync.client import ClientConnection, connect
 
 from secureconnect.credentials import rest_password
@@ -56,34 +53,21 @@ Address = tuple[str, int]
 
 @dataclass
 class Appliance:
-    """``secureconnect run -c config.toml`` in a subprocess; stderr (the log) read by a thread."""
+    """``secureconnect run -c config.toml`` in a subprocess (see :mod:`appliance`) and its ports."""
 
-    proc: subprocess.Popen[str]
+    running: Running
     turn: int
     turns: int
     signal: int
-    log: list[str] = field(default_factory=list)
-    stdout: str = ""  # what was printed after the ready banner, read at exit
-
-    def read(self, stream: IO[str]) -> None:
-        for line in stream:
-            self.log.append(line)
-
-    def wait_log(self, text: str, timeout: float = 10.0) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in list(self.log):
-                if text in line:
-                    return line
-            time.sleep(0.02)
-        raise AssertionError(f"{text!r} not logged; log: {''.join(self.log)}")
+    stdout: str = ""  # everything it printed on stdout, read once it has exited
 
 
 @contextmanager
 def appliance(
     tmp_path: Path, settings: dict[str, dict[str, Any]], *args: str
 ) -> Iterator[Appliance]:
-    """Run on free ports with ``settings`` merged into the config; STUN is served by TURN."""
+    """Run on free ports with ``settings`` merged into the config; STUN is served by TURN.
+    A test that ends normally also checks that SIGTERM makes it exit 0."""
     turn, turns, sig = free_port(), free_port(socket.SOCK_STREAM), free_port(socket.SOCK_STREAM)
     sections: dict[str, dict[str, Any]] = {
         "general": {"state_dir": str(tmp_path / "state"), "drain_timeout": 0.5},
@@ -100,34 +84,11 @@ def appliance(
             for name, values in sections.items()
         )
     )
-    systemd = ("NOTIFY_SOCKET", "WATCHDOG_", "STATE_DIRECTORY", "CREDENTIALS_DIRECTORY", "XDG_")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(systemd)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "secureconnect", "run", "-c", str(config), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**env, "HOME": str(tmp_path)},
-    )
-    app = Appliance(proc, turn, turns, sig)
-    assert proc.stderr is not None
-    assert proc.stdout is not None
-    reader = threading.Thread(target=app.read, args=(proc.stderr,), daemon=True)
-    reader.start()
-    try:
-        if "SecureConnect is ready" not in proc.stdout.readline():
-            proc.wait(timeout=10)
-            raise AssertionError(f"did not start: {''.join(app.log)}")
+    with run_appliance(tmp_path, extra_args=("-c", str(config), *args)) as running:
+        app = Appliance(running, turn, turns, sig)
         yield app
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=15) == 0
-        app.stdout = proc.stdout.read()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        reader.join(timeout=5)
-        proc.stdout.close()
+        assert running.stop(signal.SIGTERM, timeout=15) == 0
+        app.stdout = "".join(running.output)
 
 
 # -- clients ---------------------------------------------------------------------------------------
@@ -296,8 +257,8 @@ def test_sighup_swaps_the_certificate_and_keeps_every_session(tmp_path: Path) ->
 
         new = write_certificate(ca.issue_cert("localhost", "127.0.0.1"), cert, key)
         assert new != old
-        app.proc.send_signal(signal.SIGHUP)
-        app.wait_log("event=reloaded what=tls")
+        app.running.proc.send_signal(signal.SIGHUP)
+        app.running.wait_log("event=reloaded what=tls")
 
         # New connections present the new certificate...
         with tls_connect(app.turns, context) as fresh:
@@ -317,7 +278,7 @@ def test_sighup_swaps_the_certificate_and_keeps_every_session(tmp_path: Path) ->
         peer.sendto(b"back", relayed)
         data = decode_message_untrusted(client.sock.recv(2048))
         assert (data.method, data.get(A.DATA)) == (Method.DATA, b"back")
-    assert not any("reload-failed" in line for line in app.log), app.log
+    assert not any("reload-failed" in line for line in app.running.log), app.running.log
 
 
 # -- logs ------------------------------------------------------------------------------------------
@@ -386,10 +347,10 @@ def test_info_logs_do_not_grow_with_traffic(tmp_path: Path) -> None:
     ca = trustme.CA()
     with appliance(tmp_path, secret_settings(tmp_path, ca), "--log-level", "info") as app:
         time.sleep(0.2)
-        before = len(app.log)
+        before = len(app.running.log)
         exercise(app, client_context(ca), rounds=40)
         time.sleep(0.3)
-        during = app.log[before:]
+        during = app.running.log[before:]
     # 40 Bindings, 40 relayed datagrams and 40 WebSocket messages: at most a few lines about
     # connections, never one per packet or message.
     assert len(during) < 10, "".join(during)
@@ -399,9 +360,9 @@ def test_debug_logs_never_contain_secrets(tmp_path: Path) -> None:
     ca = trustme.CA()
     with appliance(tmp_path, secret_settings(tmp_path, ca), "--log-level", "debug") as app:
         seen = exercise(app, client_context(ca), rounds=3)
-        app.proc.send_signal(signal.SIGHUP)  # reloading re-reads every secret file
-        app.wait_log("event=reloaded what=room-token-secrets")
-    log = "".join(app.log) + app.stdout
+        app.running.proc.send_signal(signal.SIGHUP)  # reloading re-reads every secret file
+        app.running.wait_log("event=reloaded what=room-token-secrets")
+    log = "".join(app.running.log) + app.stdout
     assert "event=reloaded what=turn-secrets" in log  # the log was captured at all
     assert len(seen) >= 5
     for secret in (TURN_SECRET, ROOM_SECRET, STATIC_PASSWORD, *seen):

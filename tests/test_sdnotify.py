@@ -13,17 +13,17 @@ import socket
 import ssl
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 import pytest
 import trio
 import trio.testing
-from servers import free_port, require_tool
+from appliance import Running, appliance_env, free_port, run_appliance
+from servers import require_tool
 
 from secureconnect.cli import build_parser, main
 from secureconnect.config import load_config
@@ -214,70 +214,38 @@ async def test_supervisor_notifies_ready_reloading_stopping_and_pings(
 # -- the appliance under a pretend systemd ---------------------------------------------------------
 
 
+@dataclass
 class Appliance:
-    """``python -m secureconnect run`` on free loopback ports, its output drained by threads."""
+    """The running appliance (see :mod:`appliance`) and its loopback ports."""
 
-    def __init__(self, tmp_path: Path, env: dict[str, str], signal_port: int | None) -> None:
-        self.turn = free_port()
-        self.turns = free_port(socket.SOCK_STREAM)
-        self.signal = signal_port or free_port(socket.SOCK_STREAM)
-        settings = [
-            f"turn.port={self.turn}",
-            f"stun.port={self.turn}",  # TURN answers Binding: the STUN component is not started
-            f"turn.tls_port={self.turns}",
-            f"signal.port={self.signal}",
-            "general.drain_timeout=0.5",
-        ]
-        args = [sys.executable, "-m", "secureconnect", "run", "--state-dir", str(tmp_path)]
-        for item in settings:
-            args += ["--set", item]
-        self.proc = subprocess.Popen(
-            args,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**inherited_env(), "HOME": str(tmp_path), **env},
-        )
-        self.log: list[str] = []
-        assert self.proc.stderr is not None
-        stream = self.proc.stderr
-        self._reader = threading.Thread(target=self._read, args=(stream,), daemon=True)
-        self._reader.start()
-
-    def _read(self, stream: IO[str]) -> None:
-        for line in stream:
-            self.log.append(line)
-
-    def wait_log(self, text: str, timeout: float = 10.0) -> str:
-        """The first log line containing ``text``, waiting for it to be written."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in list(self.log):
-                if text in line:
-                    return line
-            time.sleep(0.02)
-        raise AssertionError(f"{text!r} not logged; log: {''.join(self.log)}")
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-        self._reader.join(timeout=5)
-
-
-def inherited_env() -> dict[str, str]:
-    """Our environment without anything systemd (or an outer test run) may have set."""
-    systemd = ("NOTIFY_SOCKET", "WATCHDOG_", "STATE_DIRECTORY", "CREDENTIALS_DIRECTORY", "XDG_")
-    return {k: v for k, v in os.environ.items() if not k.startswith(systemd)}
+    running: Running
+    turn: int
+    turns: int
+    signal: int
 
 
 @contextmanager
 def appliance(tmp_path: Path, signal_port: int | None = None, **env: str) -> Iterator[Appliance]:
-    app = Appliance(tmp_path, env, signal_port)
-    try:
-        yield app
-    finally:
-        app.close()
+    """``python -m secureconnect run`` on free ports with ``env`` (a pretend systemd's) added.
+
+    It is not waited for: the tests watch the start through ``$NOTIFY_SOCKET`` themselves."""
+    turn, turns = free_port(), free_port(socket.SOCK_STREAM)
+    sig = signal_port or free_port(socket.SOCK_STREAM)
+    settings = (
+        f"turn.port={turn}",
+        f"stun.port={turn}",  # TURN answers Binding: the STUN component is not started
+        f"turn.tls_port={turns}",
+        f"signal.port={sig}",
+        "general.drain_timeout=0.5",
+    )
+    with run_appliance(
+        tmp_path,
+        state_dir=tmp_path,
+        settings=settings,
+        env=appliance_env(tmp_path, **env),
+        ready_timeout=None,
+    ) as running:
+        yield Appliance(running, turn, turns, sig)
 
 
 BINDING = encode_message(Method.BINDING, MessageClass.REQUEST, os.urandom(12), ())
@@ -322,14 +290,14 @@ def test_ready_arrives_only_once_every_listener_answers(tmp_path: Path) -> None:
         messages = receive_until(sock, "READY", timeout=20)
         # Freeze the server the moment it says READY: only what it did before counts. The kernel
         # completes TCP handshakes and queues datagrams for bound sockets of a stopped process.
-        app.proc.send_signal(signal.SIGSTOP)
+        app.running.proc.send_signal(signal.SIGSTOP)
         try:
             for port in (app.turn, app.turns, app.signal):
                 socket.create_connection(("127.0.0.1", port), timeout=2).close()
             udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             udp.sendto(BINDING, ("127.0.0.1", app.turn))
         finally:
-            app.proc.send_signal(signal.SIGCONT)
+            app.running.proc.send_signal(signal.SIGCONT)
         with udp:
             udp.settimeout(5)
             assert decode_message_untrusted(udp.recv(2048)).cls is MessageClass.SUCCESS
@@ -349,7 +317,7 @@ def test_no_ready_when_a_port_cannot_be_bound(tmp_path: Path) -> None:
             notify_socket(tmp_path / "notify2") as (sock, address),
             appliance(tmp_path, signal_port=taken, NOTIFY_SOCKET=address) as app,
         ):
-            assert app.proc.wait(timeout=20) == 1
+            assert app.running.proc.wait(timeout=20) == 1
             messages = []
             sock.setblocking(False)
             while True:
@@ -365,14 +333,14 @@ def test_sighup_sends_reloading_with_monotonic_usec_then_ready(tmp_path: Path) -
     with notify_socket() as (sock, address), appliance(tmp_path, NOTIFY_SOCKET=address) as app:
         receive_until(sock, "READY", timeout=20)
         before = monotonic_usec()
-        app.proc.send_signal(signal.SIGHUP)
+        app.running.proc.send_signal(signal.SIGHUP)
         reloading = receive(sock)
         assert reloading["RELOADING"] == "1"
         assert before <= int(reloading["MONOTONIC_USEC"]) <= monotonic_usec()
         ready = receive(sock)
         assert ready["READY"] == "1"
         assert ready["STATUS"] == "serving turn, signal"
-        app.wait_log("event=reloaded what=tls")
+        app.running.wait_log("event=reloaded what=tls")
         assert udp_binding_answers(app.turn)
 
 
@@ -382,9 +350,9 @@ def test_sigterm_sends_stopping_then_exits_zero(tmp_path: Path) -> None:
         appliance(tmp_path, NOTIFY_SOCKET=address) as app,
     ):
         receive_until(sock, "READY", timeout=20)
-        app.proc.send_signal(signal.SIGTERM)
+        app.running.proc.send_signal(signal.SIGTERM)
         assert receive(sock)["STOPPING"] == "1"
-        assert app.proc.wait(timeout=10) == 0
+        assert app.running.proc.wait(timeout=10) == 0
 
 
 def test_watchdog_pings_at_half_the_period(tmp_path: Path) -> None:

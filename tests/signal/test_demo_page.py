@@ -8,21 +8,18 @@ A missing browser or Playwright package fails the test with the install hint; it
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import socket
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from servers import free_port
+from appliance import ApplianceNotReady, Running, free_port, run_appliance
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, ConsoleMessage, Error, Page
@@ -46,7 +43,6 @@ CHROMIUM_FLAGS = [
     # Host candidates as IPs: no mDNS names, no multicast announcements.
     "--disable-features=WebRtcHideLocalIpsWithMdns",
 ]
-READY = "SecureConnect is ready:"
 CONNECT_TIMEOUT = 30.0  # seconds for both pages to report a relayed, open connection
 STEP_TIMEOUT_MS = 10_000
 
@@ -56,12 +52,10 @@ class Appliance:
     """A running ``secureconnect run`` and where its demo page is."""
 
     url: str
-    log: Path
-    proc: subprocess.Popen[bytes]
+    running: Running
 
     def log_tail(self, lines: int = 40) -> str:
-        text = self.log.read_text(errors="replace") if self.log.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
+        return "\n".join(self.running.log_text().splitlines()[-lines:])
 
 
 @dataclass
@@ -105,65 +99,38 @@ def _distinct_ports() -> tuple[int, int, int]:
     raise RuntimeError("no three distinct free ports")
 
 
-def _start_appliance(workdir: Path) -> Appliance:
-    """Start the whole appliance on free loopback ports and wait (bounded) for its ready line."""
+@contextmanager
+def _start_appliance(workdir: Path) -> Iterator[Appliance]:
+    """The whole appliance on free loopback ports, once it is ready (bounded)."""
     turn, tls, wss = _distinct_ports()
-    settings = [
+    settings = (
         f"turn.port={turn}",
         f"turn.tls_port={tls}",
         f"stun.port={turn}",
         f"stun.tls_port={tls}",
         f"signal.port={wss}",
         "general.drain_timeout=0.5",
-    ]
-    args = [sys.executable, "-m", "secureconnect", "run", "--state-dir", str(workdir / "state")]
-    for item in settings:
-        args += ["--set", item]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "STATE_DIRECTORY"))}
-    env["HOME"] = str(workdir)
-    out = workdir / "stdout.log"
-    log = workdir / "stderr.log"
-    with out.open("wb") as stdout, log.open("wb") as stderr:
-        proc = subprocess.Popen(args, stdout=stdout, stderr=stderr, env=env)
-    appliance = Appliance(f"https://127.0.0.1:{wss}/", log, proc)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if READY in out.read_text(errors="replace"):
-            return appliance
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    _stop(proc)
-    raise RuntimeError(
-        f"the appliance did not get ready (exit status {proc.returncode});\n"
-        f"stdout: {out.read_text(errors='replace')}\nstderr: {appliance.log_tail()}"
     )
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+    with run_appliance(
+        workdir, state_dir=workdir / "state", settings=settings, log_file=workdir / "stderr.log"
+    ) as running:
+        yield Appliance(f"https://127.0.0.1:{wss}/", running)
 
 
 @pytest.fixture(scope="module")
 def appliance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Appliance]:
-    error: RuntimeError | None = None
+    error: ApplianceNotReady | None = None
     for attempt in range(3):  # a free port may be taken between the probe and the bind
-        try:
-            running = _start_appliance(tmp_path_factory.mktemp(f"appliance{attempt}"))
-        except RuntimeError as exc:
-            error = exc
-            continue
-        try:
-            yield running
-        finally:
-            _stop(running.proc)
-        return
+        with ExitStack() as stack:
+            try:
+                app = stack.enter_context(
+                    _start_appliance(tmp_path_factory.mktemp(f"appliance{attempt}"))
+                )
+            except ApplianceNotReady as exc:
+                error = exc
+                continue
+            yield app
+            return
     raise AssertionError(f"the appliance did not start three times; last: {error}")
 
 

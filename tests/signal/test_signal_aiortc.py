@@ -13,12 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import selectors
 import socket
 import ssl
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,7 +30,7 @@ from aiortc import (
     RTCPeerConnection,
     RTCSessionDescription,
 )
-from servers import free_port
+from appliance import free_port, run_appliance
 
 from secureconnect.signal.client import SignalClient
 
@@ -52,38 +48,21 @@ class Appliance:
 def appliance(tmp_path: Path) -> Iterator[Appliance]:
     port, turn_port = free_port(socket.SOCK_STREAM), free_port()
     state = tmp_path / "state"
-    args = [sys.executable, "-m", "secureconnect", "run", "signal", "turn"]
-    args += ["--state-dir", str(state), "--log-level", "warning"]
-    for item in (
-        f"signal.port={port}",
-        f"turn.port={turn_port}",
-        "turn.tls=false",
-        "general.drain_timeout=0.5",
+    with run_appliance(
+        tmp_path,
+        "signal",
+        "turn",
+        state_dir=state,
+        extra_args=("--log-level", "warning"),
+        settings=(
+            f"signal.port={port}",
+            f"turn.port={turn_port}",
+            "turn.tls=false",
+            "general.drain_timeout=0.5",
+        ),
     ):
-        args += ["--set", item]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None
-        deadline = time.monotonic() + 20
-        with selectors.DefaultSelector() as selector:
-            selector.register(proc.stdout, selectors.EVENT_READ)
-            while time.monotonic() < deadline:
-                line = proc.stdout.readline() if selector.select(timeout=0.1) else "-"
-                if not line or "SecureConnect is ready" in line:
-                    break
-        assert "ready" in line, proc.stderr.read() if proc.stderr and proc.poll() else line
         context = ssl.create_default_context(cafile=str(state / "selfsigned-cert.pem"))
         yield Appliance(f"wss://127.0.0.1:{port}/ws", context, turn_port)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
 
 
 def relay_only(client: SignalClient) -> RTCConfiguration:

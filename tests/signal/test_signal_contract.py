@@ -19,7 +19,6 @@ import http.client
 import ipaddress
 import json
 import re
-import selectors
 import socket
 import ssl
 import subprocess
@@ -34,8 +33,8 @@ from typing import Any, TypeVar
 import pytest
 from aioice import stun
 from aioice.turn import create_turn_endpoint
+from appliance import free_port, run_appliance
 from prometheus_client.parser import text_string_to_metric_families
-from servers import free_port
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -61,7 +60,6 @@ ICE_TTL = 6  # signal.ice_ttl of the token appliance: pushes come at 4.8-5.8 s (
 class Appliance:
     """A running ``secureconnect run signal turn`` on loopback."""
 
-    proc: subprocess.Popen[str]
     port: int
     turn_port: int
     state_dir: Path
@@ -119,47 +117,23 @@ def appliance(workdir: Path, *settings: str, tls: bool) -> Iterator[Appliance]:
     """Start the appliance with ``settings`` (``KEY=VALUE``) and wait for its ready line."""
     port, turn_port = free_port(socket.SOCK_STREAM), free_port()
     state = workdir / "state"
-    args = [sys.executable, "-m", "secureconnect", "run", "signal", "turn"]
-    args += ["--state-dir", str(state), "--log-level", "warning"]
-    for item in (
-        f"signal.port={port}",
-        f"signal.tls={str(tls).lower()}",
-        f"turn.port={turn_port}",
-        f"turn.tls_port={free_port(socket.SOCK_STREAM)}",
-        "general.drain_timeout=0.5",
-        *settings,
+    with run_appliance(
+        workdir,
+        "signal",
+        "turn",
+        state_dir=state,
+        extra_args=("--log-level", "warning"),
+        settings=(
+            f"signal.port={port}",
+            f"signal.tls={str(tls).lower()}",
+            f"turn.port={turn_port}",
+            f"turn.tls_port={free_port(socket.SOCK_STREAM)}",
+            "general.drain_timeout=0.5",
+            *settings,
+        ),
+        log_file=workdir / "stderr.log",
     ):
-        args += ["--set", item]
-    stderr = (workdir / "stderr.log").open("w")
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=stderr, text=True)
-    try:
-        _wait_ready(proc, workdir / "stderr.log")
-        yield Appliance(proc, port, turn_port, state, tls)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-        assert proc.stdout is not None
-        proc.stdout.close()
-        stderr.close()
-
-
-def _wait_ready(proc: subprocess.Popen[str], log: Path, timeout: float = 20.0) -> None:
-    assert proc.stdout is not None
-    deadline = time.monotonic() + timeout
-    with selectors.DefaultSelector() as selector:
-        selector.register(proc.stdout, selectors.EVENT_READ)
-        while time.monotonic() < deadline:
-            if selector.select(timeout=0.1):
-                line = proc.stdout.readline()
-                if "SecureConnect is ready" in line:
-                    return
-                if not line:
-                    break
-    raise AssertionError(f"the appliance did not start: {log.read_text()}")
+        yield Appliance(port, turn_port, state, tls)
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,6 @@ import asyncio
 import json
 import re
 import shutil
-import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -30,6 +29,7 @@ from typing import Any
 import aioice
 import pytest
 import trio
+from appliance import run_appliance
 from netns import call_in, exec_argv, netns
 from sctest import bound, free_port_pair, running_stun
 
@@ -230,46 +230,27 @@ def gather_with_aioice(stun_server: Address) -> list[Any]:
     return asyncio.run(gather())
 
 
-async def start_appliance(
-    nursery: trio.Nursery, command: list[str], state_dir: Path, *settings: str
-) -> None:
-    """Start ``command`` (a ``secureconnect run``) with ``--set`` for each of ``settings`` under
-    ``nursery`` and wait until it is ready; cancelling the nursery SIGTERMs it and waits."""
-    argv = [
-        *command,
-        f"--state-dir={state_dir}",
-        *(arg for setting in settings for arg in ("--set", setting)),
-    ]
-    appliance: trio.Process = await nursery.start(
-        partial(trio.run_process, argv, stdout=subprocess.PIPE)
-    )
-    assert appliance.stdout is not None
-    said = b""
-    with trio.fail_after(20):
-        while b"SecureConnect is ready:" not in said:
-            chunk = await appliance.stdout.receive_some()
-            assert chunk, f"the appliance closed stdout before it was ready: {said!r}"
-            said += chunk
-
-
-async def test_aioice_gathers_a_server_reflexive_candidate(tmp_path: Path) -> None:
+def test_aioice_gathers_a_server_reflexive_candidate(tmp_path: Path) -> None:
     """In a namespace where ``lo`` has 127.0.0.1 and 127.0.0.2: the appliance (``secureconnect
     run stun``, so config and CLI are in the path) on 127.0.0.1:3478, aioice on its only usable
     host address, 127.0.0.2. Without NAT the srflx candidate must be exactly the host one."""
-    with netns(addresses=(f"{ALTERNATE_IP}/8",)) as name:
-        async with trio.open_nursery() as nursery:
-            await start_appliance(
-                nursery,
-                exec_argv(name, sys.executable, "-m", "secureconnect", "run", "stun"),
-                tmp_path,
+    with (
+        netns(addresses=(f"{ALTERNATE_IP}/8",)) as name,
+        run_appliance(
+            tmp_path,
+            "stun",
+            argv_prefix=exec_argv(name),
+            state_dir=tmp_path,
+            settings=(
                 'stun.listen=["127.0.0.1"]',
                 "stun.port=3478",
                 "stun.tcp=false",
                 "stun.tls=false",
-            )
-            gather = partial(gather_with_aioice, ("127.0.0.1", 3478))
-            candidates = await trio.to_thread.run_sync(partial(call_in, name, gather, timeout=20))
-            nursery.cancel_scope.cancel()
+            ),
+        ),
+    ):
+        gather = partial(gather_with_aioice, ("127.0.0.1", 3478))
+        candidates = call_in(name, gather, timeout=20)
     hosts = [c for c in candidates if c.type == "host"]
     reflexive = [c for c in candidates if c.type == "srflx"]
     assert [(c.host, c.component) for c in hosts] == [(ALTERNATE_IP, 1)]

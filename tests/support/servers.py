@@ -2,23 +2,23 @@
 
 Used by the interop tests and by the benchmarks (``bench/`` puts ``tests/support`` on its path),
 so both run the same servers the same way. Each context manager yields a :class:`TurnTarget`
-once the server is listening, and stops the server (SIGTERM, then SIGKILL) however the block
-ends. Everything listens on loopback only.
+once the server is ready (ours: its ready line, see :mod:`appliance`; coturn: its TCP port
+accepts), and stops the server (SIGTERM, then SIGKILL) however the block ends. Everything
+listens on loopback only.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from appliance import free_port, run_appliance, stop_process
 
 SECRET = "interop-secret"
 
@@ -34,22 +34,6 @@ class TurnTarget:
     secret: str
     realm: str
     pid: int
-
-
-def free_port(kind: int = socket.SOCK_DGRAM) -> int:
-    """A port free for both UDP and TCP on 127.0.0.1."""
-    for _ in range(100):
-        with socket.socket(socket.AF_INET, kind) as probe:
-            probe.bind(("127.0.0.1", 0))
-            port: int = probe.getsockname()[1]
-        other = socket.SOCK_STREAM if kind == socket.SOCK_DGRAM else socket.SOCK_DGRAM
-        with socket.socket(socket.AF_INET, other) as check:
-            try:
-                check.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free port")
 
 
 def require_tool(name: str) -> str:
@@ -75,16 +59,6 @@ def _wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 1
     raise RuntimeError(f"server did not listen on {port} within {timeout} s")
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
-
 @contextmanager
 def secureconnect_turn(
     workdir: Path, *overrides: str, tls: bool = False, secret: str = SECRET
@@ -108,20 +82,15 @@ def secureconnect_turn(
         "turn.unauthorized_rate=0",
         *overrides,
     ]
-    args = [sys.executable, "-m", "secureconnect", "run", "turn"]
-    for item in settings:
-        args += ["--set", item]
-    env = {**os.environ, "XDG_STATE_HOME": str(workdir / "state"), "HOME": str(workdir)}
-    log = (workdir / "secureconnect.log").open("wb")
-    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
-    try:
-        _wait_listening(port, proc)
-        yield TurnTarget(
-            "secureconnect", "127.0.0.1", port, tls_port, secret, "secureconnect", proc.pid
-        )
-    finally:
-        _stop(proc)
-        log.close()
+    with run_appliance(
+        workdir,
+        "turn",
+        state_dir=workdir / "state",
+        settings=settings,
+        log_file=workdir / "secureconnect.log",
+    ) as running:
+        pid = running.proc.pid
+        yield TurnTarget("secureconnect", "127.0.0.1", port, tls_port, secret, "secureconnect", pid)
 
 
 @contextmanager
@@ -162,7 +131,7 @@ def coturn(workdir: Path, *extra: str, secret: str = SECRET) -> Iterator[TurnTar
         _wait_listening(port, proc)
         yield TurnTarget("coturn", "127.0.0.1", port, None, secret, "coturn", proc.pid)
     finally:
-        _stop(proc)
+        stop_process(proc)
 
 
 @contextmanager
@@ -181,4 +150,4 @@ def udp_echo_peer(port: int | None = None) -> Iterator[int]:
             raise RuntimeError("turnutils_peer exited early")
         yield port
     finally:
-        _stop(proc)
+        stop_process(proc)
