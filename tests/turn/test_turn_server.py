@@ -31,7 +31,7 @@ from secureconnect.stun import (
 from secureconnect.turn.auth import Authenticator
 from secureconnect.turn.core import TurnCore, TurnSettings
 from secureconnect.turn.peerpolicy import LOOPBACK_RANGES, PeerPolicy
-from secureconnect.turn.serve import TurnEndpoints, TurnServer
+from secureconnect.turn.serve import StreamOutbox, TurnEndpoints, TurnServer
 
 A = AttrType
 SECRET = "io-secret"
@@ -277,3 +277,31 @@ async def test_a_stream_client_sending_garbage_ends_only_its_own_connection() ->
         await peer.sendto(b"still here", relayed)
         with trio.fail_after(5):
             assert await sock.recv(2048) == b"\x40\x03\x00\x0astill here"  # UDP: unpadded
+
+
+async def test_stream_outbox_is_bounded_in_bytes_and_batches_writes() -> None:
+    """A TCP/TLS client that does not read gets at most STREAM_QUEUE_BYTES queued; what is
+    queued goes out in one write, and the budget frees up once written."""
+    outbox = StreamOutbox(limit=1000)
+    assert outbox.put(bytes(600))
+    assert not outbox.put(bytes(600))  # would exceed 1000 bytes: dropped, nothing queued
+    assert outbox.put(bytes(400))
+    sent: list[bytes] = []
+
+    class Sink(trio.abc.SendStream):
+        async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+            sent.append(bytes(data))
+
+        async def wait_send_all_might_not_block(self) -> None:
+            return None
+
+        async def aclose(self) -> None:
+            return None
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(outbox.write_to, Sink())  # type: ignore[arg-type]
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    assert [len(chunk) for chunk in sent] == [1000]
+    assert outbox.queued == 0
+    assert outbox.put(bytes(1000))

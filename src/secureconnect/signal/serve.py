@@ -20,6 +20,7 @@ import itertools
 import logging
 import ssl
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -39,6 +40,7 @@ from secureconnect.signal.messages import encode
 log = logging.getLogger("secureconnect.signal")
 OUTBOX = 256  # messages queued for one connection before it counts as too slow
 TICK = 1.0
+PER_IP_PRUNE = 4096
 
 
 class _Close:
@@ -83,7 +85,9 @@ class SignalServer:
     name: str = "signal"
     bound: list[tuple[str, str, int]] = field(default_factory=list)
     _outboxes: dict[int, trio.MemorySendChannel[str | _Close]] = field(default_factory=dict)
-    _per_ip: dict[str, int] = field(default_factory=dict)
+    # Connections per client IP, counted from the handshake on (so simultaneous handshakes
+    # cannot overshoot the cap); weak, so a handshake that dies before its handler frees its slot.
+    _per_ip: dict[str, weakref.WeakSet[ServerConnection]] = field(default_factory=dict)
     _ids: itertools.count[int] = field(default_factory=itertools.count)
     _server: Any = None
     _nursery: trio.Nursery | None = None
@@ -162,8 +166,12 @@ class SignalServer:
         reply = self.routes.respond(request.path, headers)
         if reply is None:
             ip = self._client_ip(connection, request)
-            if self._per_ip.get(ip, 0) >= self.max_connections_per_ip:
+            if len(self._per_ip) > PER_IP_PRUNE:  # drop sets the garbage collector emptied
+                self._per_ip = {k: v for k, v in self._per_ip.items() if v}
+            holders = self._per_ip.setdefault(ip, weakref.WeakSet())
+            if len(holders) >= self.max_connections_per_ip:
                 return _response(429, "application/json", b'{"error": "too many connections"}')
+            holders.add(connection)
             return None
         return _response(reply.status, reply.content_type, reply.body, reply.headers)
 
@@ -172,7 +180,6 @@ class SignalServer:
     async def _connection(self, websocket: ServerConnection) -> None:
         conn = next(self._ids)
         ip = self._client_ip(websocket, websocket.request)
-        self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
         send, receive = trio.open_memory_channel[str | _Close](OUTBOX)
         self._outboxes[conn] = send
         self.hub.open(conn, self.clock())
@@ -189,11 +196,11 @@ class SignalServer:
             self._outboxes.pop(conn, None)
             send.close()
             self._dispatch(self.hub.closed(conn, self.clock()))
-            count = self._per_ip.get(ip, 1) - 1
-            if count:
-                self._per_ip[ip] = count
-            else:
-                self._per_ip.pop(ip, None)
+            holders = self._per_ip.get(ip)
+            if holders is not None:
+                holders.discard(websocket)
+                if not holders:
+                    del self._per_ip[ip]
 
     async def _write(
         self, websocket: ServerConnection, outbox: trio.MemoryReceiveChannel[str | _Close]

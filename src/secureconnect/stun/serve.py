@@ -185,4 +185,9 @@ class StunServer:
             while (frame := framer.next_frame()) is not None:
                 reply = handle(frame, source, local, stream=True)
                 if reply is not None:
-                    await stream.send_all(reply.data)
+                    # A client that never reads must not pin this task: same deadline as idle.
+                    with trio.move_on_after(self.idle_timeout) as sending:
+                        await stream.send_all(reply.data)
+                    if sending.cancelled_caught:
+                        self.stream_counters.idle_closed += 1
+                        return

@@ -15,7 +15,7 @@ closed by the core's ``binder.close`` (expiry, Refresh 0, connection loss) and a
 
 Error handling: send failures (ICMP errors queued on the socket, full buffers) are counted and
 never end a loop. A TCP/TLS client whose writer cannot keep up has datagrams dropped and counted
-(bounded queue, ``send_nowait``), so one slow client never stalls a relay loop.
+(a queue bounded in bytes, filled without waiting), so one slow client never stalls a relay loop.
 
 Scaling: every piece of state is keyed by a 5-tuple and lives in one process, so several worker
 processes can later share the listening ports with SO_REUSEPORT.
@@ -24,6 +24,7 @@ processes can later share the listening ports with SO_REUSEPORT.
 from __future__ import annotations
 
 import logging
+import math
 import socket
 import ssl
 import time
@@ -49,11 +50,48 @@ IP_PMTUDISC_DO = getattr(socket, "IP_PMTUDISC_DO", 2)
 log = logging.getLogger("secureconnect.turn")
 BATCH = 256  # datagrams handled per readiness wake-up before yielding to other tasks
 RECV_SIZE = 65536  # a relayed UDP datagram may be up to 64 KiB
-STREAM_QUEUE = 512  # messages queued to one TCP/TLS client before drops
+STREAM_QUEUE_BYTES = 256 * 1024  # bytes queued to one TCP/TLS client before drops
 TICK = 1.0  # seconds between expiry passes
 #: UDP receive buffers: the kernel default (~208 KiB) overflows under bursts; coturn uses 4 MiB.
 #: Linux caps the request at net.core.rmem_max.
 RCVBUF = 4 * 1024 * 1024
+
+
+class StreamOutbox:
+    """What waits to be written to one TCP/TLS client, bounded in bytes (not messages: 512
+    relayed 64 KiB datagrams would be 32 MiB per client that never reads)."""
+
+    __slots__ = ("limit", "queued", "receive", "send")
+
+    def __init__(self, limit: int = STREAM_QUEUE_BYTES) -> None:
+        self.send, self.receive = trio.open_memory_channel[bytes](math.inf)
+        self.limit = limit
+        self.queued = 0
+
+    def put(self, data: bytes) -> bool:
+        """Queue ``data``; False (nothing queued) when the client is that far behind."""
+        if self.queued + len(data) > self.limit:
+            return False
+        try:
+            self.send.send_nowait(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+        self.queued += len(data)
+        return True
+
+    async def write_to(self, stream: trio.abc.Stream) -> None:
+        """Send queued messages, everything already waiting in one ``send_all`` (one syscall
+        and, on TLS, one record instead of one per relayed datagram)."""
+        async for message in self.receive:
+            batch = [message]
+            try:
+                while True:
+                    batch.append(self.receive.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel):
+                pass
+            data = b"".join(batch) if len(batch) > 1 else message
+            await stream.send_all(data)
+            self.queued -= len(data)
 
 
 @dataclass(slots=True)
@@ -131,7 +169,7 @@ class TurnServer:
     dropped_slow_client: int = 0
     packet_errors: int = 0
     _udp: dict[Address, socket.socket] = field(default_factory=dict)
-    _streams: dict[FiveTuple, trio.MemorySendChannel[bytes]] = field(default_factory=dict)
+    _streams: dict[FiveTuple, StreamOutbox] = field(default_factory=dict)
     _relays: trio.Nursery | None = None
     _accept_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     _acceptor: StreamAcceptor = field(init=False)
@@ -243,13 +281,11 @@ class TurnServer:
         """How relayed data reaches this allocation's client: its stream's bounded queue, or
         the UDP socket its requests arrived on."""
         _, client, local = allocation.five_tuple
-        queue = self._streams.get(allocation.five_tuple)
-        if queue is not None:
+        outbox = self._streams.get(allocation.five_tuple)
+        if outbox is not None:
 
             def to_stream(out: bytes) -> None:
-                try:
-                    queue.send_nowait(out)
-                except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                if not outbox.put(out):
                     self.dropped_slow_client += 1
 
             return to_stream
@@ -333,20 +369,20 @@ class TurnServer:
     ) -> None:
         """One TCP/TLS client: a reader and a writer task; the allocation ends with it."""
         five_tuple: FiveTuple = (transport, source, local)
-        send, receive = trio.open_memory_channel[bytes](STREAM_QUEUE)
-        self._streams[five_tuple] = send
+        outbox = StreamOutbox()
+        self._streams[five_tuple] = outbox
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._write_stream, stream, receive)
-                await self._read_stream(stream, five_tuple, send)
+                nursery.start_soon(outbox.write_to, stream)
+                await self._read_stream(stream, five_tuple, outbox)
                 nursery.cancel_scope.cancel()
         finally:
             self._streams.pop(five_tuple, None)
-            send.close()
+            outbox.send.close()
             self.core.close_five_tuple(five_tuple)
 
     async def _read_stream(
-        self, stream: trio.abc.Stream, five_tuple: FiveTuple, queue: trio.MemorySendChannel[bytes]
+        self, stream: trio.abc.Stream, five_tuple: FiveTuple, outbox: StreamOutbox
     ) -> None:
         core = self.core
         framer = StreamFramer()
@@ -366,26 +402,10 @@ class TurnServer:
                     continue
                 out = core.handle_stun(frame, five_tuple, now)
                 if type(out) is bytes:
-                    try:
-                        queue.send_nowait(out)
-                    except trio.WouldBlock:
+                    if not outbox.put(out):
                         self.dropped_slow_client += 1
                 elif isinstance(out, ToPeer):
                     try:
                         out.relay.sendto(out.data, out.peer)
                     except OSError:
                         self.send_errors += 1
-
-    async def _write_stream(
-        self, stream: trio.abc.Stream, queue: trio.MemoryReceiveChannel[bytes]
-    ) -> None:
-        """Send queued messages, everything already waiting in one ``send_all`` (one syscall
-        and, on TLS, one record instead of one per relayed datagram)."""
-        async for message in queue:
-            batch = [message]
-            try:
-                while len(batch) < STREAM_QUEUE:
-                    batch.append(queue.receive_nowait())
-            except (trio.WouldBlock, trio.EndOfChannel):
-                pass
-            await stream.send_all(b"".join(batch) if len(batch) > 1 else message)
