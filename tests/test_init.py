@@ -87,7 +87,7 @@ def test_init_writes_a_production_config_that_check_config_accepts(tmp_path: Pat
     assert config.stun.port != config.turn.port  # so the stun unit runs beside the turn unit
     assert config.signal.ice_host == config.turn.realm == "turn.example.test"
     assert config.general.state_dir == str(state)
-    assert config.signal.auth == "open"
+    assert config.signal.auth == "token"  # a public server is not an open relay by default
 
     steps = result.stdout
     for needle in (
@@ -138,14 +138,14 @@ def test_existing_certificate_is_linked_not_copied(tmp_path: Path) -> None:
     issued.cert_chain_pems[0].write_to_path(str(live / "fullchain.pem"))
     issued.private_key_pem.write_to_path(str(live / "privkey.pem"))
     etc = tmp_path / "etc"
-    args = ["init", *BASE, "--config-dir", str(etc), "--room-tokens"]
+    args = ["init", *BASE, "--config-dir", str(etc), "--open-rooms"]
     certs = ["--cert", str(live / "fullchain.pem"), "--key", str(live / "privkey.pem")]
     result = secureconnect(tmp_path, *args, *certs)
     assert result.returncode == 0, result.stderr
     # Links to the live/ names (which certbot repoints at renewal), not to what they resolve to.
     assert os.readlink(etc / CERT_NAME) == str(live / "fullchain.pem")
     assert os.readlink(etc / KEY_NAME) == str(live / "privkey.pem")
-    assert load_config(etc / CONFIG_NAME).signal.auth == "token"
+    assert load_config(etc / CONFIG_NAME).signal.auth == "open"
     assert secureconnect(tmp_path, "check-config", str(etc / CONFIG_NAME)).returncode == 0
     assert "systemctl restart secureconnect" in result.stdout
 

@@ -7,7 +7,8 @@ What it writes (in ``--config-dir``, ``/etc/secureconnect`` by default):
 - ``turn-secret`` (0600): a random TURN REST API shared secret;
 - ``room-token-secret`` (0600): a random signaling room-token secret, always written so that
   switching ``signal.auth`` to ``token`` later needs no new file (and so the units'
-  ``LoadCredential=`` lines always find it); ``--room-tokens`` turns enforcement on now;
+  ``LoadCredential=`` lines always find it); tokens are required unless ``--open-rooms``
+  (an open signaling endpoint hands TURN credentials to anyone: an open relay);
 - ``tls-cert.pem`` (0644) and ``tls-key.pem`` (0600): a self-signed ECDSA P-256 certificate for
   the domain and external addresses, or, with ``--cert``/``--key``, symlinks to existing files
   (e.g. Let's Encrypt's ``live/`` paths, so renewals are followed).
@@ -125,7 +126,10 @@ def add_init_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
     init.add_argument("--cert", type=Path, help="existing PEM certificate chain (with --key)")
     init.add_argument("--key", type=Path, help="existing PEM private key (with --cert)")
     init.add_argument(
-        "--room-tokens", action="store_true", help="require signed room tokens (signal.auth)"
+        "--open-rooms",
+        action="store_true",
+        help="let anyone join any room and get TURN credentials (signal.auth = open); by "
+        "default a public server requires signed room tokens",
     )
     init.add_argument(
         "--config-dir",
@@ -187,7 +191,7 @@ def options_from_args(args: argparse.Namespace) -> InitOptions:
         relay_ports=relay,
         cert=args.cert.absolute() if args.cert else None,  # not resolved: follow live/ links
         key=args.key.absolute() if args.key else None,
-        room_tokens=args.room_tokens,
+        room_tokens=not args.open_rooms,
         config_dir=args.config_dir.absolute(),
         state_dir=args.state_dir.absolute() if args.state_dir else None,
         force=args.force,
