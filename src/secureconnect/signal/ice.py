@@ -37,8 +37,8 @@ class IceConfig:
         ``iceServers`` for browsers."""
         credential = self.minter.mint(user, self.ttl, now)
         body: dict[str, Any] = credential.to_json(self.turn_urls)
-        servers, _ = self.servers_for(user or "anonymous", now)
+        servers: list[dict[str, Any]] = [{"urls": list(self.stun_urls)}] if self.stun_urls else []
         if self.turn_urls:
-            servers[-1] = credential.to_ice_server(self.turn_urls)
+            servers.append(credential.to_ice_server(self.turn_urls))
         body["iceServers"] = servers
         return body

@@ -1,1 +1,2 @@
-"""TURN relay (RFC 8656). Arrives with the TURN issue."""
+"""TURN relay (RFC 8656): a sans-IO core (``core``, ``auth``, ``allocation``, ``requests``,
+``relaypath``, ``peerpolicy``) and its trio I/O (``serve``)."""

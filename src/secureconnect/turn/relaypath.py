@@ -100,18 +100,6 @@ def spend_to_peer(allocation: Allocation, size: int, counters: RelayCounters) ->
     return True
 
 
-def channel_length(data: bytes) -> int:
-    """The application-data length of a ChannelData message routed by route_channel_data."""
-    return (data[2] << 8) | data[3]
-
-
-def is_channel_data(data: bytes) -> bool:
-    """RFC 8656 §12: ChannelData starts with a channel number (first byte 0x40-0x4F, or up to
-    0x7F in RFC 5766's range); STUN starts with two zero bits. A number that is not bound is
-    dropped by :func:`route_channel_data`."""
-    return bool(data) and data[0] >> 6 == 1
-
-
 def wrap_peer_data(
     allocation: Allocation,
     data: bytes,
