@@ -614,3 +614,19 @@ def test_stale_nonce_answers_are_rate_limited_like_401s() -> None:
     c.nonce = "forged"
     answers = [c.allocate() if i < 2 else c.raw(Method.ALLOCATE, [UDP]) for i in range(4)]
     assert [a is not None for a in answers] == [True, True, False, False]
+
+
+def test_timers_run_on_the_monotonic_clock_and_auth_on_the_wall_clock() -> None:
+    """The I/O layer passes a monotonic ``now`` and keeps ``wall_offset`` = Unix time - now: a
+    wall-clock step (NTP, a resumed VM) moves REST expiry checks but expires no allocation."""
+    core, relays = make_core()
+    mono = 1000.0
+    core.wall_offset = NOW - mono
+    c = client(core)
+    assert error_code(c.allocate(now=mono)) is None  # REST expiry NOW + 3600 checked on Unix time
+    core.wall_offset += 7200  # the wall clock jumps two hours ahead
+    core.handle_timeout(mono + 1)
+    assert len(core.table) == 1
+    assert relays.open() != []
+    core.handle_timeout(mono + 600)  # the allocation's own lifetime still ends it
+    assert len(core.table) == 0

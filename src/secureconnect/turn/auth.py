@@ -19,8 +19,8 @@ Passwords come from two places:
   expiry and the allocation's lifetime never extends past it).
 * Static users from the config (username -> password), for labs and legacy clients.
 
-``now`` is Unix time in seconds throughout the TURN core, because REST usernames carry a Unix
-expiry; the I/O layer passes ``time.time()``.
+``now`` is Unix time in seconds here, because REST usernames carry a Unix expiry and nonces
+carry their issue time (the core passes its monotonic ``now`` plus ``wall_offset``).
 
 Every MAC comparison is constant-time (``hmac.compare_digest`` inside ``verify_integrity``).
 """
@@ -81,7 +81,7 @@ class RateLimiter:
         if self.rate <= 0:
             return True
         tokens, stamp = self._buckets.pop(source_ip, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - stamp) * self.rate)
+        tokens = min(self.burst, tokens + max(0.0, now - stamp) * self.rate)
         allowed = tokens >= 1.0
         self._buckets[source_ip] = (tokens - 1.0 if allowed else tokens, now)
         while len(self._buckets) > self.max_sources:

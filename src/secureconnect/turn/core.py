@@ -106,6 +106,11 @@ class TurnCore:
             ((A.SOFTWARE, settings.software.encode()),) if settings.software else ()
         )
         self._last_tick: float | None = None
+        #: Unix time minus ``now``. Timers (lifetimes, permissions, channels, budgets) run on
+        #: the caller's ``now``, which the I/O layer takes from a monotonic clock so that a
+        #: wall-clock step cannot expire every allocation at once; nonces and REST expiries
+        #: need Unix time, which is ``now + wall_offset`` (0 when the caller passes Unix time).
+        self.wall_offset = 0.0
         self._handlers: dict[
             int, Callable[[StunMessage, Allocation, Authenticated, float], list[tuple[int, bytes]]]
         ] = {
@@ -158,7 +163,10 @@ class TurnCore:
             return self._error(msg, StunError(ErrorCode.BAD_REQUEST), None)
         try:
             identity = self.auth.authenticate(
-                msg, five_tuple[1][0], now, check_expiry=msg.method == Method.ALLOCATE
+                msg,
+                five_tuple[1][0],
+                now + self.wall_offset,  # nonces and REST expiries are Unix times
+                check_expiry=msg.method == Method.ALLOCATE,
             )
         except Silent:
             self.counters.dropped_unauthorized_rate += 1
@@ -212,7 +220,7 @@ class TurnCore:
             credential_over = (
                 self.auth.strict_expiry
                 and allocation.credential_expiry is not None
-                and allocation.credential_expiry <= now
+                and allocation.credential_expiry <= now + self.wall_offset
             )
             if allocation.lifetime_expires <= now or credential_over:
                 self.counters.allocations_expired += 1
@@ -454,7 +462,8 @@ class TurnCore:
                 return 0
             lifetime = max(min(requested, settings.max_lifetime), settings.default_lifetime)
         if self.auth.strict_expiry and identity.credential_expiry is not None:
-            lifetime = max(0, min(lifetime, int(identity.credential_expiry - now)))
+            wall = now + self.wall_offset
+            lifetime = max(0, min(lifetime, int(identity.credential_expiry - wall)))
         return lifetime
 
     def _relay_ip(self, family: int) -> str | None:

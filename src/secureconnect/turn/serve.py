@@ -162,7 +162,7 @@ class TurnServer:
     max_connections: int = 1024
     idle_timeout: float = 300.0
     handshake_timeout: float = 10.0
-    clock: Callable[[], float] = time.time
+    clock: Callable[[], float] = time.monotonic  # timers; the core adds wall_offset for auth
     name: str = "turn"
     bound: list[tuple[str, str, int]] = field(default_factory=list)
     send_errors: int = 0
@@ -190,6 +190,7 @@ class TurnServer:
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Bind everything, report started, serve until cancelled."""
         self._accept_scope = trio.CancelScope()
+        self.core.wall_offset = time.time() - self.clock()
         endpoints = self.endpoints
         sockets = await ListeningSockets.open(
             self._acceptor,
@@ -320,6 +321,8 @@ class TurnServer:
 
     async def _tick_loop(self) -> None:
         while True:
+            # Follow the wall clock (NTP steps) for auth, without moving any timer.
+            self.core.wall_offset = time.time() - self.clock()
             self.core.handle_timeout(self.clock())
             await trio.sleep(TICK)
 
