@@ -148,6 +148,9 @@ class SignalHub:
         self.rooms: dict[str, dict[str, Session]] = {}
         self._by_resume: dict[str, Session] = {}
         self._buffered_bytes = 0  # across every away session
+        #: Unix time minus ``now``: grace periods, rate limits and ICE schedules run on the
+        #: caller's (monotonic) ``now``; minted credentials and room-token expiry need Unix time.
+        self.wall_offset = 0.0
 
     # -- connection events -------------------------------------------------------------------
 
@@ -222,7 +225,8 @@ class SignalHub:
         if state.session is not None:
             raise SignalError("already-joined", "leave the current room first", ref="join")
         if self.settings.require_tokens and (
-            self.tokens is None or not self.tokens.check(join.token, join.room, now)
+            self.tokens is None
+            or not self.tokens.check(join.token, join.room, now + self.wall_offset)
         ):
             raise SignalError("unauthorized", "a valid token for this room is required", "join")
         out: list[Outbound] = []
@@ -312,7 +316,7 @@ class SignalHub:
         return self._broadcast(room, {"type": "peer-left", "peer": session.peer})
 
     def _welcome(self, session: Session, now: float, *, resumed: bool) -> Message:
-        servers, ttl = self.ice(session.peer, now)
+        servers, ttl = self.ice(session.peer, now + self.wall_offset)
         session.ice_due = now + ttl * 0.8
         peers = [p for p in self.rooms.get(session.room, {}) if p != session.peer]
         return {
@@ -328,7 +332,7 @@ class SignalHub:
         }
 
     def _ice_message(self, session: Session, now: float) -> Message:
-        servers, ttl = self.ice(session.peer, now)
+        servers, ttl = self.ice(session.peer, now + self.wall_offset)
         session.ice_due = now + ttl * 0.8
         return {"type": "ice", "iceServers": servers, "iceTtl": ttl}
 

@@ -81,7 +81,7 @@ class SignalServer:
     ping_interval: float = 20.0
     max_connections_per_ip: int = 64
     trusted_proxies: tuple[str, ...] = ()
-    clock: Callable[[], float] = time.time
+    clock: Callable[[], float] = time.monotonic  # the hub adds wall_offset where Unix time counts
     name: str = "signal"
     bound: list[tuple[str, str, int]] = field(default_factory=list)
     _outboxes: dict[int, trio.MemorySendChannel[str | _Close]] = field(default_factory=dict)
@@ -99,6 +99,7 @@ class SignalServer:
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Listen, report started, serve until cancelled."""
+        self.hub.wall_offset = time.time() - self.clock()
         listeners: list[trio.SocketListener] = []
         try:
             for ip in self.addresses:
@@ -234,6 +235,7 @@ class SignalServer:
     async def _tick_loop(self) -> None:
         while True:
             await trio.sleep(TICK)
+            self.hub.wall_offset = time.time() - self.clock()
             self._dispatch(self.hub.handle_timeout(self.clock()))
 
 
