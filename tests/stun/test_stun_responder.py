@@ -621,3 +621,21 @@ def test_pystun3_terminates_without_rfc5780() -> None:
     change = "".join([pystun3.ChangeRequest, "0004", "00000006"])
     second = pystun3.stun_test(nat, PRIMARY[0], PRIMARY[1], "10.0.0.2", 54320, change)
     assert not second["Resp"]
+
+
+@pytest.mark.parametrize("software", [None, "sc 1.0"])
+@pytest.mark.parametrize("client", [CLIENT, ("2001:db8::7", 4242)])
+def test_fast_path_answers_exactly_like_the_general_path(
+    software: str | None, client: Address
+) -> None:
+    """A bare Binding request takes a shortcut past the codec; its answer must be byte for byte
+    what the general path builds, and it must be counted the same way."""
+    responder = BindingResponder(ResponderConfig(software=software))
+    request = encode_message(Method.BINDING, MessageClass.REQUEST, new_transaction_id())
+    fast = responder.handle(request, client, PRIMARY)
+    assert fast is not None
+    general = responder.handle_message(decode_message_untrusted(request), client, PRIMARY)
+    assert general is not None
+    assert fast.data == general.data
+    assert (fast.via, fast.response_origin) == (general.via, general.response_origin)
+    assert (responder.counters.requests, responder.counters.responses) == (2, 2)

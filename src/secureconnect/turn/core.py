@@ -26,6 +26,7 @@ from __future__ import annotations
 import random
 import secrets
 from collections.abc import Callable
+from typing import Final
 
 from secureconnect.stun import (
     AttrType,
@@ -72,6 +73,7 @@ from secureconnect.turn.requests import (
 from secureconnect.turn.settings import ToPeer, TurnCounters, TurnSettings, counter_samples
 
 A = AttrType
+_BINDING_REQUEST: Final = b"\x00\x01"  # the message type of a Binding request
 
 __all__ = ["ToPeer", "TurnCore", "TurnCounters", "TurnSettings"]
 
@@ -123,6 +125,12 @@ class TurnCore:
 
     def handle_stun(self, data: bytes, five_tuple: FiveTuple, now: float) -> bytes | ToPeer | None:
         """One STUN message from a client; see the module docstring."""
+        if data[:2] == _BINDING_REQUEST:
+            # Binding goes to the responder whole: it answers bare requests without the codec.
+            reply = self.binding.handle(
+                data, five_tuple[1], five_tuple[2], stream=five_tuple[0] != "udp"
+            )
+            return None if reply is None else reply.data
         try:
             msg = decode_message_untrusted(data)
         except StunDecodeError as exc:
