@@ -61,7 +61,11 @@ from secureconnect.turn.allocation import (
 )
 from secureconnect.turn.auth import Authenticated, Authenticator, Silent
 from secureconnect.turn.peerpolicy import PeerPolicy
-from secureconnect.turn.relaypath import spend_to_peer, valid_channel_number
+from secureconnect.turn.relaypath import (
+    spend_to_peer,
+    split_send_indication_untrusted,
+    valid_channel_number,
+)
 from secureconnect.turn.requests import (
     ADDITIONAL_FAMILY_ERROR,
     FAMILIES,
@@ -74,6 +78,7 @@ from secureconnect.turn.settings import ToPeer, TurnCounters, TurnSettings, coun
 
 A = AttrType
 _BINDING_REQUEST: Final = b"\x00\x01"  # the message type of a Binding request
+_SEND_INDICATION: Final = b"\x00\x16"  # RFC 8656 §17: Send (0x006), indication class
 
 __all__ = ["ToPeer", "TurnCore", "TurnCounters", "TurnSettings"]
 
@@ -131,6 +136,10 @@ class TurnCore:
                 data, five_tuple[1], five_tuple[2], stream=five_tuple[0] != "udp"
             )
             return None if reply is None else reply.data
+        if data[:2] == _SEND_INDICATION:
+            parts = split_send_indication_untrusted(data)
+            if parts is not None:  # the plain shape: no general codec needed
+                return self._relay_send(five_tuple, parts[0], parts[1], data[8:20], now)
         try:
             msg = decode_message_untrusted(data)
         except StunDecodeError as exc:
@@ -417,15 +426,26 @@ class TurnCore:
     ) -> ToPeer | None:
         """RFC 8656 §11.2 (Send): relay DATA to XOR-PEER-ADDRESS if a permission allows it;
         anything wrong means a silent discard (indications get no response)."""
+        return self._relay_send(
+            five_tuple, msg.get(A.XOR_PEER_ADDRESS), msg.get(A.DATA), msg.transaction_id, now
+        )
+
+    def _relay_send(
+        self,
+        five_tuple: FiveTuple,
+        peer_value: bytes | None,
+        data: bytes | None,
+        transaction_id: bytes,
+        now: float,
+    ) -> ToPeer | None:
+        """The Send indication's checks once its two attributes are found (either path)."""
         counters = self.counters
         allocation = self.table.get(five_tuple)
-        peer_value = msg.get(A.XOR_PEER_ADDRESS)
-        data = msg.get(A.DATA)
         if allocation is None or peer_value is None or data is None:
             counters.dropped_indications += 1
             return None
         try:
-            peer = decode_xor_address_untrusted(peer_value, msg.transaction_id)
+            peer = decode_xor_address_untrusted(peer_value, transaction_id)
         except StunDecodeError:
             counters.relay.dropped_malformed += 1
             return None

@@ -34,6 +34,9 @@ _COOKIE: Final = MAGIC_COOKIE.to_bytes(4, "big")
 _XOR_PEER: Final = int(AttrType.XOR_PEER_ADDRESS).to_bytes(2, "big")
 _DATA: Final = int(AttrType.DATA).to_bytes(2, "big")
 _PAD: Final = (b"", b"\x00\x00\x00", b"\x00\x00", b"\x00")  # by length % 4
+_XOR_PEER_ATTR: Final = int(AttrType.XOR_PEER_ADDRESS)
+_DATA_ATTR: Final = int(AttrType.DATA)
+_DONT_FRAGMENT_ATTR: Final = int(AttrType.DONT_FRAGMENT)
 _MAX_PEER_HEADERS: Final = 256  # cached XOR-PEER-ADDRESS encodings per allocation
 #: The largest DATA value whose Data indication still fits the 16-bit STUN length: 0xFFFC minus
 #: XOR-PEER-ADDRESS (IPv6: 4 + 20) and the DATA header (4), rounded down to a multiple of 4.
@@ -177,3 +180,34 @@ def _data_indication(
 def valid_channel_number(number: int, *, rfc5766: bool = False) -> bool:
     """RFC 8656 §12: 0x4000 through 0x4FFF (RFC 5766 §11: through 0x7FFF, when opted in)."""
     return CHANNEL_MIN <= number <= (CHANNEL_MAX_RFC5766 if rfc5766 else CHANNEL_MAX)
+
+
+def split_send_indication_untrusted(data: bytes) -> tuple[bytes, bytes] | None:
+    """(XOR-PEER-ADDRESS value, DATA value) of a Send indication in its plain shape - cookie,
+    a consistent length, and only those two attributes plus DONT-FRAGMENT - or None, which
+    sends the message down the general codec (FINGERPRINT to verify, anything unusual).
+    Never raises: the bytes are untrusted."""
+    end = len(data)
+    if end < 20 or data[4:8] != _COOKIE or ((data[2] << 8) | data[3]) != end - 20:
+        return None
+    peer = payload = None
+    offset = 20
+    while offset + 4 <= end:
+        atype = (data[offset] << 8) | data[offset + 1]
+        size = (data[offset + 2] << 8) | data[offset + 3]
+        start = offset + 4
+        stop = start + size
+        if stop > end:
+            return None
+        if atype == _XOR_PEER_ATTR:
+            if peer is None:  # RFC 8489 §14: only the first occurrence counts
+                peer = data[start:stop]
+        elif atype == _DATA_ATTR:
+            if payload is None:
+                payload = data[start:stop]
+        elif atype != _DONT_FRAGMENT_ATTR:
+            return None
+        offset = start + ((size + 3) & ~3)
+    if offset != end or peer is None or payload is None:
+        return None
+    return peer, payload
