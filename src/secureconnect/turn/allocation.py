@@ -71,6 +71,19 @@ def quota_key(username: str) -> str:
     return user if colon and expiry.isdigit() else username
 
 
+class NoRelays:
+    """The binder of a core that no I/O layer has adopted: every bind fails (508)."""
+
+    def bind(self, family: int, port: int, dont_fragment: bool) -> RelayEndpoint:
+        raise OSError("no relay binder installed")
+
+    def activate(self, endpoint: RelayEndpoint, allocation: Allocation) -> None:
+        raise OSError("no relay binder installed")
+
+    def close(self, endpoint: RelayEndpoint) -> None:
+        """Nothing was bound."""
+
+
 class Channel:
     """A channel binding (RFC 8656 §12): number <-> peer transport address, with its expiry."""
 

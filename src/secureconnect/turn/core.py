@@ -53,6 +53,7 @@ from secureconnect.turn.allocation import (
     AllocationTable,
     Channel,
     FiveTuple,
+    NoRelays,
     RelayBinder,
     RelayEndpoint,
     RelayPortPool,
@@ -101,7 +102,7 @@ class TurnCore:
         self.settings = settings
         self.auth = auth
         # The I/O layer installs its binder (TurnServer does); without one nothing can bind.
-        self.binder: RelayBinder = binder or _NoRelays()
+        self.binder: RelayBinder = binder or NoRelays()
         self.peers = peers
         self.ports = ports or RelayPortPool()
         # A TURN server is a STUN server: it answers Binding on its ports (keepalives, RFC 8656).
@@ -113,10 +114,8 @@ class TurnCore:
             ((A.SOFTWARE, settings.software.encode()),) if settings.software else ()
         )
         self._last_tick: float | None = None
-        #: Unix time minus ``now``. Timers (lifetimes, permissions, channels, budgets) run on
-        #: the caller's ``now``, which the I/O layer takes from a monotonic clock so that a
-        #: wall-clock step cannot expire every allocation at once; nonces and REST expiries
-        #: need Unix time, which is ``now + wall_offset`` (0 when the caller passes Unix time).
+        #: Unix time - ``now``: timers run on the caller's (monotonic) ``now``, so a wall-clock
+        #: step expires nothing; nonces and REST expiries use ``now + wall_offset``.
         self.wall_offset = 0.0
         self._handlers: dict[
             int, Callable[[StunMessage, Allocation, Authenticated, float], list[tuple[int, bytes]]]
@@ -165,7 +164,8 @@ class TurnCore:
             )
             return None if reply is None else reply.data
         if cls is MessageClass.INDICATION and method == Method.SEND and not msg.header.classic:
-            return self._send_indication(msg, five_tuple, now)
+            peer, payload = msg.get(A.XOR_PEER_ADDRESS), msg.get(A.DATA)
+            return self._relay_send(five_tuple, peer, payload, msg.transaction_id, now)
         if cls is not MessageClass.REQUEST or msg.header.classic:
             self.counters.dropped_indications += 1
             return None
@@ -421,15 +421,6 @@ class TurnCore:
         allocation.permissions[peer[0]] = now + self.settings.permission_lifetime
         return []
 
-    def _send_indication(
-        self, msg: StunMessage, five_tuple: FiveTuple, now: float
-    ) -> ToPeer | None:
-        """RFC 8656 §11.2 (Send): relay DATA to XOR-PEER-ADDRESS if a permission allows it;
-        anything wrong means a silent discard (indications get no response)."""
-        return self._relay_send(
-            five_tuple, msg.get(A.XOR_PEER_ADDRESS), msg.get(A.DATA), msg.transaction_id, now
-        )
-
     def _relay_send(
         self,
         five_tuple: FiveTuple,
@@ -438,7 +429,9 @@ class TurnCore:
         transaction_id: bytes,
         now: float,
     ) -> ToPeer | None:
-        """The Send indication's checks once its two attributes are found (either path)."""
+        """RFC 8656 §11.2 (Send): relay DATA to XOR-PEER-ADDRESS if a permission allows it;
+        anything wrong is a silent discard (indications get no response). Both the plain-shape
+        shortcut and the general codec end here."""
         counters = self.counters
         allocation = self.table.get(five_tuple)
         if allocation is None or peer_value is None or data is None:
@@ -601,16 +594,3 @@ class TurnCore:
             integrity_sha256_key=protect.key if protect and protect.sha256 else None,
             fingerprint=fingerprint,
         )
-
-
-class _NoRelays:
-    """The binder of a core that no I/O layer has adopted: every bind fails (508)."""
-
-    def bind(self, family: int, port: int, dont_fragment: bool) -> RelayEndpoint:
-        raise OSError("no relay binder installed")
-
-    def activate(self, endpoint: RelayEndpoint, allocation: Allocation) -> None:
-        raise OSError("no relay binder installed")
-
-    def close(self, endpoint: RelayEndpoint) -> None:
-        """Nothing was bound."""
