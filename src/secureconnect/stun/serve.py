@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import socket
-import ssl
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import trio
 
@@ -28,8 +27,7 @@ from secureconnect.stun.framing import StreamFramer
 from secureconnect.stun.responder import BindingResponder, StunCounters
 from secureconnect.stun.serve_listeners import (
     ListeningSockets,
-    StreamAcceptor,
-    StreamCounters,
+    StreamComponent,
 )
 
 Address = tuple[str, int]
@@ -50,32 +48,12 @@ class StunEndpoints:
 
 
 @dataclass
-class StunServer:
+class StunServer(StreamComponent):
     """The STUN component's I/O: see the module docstring."""
 
     responder: BindingResponder
     endpoints: StunEndpoints
-    tls_context: Callable[[], ssl.SSLContext] | None = None
-    max_connections: int = 1024
-    idle_timeout: float = 30.0
-    handshake_timeout: float = 10.0
     name: str = "stun"
-    bound: list[tuple[str, str, int]] = field(default_factory=list)  # (transport, ip, port)
-    _accept_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
-    _acceptor: StreamAcceptor = field(init=False)
-
-    def __post_init__(self) -> None:
-        self._acceptor = StreamAcceptor(
-            self._answer_frames,
-            tls_context=self.tls_context,
-            max_connections=self.max_connections,
-            handshake_timeout=self.handshake_timeout,
-        )
-
-    @property
-    def stream_counters(self) -> StreamCounters:
-        """Connection-level counters of the TCP/TLS listeners."""
-        return self._acceptor.counters
 
     @property
     def counters(self) -> StunCounters:
@@ -115,10 +93,6 @@ class StunServer:
         samples["stun_stream_connections"] = streams.pop("open")
         samples.update({f"stun_stream_{name}_total": value for name, value in streams.items()})
         return samples
-
-    def begin_drain(self) -> None:
-        """Stop answering UDP and accepting streams; open connections finish or time out."""
-        self._accept_scope.cancel()
 
     def reload(self) -> None:
         """Nothing of its own to reload: TLS contexts are fetched per connection."""
@@ -167,7 +141,7 @@ class StunServer:
 
     # -- TCP and TLS ---------------------------------------------------------------------------
 
-    async def _answer_frames(
+    async def handle_stream(
         self, stream: trio.abc.Stream, source: Address, local: Address, transport: str
     ) -> None:
         """Read STUN frames and answer each; returns on EOF or idle timeout."""

@@ -179,6 +179,44 @@ def udp_socket(ip: str, port: int) -> socket.socket:
     return sock
 
 
+@dataclass(kw_only=True)
+class StreamComponent:
+    """What the STUN and TURN components share around their TCP/TLS listeners: the options, the
+    :class:`StreamAcceptor` (serving each connection with :meth:`handle_stream`), the bound
+    addresses, and the scope whose cancellation starts a drain."""
+
+    tls_context: Callable[[], ssl.SSLContext] | None = None
+    max_connections: int = 1024
+    idle_timeout: float = 30.0
+    handshake_timeout: float = 10.0
+    bound: list[tuple[str, str, int]] = field(default_factory=list)  # (transport, ip, port)
+    _accept_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    _acceptor: StreamAcceptor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._acceptor = StreamAcceptor(
+            self.handle_stream,
+            tls_context=self.tls_context,
+            max_connections=self.max_connections,
+            handshake_timeout=self.handshake_timeout,
+        )
+
+    @property
+    def stream_counters(self) -> StreamCounters:
+        """Connection-level counters of the TCP/TLS listeners."""
+        return self._acceptor.counters
+
+    def begin_drain(self) -> None:
+        """Stop serving UDP and accepting streams; open connections finish or time out."""
+        self._accept_scope.cancel()
+
+    async def handle_stream(
+        self, stream: trio.abc.Stream, source: Address, local: Address, transport: str
+    ) -> None:
+        """Serve one accepted (and, for TLS, handshaken) connection."""
+        raise NotImplementedError
+
+
 @dataclass
 class ListeningSockets:
     """A component's bound sockets: UDP by local address, TCP and TLS listeners."""

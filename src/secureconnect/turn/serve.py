@@ -26,7 +26,6 @@ from __future__ import annotations
 import logging
 import math
 import socket
-import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,11 +33,7 @@ from dataclasses import dataclass, field
 import trio
 
 from secureconnect.stun.framing import StreamFramer
-from secureconnect.stun.serve_listeners import (
-    ListeningSockets,
-    StreamAcceptor,
-    StreamCounters,
-)
+from secureconnect.stun.serve_listeners import ListeningSockets, StreamComponent
 from secureconnect.turn.allocation import Address, Allocation, FiveTuple, RelayEndpoint
 from secureconnect.turn.core import ToPeer, TurnCore
 from secureconnect.turn.relaypath import route_channel_data, wrap_peer_data
@@ -153,39 +148,24 @@ def _as_socket(endpoint: RelayEndpoint) -> socket.socket:
 
 
 @dataclass
-class TurnServer:
+class TurnServer(StreamComponent):
     """The TURN component's I/O; see the module docstring."""
 
     core: TurnCore
     endpoints: TurnEndpoints
-    tls_context: Callable[[], ssl.SSLContext] | None = None
-    max_connections: int = 1024
-    idle_timeout: float = 300.0
-    handshake_timeout: float = 10.0
+    idle_timeout: float = field(default=300.0, kw_only=True)  # TURN sessions idle longer
     clock: Callable[[], float] = time.monotonic  # timers; the core adds wall_offset for auth
     name: str = "turn"
-    bound: list[tuple[str, str, int]] = field(default_factory=list)
     send_errors: int = 0
     dropped_slow_client: int = 0
     packet_errors: int = 0
     _udp: dict[Address, socket.socket] = field(default_factory=dict)
     _streams: dict[FiveTuple, StreamOutbox] = field(default_factory=dict)
     _relays: trio.Nursery | None = None
-    _accept_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
-    _acceptor: StreamAcceptor = field(init=False)
 
     def __post_init__(self) -> None:
-        self._acceptor = StreamAcceptor(
-            self._serve_stream,
-            tls_context=self.tls_context,
-            max_connections=self.max_connections,
-            handshake_timeout=self.handshake_timeout,
-        )
+        super().__post_init__()
         self.core.binder = UdpRelayBinder(self)
-
-    @property
-    def stream_counters(self) -> StreamCounters:
-        return self._acceptor.counters
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Bind everything, report started, serve until cancelled."""
@@ -229,10 +209,6 @@ class TurnServer:
         samples["turn_stream_connections"] = self.stream_counters.open
         samples["turn_stream_accepted_total"] = self.stream_counters.accepted
         return samples
-
-    def begin_drain(self) -> None:
-        """Stop serving new requests; the supervisor's deadline ends the rest."""
-        self._accept_scope.cancel()
 
     def reload(self) -> None:
         """TLS contexts are fetched per connection and secrets live in the shared minter."""
@@ -367,7 +343,7 @@ class TurnServer:
 
     # -- TCP and TLS clients ---------------------------------------------------------------
 
-    async def _serve_stream(
+    async def handle_stream(
         self, stream: trio.abc.Stream, source: Address, local: Address, transport: str
     ) -> None:
         """One TCP/TLS client: a reader and a writer task; the allocation ends with it."""
