@@ -188,8 +188,7 @@ def test_send_indication_splitter_never_raises(data: bytes) -> None:
 def test_send_indication_splitter_agrees_with_the_codec(
     payload: bytes, port: int, dont_fragment: bool, fingerprint: bool
 ) -> None:
-    """The shortcut reads what the general codec reads, and leaves anything with a FINGERPRINT
-    (to be verified) to the codec."""
+    """The shortcut reads what the general codec reads, FINGERPRINT included (checked)."""
     tid = new_transaction_id()
     attrs = [(AttrType.XOR_PEER_ADDRESS, encode_xor_address("8.8.4.4", port, tid))]
     if dont_fragment:
@@ -197,8 +196,25 @@ def test_send_indication_splitter_agrees_with_the_codec(
     attrs.append((AttrType.DATA, payload))
     data = encode_message(Method.SEND, MessageClass.INDICATION, tid, attrs, fingerprint=fingerprint)
     parts = split_send_indication_untrusted(data)
-    if fingerprint:
-        assert parts is None
-        return
     msg = decode_message_untrusted(data)
     assert parts == (msg.get(AttrType.XOR_PEER_ADDRESS), msg.get(AttrType.DATA))
+
+
+@given(payload=st.binary(max_size=64), flip=st.integers(0, 31))
+def test_send_indication_splitter_refuses_a_wrong_fingerprint(payload: bytes, flip: int) -> None:
+    """A FINGERPRINT that does not match, or that is not last, sends the message to the codec
+    (which drops it); the shortcut never relays it."""
+    tid = new_transaction_id()
+    attrs = [
+        (AttrType.XOR_PEER_ADDRESS, encode_xor_address("8.8.4.4", 9, tid)),
+        (AttrType.DATA, payload),
+    ]
+    data = bytearray(
+        encode_message(Method.SEND, MessageClass.INDICATION, tid, attrs, fingerprint=True)
+    )
+    data[-4 + flip // 8] ^= 1 << (flip % 8)
+    assert split_send_indication_untrusted(bytes(data)) is None
+    good = encode_message(Method.SEND, MessageClass.INDICATION, tid, attrs, fingerprint=True)
+    trailing = good + b"\x00\x20\x00\x00"  # an attribute after FINGERPRINT
+    trailing = trailing[:2] + (len(trailing) - 20).to_bytes(2, "big") + trailing[4:]
+    assert split_send_indication_untrusted(trailing) is None

@@ -15,11 +15,12 @@ attributes. The bandwidth budget is a per-allocation number the table refills ev
 from __future__ import annotations
 
 import random
+import zlib
 from dataclasses import dataclass
 from typing import Final
 
 from secureconnect.stun import AttrType, encode_xor_address
-from secureconnect.stun.constants import MAGIC_COOKIE
+from secureconnect.stun.constants import FINGERPRINT_XOR, MAGIC_COOKIE
 from secureconnect.turn.allocation import (
     CHANNEL_MAX,
     CHANNEL_MAX_RFC5766,
@@ -37,6 +38,7 @@ _PAD: Final = (b"", b"\x00\x00\x00", b"\x00\x00", b"\x00")  # by length % 4
 _XOR_PEER_ATTR: Final = int(AttrType.XOR_PEER_ADDRESS)
 _DATA_ATTR: Final = int(AttrType.DATA)
 _DONT_FRAGMENT_ATTR: Final = int(AttrType.DONT_FRAGMENT)
+_FINGERPRINT_ATTR: Final = int(AttrType.FINGERPRINT)
 _MAX_PEER_HEADERS: Final = 256  # cached XOR-PEER-ADDRESS encodings per allocation
 #: The largest DATA value whose Data indication still fits the 16-bit STUN length: 0xFFFC minus
 #: XOR-PEER-ADDRESS (IPv6: 4 + 20) and the DATA header (4), rounded down to a multiple of 4.
@@ -184,9 +186,10 @@ def valid_channel_number(number: int, *, rfc5766: bool = False) -> bool:
 
 def split_send_indication_untrusted(data: bytes) -> tuple[bytes, bytes] | None:
     """(XOR-PEER-ADDRESS value, DATA value) of a Send indication in its plain shape - cookie,
-    a consistent length, and only those two attributes plus DONT-FRAGMENT - or None, which
-    sends the message down the general codec (FINGERPRINT to verify, anything unusual).
-    Never raises: the bytes are untrusted."""
+    a consistent length, only those two attributes plus DONT-FRAGMENT, and optionally a valid
+    FINGERPRINT last (coturn's clients add one) - or None, which sends the message down the
+    general codec (a FINGERPRINT that does not match, anything unusual). Never raises: the
+    bytes are untrusted."""
     end = len(data)
     if end < 20 or data[4:8] != _COOKIE or ((data[2] << 8) | data[3]) != end - 20:
         return None
@@ -205,6 +208,14 @@ def split_send_indication_untrusted(data: bytes) -> tuple[bytes, bytes] | None:
         elif atype == _DATA_ATTR:
             if payload is None:
                 payload = data[start:stop]
+        elif atype == _FINGERPRINT_ATTR:
+            # RFC 8489 §14.7: FINGERPRINT is the last attribute; its CRC-32 covers the message
+            # up to it, XORed with 0x5354554e.
+            if size != 4 or stop != end:
+                return None
+            crc = (zlib.crc32(data[:offset]) ^ FINGERPRINT_XOR).to_bytes(4, "big")
+            if data[start:stop] != crc:
+                return None
         elif atype != _DONT_FRAGMENT_ATTR:
             return None
         offset = start + ((size + 3) & ~3)
