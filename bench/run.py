@@ -18,8 +18,8 @@ commands). Sections, each one bounded in count and time:
   peer (``turn_client.relay_latency``).
 - **signal** (ours only): memory per idle WSS connection and routed-message latency
   (``signal_measure.py``).
-- **capacity**: the highest offered uclient rate with loss under 0.1% (``-m`` raised step by
-  step at ``-z 0``), when ``--capacity`` is given.
+- **capacity**: the highest offered rate with loss under 0.1%, one flow and eight, with our own
+  paced generator (``capacity.py`` and ``blast.py``: uclient saturates first).
 
 Absolute numbers on a shared 2-core machine are noise; ratios from the same run are the result.
 """
@@ -38,15 +38,16 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import signal_measure
 import turn_relay
+from capacity import capacity_section
+from collect import BENCH, Bench, Row
 from common import (
-    ROOT,
     SERVERS,
     percentiles,
     raise_fd_limit,
@@ -56,68 +57,10 @@ from common import (
 from servers import TurnTarget, require_tool, udp_echo_peer
 from turn_client import relay_latency
 
-BENCH = ROOT / "bench"
 RESULTS = BENCH / "results"
 # Equivalent relay port ranges: our default is 49152-65535; servers.py gives coturn 9,000 ports.
 COTURN_WIDE_PORTS = ("min-port=49152", "max-port=65535")
-LOSS_CAPACITY = 0.1  # percent: the capacity search's loss ceiling
 GENERATOR_BOUND = 0.9  # a generator using >= 0.9 core was (probably) the limit
-
-
-@dataclass
-class Row:
-    """One line of the results table: a figure for each server and, if both exist, the ratio."""
-
-    section: str
-    metric: str
-    ours: float | None
-    coturn: float | None
-    unit: str
-    note: str = ""
-
-    @property
-    def ratio(self) -> float | None:
-        if self.ours is None or self.coturn is None or self.coturn == 0:
-            return None
-        return self.ours / self.coturn
-
-
-class Bench:
-    """Collects rows, raw results and the exact commands while the sections run."""
-
-    def __init__(self, workroot: Path, rounds: int, log: Callable[[str], None]) -> None:
-        self.workroot = workroot
-        self.rounds = rounds
-        self.log = log
-        self.rows: list[Row] = []
-        self.raw: dict[str, Any] = {}
-        self.commands: dict[str, list[str]] = {}
-        self.timings: dict[str, float] = {}
-        self.failures: list[str] = []
-        self._n = 0
-
-    def workdir(self, label: str) -> Path:
-        """A fresh directory for one server start (config, logs, state)."""
-        self._n += 1
-        path = self.workroot / f"{self._n:03d}-{label}"
-        path.mkdir()
-        return path
-
-    def order(self, rnd: int) -> tuple[str, ...]:
-        """Both servers, the first one alternating per round so that drift cancels out."""
-        return SERVERS if rnd % 2 == 0 else SERVERS[::-1]
-
-    def generator(self, name: str, args: list[str], timeout: float) -> dict[str, Any]:
-        """Run one of our generator scripts in its own process; its JSON line."""
-        argv = [sys.executable, str(BENCH / args[0]), *args[1:]]
-        self.commands.setdefault(name, [" ".join(argv)])
-        done = subprocess.run(  # noqa: S603 - our own scripts with fixed arguments
-            argv, capture_output=True, text=True, timeout=timeout, check=False
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"{args[0]} failed: {done.stderr.strip()[-400:]}")
-        result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-        return result
 
 
 # -- sections -------------------------------------------------------------------------------
@@ -218,9 +161,9 @@ def stage_value(stage: dict[str, Any], key: str) -> float:
     return float(stage[key])
 
 
-RELAY_LOADS = (  # (flows, packets per flow): 50,000 round trips per run either way
-    (1, 50_000),
-    (10, 5_000),
+RELAY_LOADS = (  # (flows, packets per flow): 30,000 round trips per run either way
+    (1, 30_000),
+    (10, 3_000),
 )
 
 
@@ -369,70 +312,6 @@ def signal_section(b: Bench, counts: list[int], trips: int) -> None:
     )
 
 
-def capacity_section(b: Bench, flows_steps: list[int], round_trips: int) -> None:
-    """Highest offered uclient rate (-m raised at -z 0, 200 B channels) with loss < 0.1%.
-
-    Each step offers ``round_trips`` in total, spread over the step's flows; the search stops at
-    the first step with loss at or above LOSS_CAPACITY. ``bound`` and uclient's cores tell
-    whether uclient (the generator) rather than the server set the ceiling.
-    """
-    stdbuf = shutil.which("stdbuf")
-    if stdbuf is None:
-        raise RuntimeError("stdbuf (coreutils) is required")
-    tools = {"uclient": require_tool("turnutils_uclient"), "stdbuf": stdbuf}
-    b.raw["capacity"] = {}
-    for name in SERVERS:
-        best: dict[str, Any] | None = None
-        steps = []
-        with udp_echo_peer() as peer_port:
-            peer = (peer_port, turn_relay.find_pid("turnutils_peer", str(peer_port)))
-            for flows in flows_steps:
-                load = turn_relay.Load(flows, round_trips // flows, 200, "udp", False, 90.0)
-                for attempt in range(2):  # a failing step gets a second chance: noisy machine
-                    with server_for(name, b.workdir(f"cap-{name}-{flows}-{attempt}")) as target:
-                        wait_udp_ready(target)
-                        r = turn_relay.run_uclient(tools, load, target, peer, attempt)
-                    if r.ok and r.loss_pct < LOSS_CAPACITY:
-                        break
-                step = {
-                    "flows": flows,
-                    "ok": r.ok,
-                    "loss_pct": r.loss_pct,
-                    "rate_peak": r.rate_peak,
-                    "bound": r.bound,
-                    "client_util": r.client_util,
-                    "other_load": r.other_load,
-                    "attempts": attempt + 1,
-                }
-                steps.append(step)
-                b.log(f"capacity {name:<13} -m {flows}: {step}")
-                if not r.ok or r.loss_pct >= LOSS_CAPACITY:
-                    break
-                best = step
-        b.raw["capacity"][name] = {"steps": steps, "best": best}
-    best_of = {n: b.raw["capacity"][n]["best"] for n in SERVERS}
-    notes = []
-    for n in SERVERS:
-        best_step = best_of[n]
-        if best_step is not None:
-            notes.append(
-                f"{n}: -m {best_step['flows']} ({best_step['bound']}-bound, uclient "
-                f"{best_step['client_util']:.2f} core)"
-            )
-        else:
-            notes.append(f"{n}: loss >= {LOSS_CAPACITY}% already at -m {flows_steps[0]}")
-    b.rows.append(
-        Row(
-            "Capacity",
-            f"best second at the highest -m with loss < {LOSS_CAPACITY}% (200 B, channels)",
-            best_of["secureconnect"]["rate_peak"] if best_of["secureconnect"] else None,
-            best_of["coturn"]["rate_peak"] if best_of["coturn"] else None,
-            "dgram/s",
-            "; ".join(notes),
-        )
-    )
-
-
 # -- helpers and output ---------------------------------------------------------------------
 
 
@@ -545,10 +424,9 @@ SECTIONS = ("stun", "alloc", "relay", "latency", "signal", "capacity")
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument(
-        "--only", default=",".join(SECTIONS[:-1]), help=f"sections, from {','.join(SECTIONS)}"
+        "--only", default=",".join(SECTIONS), help=f"sections, from {','.join(SECTIONS)}"
     )
-    parser.add_argument("--capacity", action="store_true", help="also run the capacity search")
-    parser.add_argument("--rounds", type=int, default=1, help="rounds for stun/relay (1-5)")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds for relay (1-5)")
     parser.add_argument("--stun-rounds", type=int, default=3, help="STUN rounds (1-10)")
     parser.add_argument("--stun-duration", type=float, default=3.0, help="seconds per run")
     parser.add_argument("--alloc-stages", default="1000,5000")
@@ -560,8 +438,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
     args = parser.parse_args(argv)
     args.sections = [s for s in args.only.split(",") if s]
-    if args.capacity and "capacity" not in args.sections:
-        args.sections.append("capacity")
     unknown = set(args.sections) - set(SECTIONS)
     if unknown:
         parser.error(f"unknown sections {sorted(unknown)}")
@@ -597,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
             "signal": lambda: signal_section(
                 b, ints(args.signal_connections, 1, 5000), args.signal_round_trips
             ),
-            "capacity": lambda: capacity_section(b, [1, 5, 10, 20, 40], 100_000),
+            "capacity": lambda: capacity_section(b),
         }
         for name in args.sections:
             log(f"== {name}")

@@ -1,0 +1,183 @@
+"""Paced ChannelData load from several processes: the capacity benchmark's own generator.
+
+``turnutils_uclient`` cannot be asked for a rate: at ``-z 0`` each flow waits for its echoes, so
+it measured its own round-trip latency (0.16-0.20 of a core, "client-bound") rather than either
+server's ceiling. This generator offers a fixed rate instead and counts what comes back.
+
+``FLOWS`` allocations (each with channel 0x4000 bound to the UDP echo peer, through
+:class:`turn_client.ChannelClient`, so the same code speaks to coturn and to us) are spread over
+``PROCS`` worker processes. All workers allocate first, then start together at a shared wall
+time and send ``SIZE``-byte ChannelData datagrams at ``RATE / PROCS`` round trips per second each,
+in 1 ms slices, reading echoes between slices without blocking; after ``DURATION`` seconds they
+keep reading for one more second. The parent prints one JSON line: offered, sent and received
+round trips, loss, the achieved send rate, and each worker's CPU, so a saturated generator shows
+itself (``sent`` below ``offered``, workers near a full core) instead of passing for the server.
+
+Bounded: at most 200,000 round trips per second offered, 30 s, 16 processes, 64 flows.
+
+    python bench/blast.py --port 3478 --secret S --peer-port 9000 --rate 20000 --duration 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import select
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+from turn_client import CHANNEL, CHANNEL_HEADER, ChannelClient
+
+MAX_RATE = 200_000
+MAX_DURATION = 30.0
+MAX_PROCS = 16
+MAX_FLOWS = 64
+SLICE = 0.001  # seconds between send bursts
+DRAIN = 1.0  # seconds of reading after the last send
+
+
+def drain(recvs: Sequence[Callable[[int], bytes]]) -> int:
+    """Read every datagram waiting on the sockets (non-blocking); how many there were."""
+    count = 0
+    for recv in recvs:
+        while True:
+            try:
+                recv(2048)
+            except OSError:  # BlockingIOError: empty; anything else: nothing more to read
+                break
+            count += 1
+    return count
+
+
+def worker(args: argparse.Namespace) -> dict[str, float]:
+    """One process: ``args.flows`` allocations, paced sends, echo counting."""
+    clients = [ChannelClient(("127.0.0.1", args.port), args.secret) for _ in range(args.flows)]
+    try:
+        for client in clients:
+            client.allocate_and_bind(("127.0.0.1", args.peer_port))
+        socks = [c.sock for c in clients]
+        for sock in socks:
+            sock.setblocking(False)
+        payload = CHANNEL_HEADER.pack(CHANNEL, args.size) + bytes(args.size)
+        sends = [s.send for s in socks]
+        recvs = [s.recv for s in socks]
+        rate = args.rate / args.procs
+        cpu0 = time.process_time()
+        while time.time() < args.start_at:
+            time.sleep(min(0.01, max(0.0, args.start_at - time.time())))
+        start = time.perf_counter()
+        stop = start + args.duration
+        sent = received = errors = 0
+        n = len(sends)
+        while (now := time.perf_counter()) < stop:
+            due = int((now - start) * rate) - sent
+            for _ in range(min(due, 10_000)):
+                try:
+                    sends[sent % n](payload)
+                except OSError:  # ENOBUFS or a queued ICMP error: the datagram is lost
+                    errors += 1
+                sent += 1
+            received += drain(recvs)
+            remaining = SLICE - (time.perf_counter() - now)
+            if remaining > 0:
+                select.select(socks, [], [], remaining)
+        end = time.perf_counter() + DRAIN
+        while (now := time.perf_counter()) < end and received < sent:
+            ready, _, _ = select.select(socks, [], [], end - now)
+            received += drain([sock.recv for sock in ready])
+        return {
+            "sent": sent,
+            "received": received,
+            "send_errors": errors,
+            "cpu_s": time.process_time() - cpu0,
+            "send_s": args.duration,
+        }
+    finally:
+        for client in clients:
+            client.close()
+
+
+def spread(total: int, parts: int) -> list[int]:
+    """``total`` flows over ``parts`` workers, as evenly as possible."""
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--secret", required=True)
+    parser.add_argument("--peer-port", type=int, required=True)
+    parser.add_argument("--rate", type=float, required=True, help="round trips per second")
+    parser.add_argument("--duration", type=float, default=3.0)
+    parser.add_argument("--size", type=int, default=200)
+    parser.add_argument("--flows", type=int, default=1)
+    parser.add_argument("--procs", type=int, default=1)
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--start-at", type=float, default=0.0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    args.rate = max(1.0, min(args.rate, MAX_RATE))
+    args.duration = max(0.5, min(args.duration, MAX_DURATION))
+    args.size = max(16, min(args.size, 1400))
+    args.flows = max(1, min(args.flows, MAX_FLOWS))
+    args.procs = max(1, min(args.procs, MAX_PROCS, args.flows))
+    if args.worker:
+        print(json.dumps(worker(args)), flush=True)
+        return 0
+    start_at = time.time() + 1.0 + 0.05 * args.flows  # time for every worker to allocate
+    workers = [
+        subprocess.Popen(  # noqa: S603 - this script with numeric arguments
+            [
+                sys.executable,
+                __file__,
+                "--worker",
+                f"--port={args.port}",
+                f"--secret={args.secret}",
+                f"--peer-port={args.peer_port}",
+                f"--rate={args.rate}",
+                f"--duration={args.duration}",
+                f"--size={args.size}",
+                f"--flows={flows}",
+                f"--procs={args.procs}",
+                f"--start-at={start_at}",
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for flows in spread(args.flows, args.procs)
+    ]
+    results = []
+    for proc in workers:
+        out, _ = proc.communicate(timeout=args.duration + 30)
+        if proc.returncode != 0:
+            print(f"blast: a worker exited {proc.returncode}", file=sys.stderr)
+            return 1
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    sent = sum(r["sent"] for r in results)
+    received = sum(r["received"] for r in results)
+    offered = int(args.rate * args.duration)
+    print(
+        json.dumps(
+            {
+                "rate": args.rate,
+                "offered": offered,
+                "sent": sent,
+                "received": received,
+                "loss_pct": 100.0 * (sent - received) / sent if sent else 100.0,
+                "sent_share": sent / offered if offered else 0.0,
+                "relayed_per_s": 2 * received / args.duration,
+                "send_errors": sum(r["send_errors"] for r in results),
+                "worker_cores": [r["cpu_s"] / r["send_s"] for r in results],
+                "procs": args.procs,
+                "flows": args.flows,
+                "pid": os.getpid(),
+            }
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
