@@ -13,14 +13,11 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 from secureconnect.config import Config, ConfigError
 from secureconnect.credentials import CredentialMinter, NonceMint
 from secureconnect.logs import fields
-from secureconnect.signal.http import HttpRoutes
-from secureconnect.signal.hub import HubSettings, SignalHub
-from secureconnect.signal.ice import IceConfig
-from secureconnect.signal.serve import SignalServer
 from secureconnect.signal.tokens import RoomTokens
 from secureconnect.statedir import (
     ensure_self_signed,
@@ -38,6 +35,11 @@ from secureconnect.turn.auth import Authenticator, RateLimiter
 from secureconnect.turn.core import TurnCore, TurnSettings
 from secureconnect.turn.peerpolicy import DEFAULT_DENY, LOOPBACK_RANGES, PeerPolicy
 from secureconnect.turn.serve import TurnEndpoints, TurnServer
+
+if TYPE_CHECKING:
+    # Imported where the signaling component is built: a STUN- or TURN-only process never loads
+    # websockets (and asyncio with it), which is a third of an idle TURN server's memory.
+    from secureconnect.signal.serve import SignalServer
 
 log = logging.getLogger("secureconnect.runtime")
 
@@ -295,8 +297,8 @@ def service_urls(components: Sequence[Component]) -> list[str]:
             for transport, ip, port in component.bound:
                 urls.append(_url("turn", transport, ip, port))
             urls += [_url("stun", t, ip, port) for t, ip, port in component.bound if t == "udp"]
-        elif isinstance(component, SignalServer):
-            for transport, ip, port in component.bound:
+        elif component.name == "signal":
+            for transport, ip, port in cast("SignalServer", component).bound:
                 host = f"[{ip}]" if ":" in ip else ip
                 secure = transport == "tls"
                 urls.append(f"{'wss' if secure else 'ws'}://{host}:{port}/ws")
@@ -358,6 +360,11 @@ def stun_uris(config: Config) -> list[str]:
 
 def build_signal(runtime: Runtime) -> SignalServer:
     """The signaling component from ``[signal]``, minting with the shared credential minter."""
+    from secureconnect.signal.http import HttpRoutes  # noqa: PLC0415 - see TYPE_CHECKING above
+    from secureconnect.signal.hub import HubSettings, SignalHub  # noqa: PLC0415
+    from secureconnect.signal.ice import IceConfig  # noqa: PLC0415
+    from secureconnect.signal.serve import SignalServer  # noqa: PLC0415
+
     config = runtime.config
     sig = config.signal
     ice = IceConfig(

@@ -17,11 +17,6 @@ import secrets
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-
 CERT_NAME = "selfsigned-cert.pem"
 KEY_NAME = "selfsigned-key.pem"
 SECRET_NAME = "turn-secret"  # noqa: S105 (a file name, not a secret)
@@ -77,6 +72,13 @@ def ensure_self_signed(state_dir: Path, names: Sequence[str]) -> tuple[Path, Pat
 
 def make_self_signed(names: Sequence[str], days: int = CERT_DAYS) -> tuple[bytes, bytes]:
     """A fresh ECDSA P-256 certificate and key (PEM) whose SANs are ``names`` (DNS or IP)."""
+    # cryptography is imported only here and in _usable: a process without TLS never loads it
+    # (about 9 MiB of an idle TURN server).
+    from cryptography import x509  # noqa: PLC0415
+    from cryptography.hazmat.primitives import hashes, serialization  # noqa: PLC0415
+    from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415
+    from cryptography.x509.oid import NameOID  # noqa: PLC0415
+
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name(
         [x509.NameAttribute(NameOID.COMMON_NAME, names[0] if names else "localhost")]
@@ -109,6 +111,8 @@ def make_self_signed(names: Sequence[str], days: int = CERT_DAYS) -> tuple[bytes
 
 
 def _usable(cert_path: Path, key_path: Path, names: Sequence[str]) -> bool:
+    from cryptography import x509  # noqa: PLC0415 - see make_self_signed
+
     try:
         cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
         key_path.stat()

@@ -211,10 +211,8 @@ def split_send_indication_untrusted(data: bytes) -> tuple[bytes, bytes] | None:
         elif atype == _FINGERPRINT_ATTR:
             # RFC 8489 §14.7: FINGERPRINT is the last attribute; its CRC-32 covers the message
             # up to it, XORed with 0x5354554e.
-            if size != 4 or stop != end:
-                return None
-            crc = (zlib.crc32(data[:offset]) ^ FINGERPRINT_XOR).to_bytes(4, "big")
-            if data[start:stop] != crc:
+            crc = zlib.crc32(data[:offset]) ^ FINGERPRINT_XOR
+            if size != 4 or stop != end or data[start:stop] != crc.to_bytes(4, "big"):
                 return None
         elif atype != _DONT_FRAGMENT_ATTR:
             return None
