@@ -7,6 +7,10 @@ set -euo pipefail
 need=()
 command -v turnutils_stunclient >/dev/null || need+=(coturn)
 command -v ip >/dev/null || need+=(iproute2)
+# secureconnect natlab (tests/natlab): nftables NAT routers in network namespaces, and sysctl to
+# turn on forwarding inside them.
+command -v nft >/dev/null || need+=(nftables)
+command -v sysctl >/dev/null || need+=(procps)
 # systemd-analyze verifies the unit files in systemd/ (tests/test_sdnotify.py); no init is started.
 command -v systemd-analyze >/dev/null || need+=(systemd)
 

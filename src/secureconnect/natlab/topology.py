@@ -1,0 +1,534 @@
+"""The lab's network: namespaces, veth pairs, a bridge, addresses, routes and NAT routers.
+
+Layout (every name starts with ``scnl-``, which is how :func:`cleanup_stale` finds leftovers)::
+
+    scnl-wan   bridge br0, 198.51.100.2 and .3 (the servers; RFC 5780 needs two addresses)
+      |-- v-<tag>-<i> ==veth== wan    scnl-r-<tag>-<i>  198.51.100.x   (a NAT router)
+      |                        lan    10.n.0.1/24
+      |                          ==veth== uplink  scnl-c-<tag>-<i>  10.n.0.2, default via .1
+      `-- v-open-<i>  ==veth== uplink scnl-c-open-<i>  198.51.100.x   (no NAT)
+
+198.51.100.0/24 is TEST-NET-2 (RFC 5737): it is routed nowhere, and nothing here ever touches
+the host's own namespace: every link is created inside a lab namespace (``ip -n``), so the
+host's interfaces, addresses and routes are never read or changed. Each client has a router of
+its own, so two symmetric clients are behind two different NATs, as on the internet.
+
+Addresses are assigned in order of the behaviours given and then of the clients: the k-th
+client (from 0) gets the public address 198.51.100.(10+k) (its router's WAN, or its own for
+``open``) and the LAN 10.(k+1).0.0/24. IPv6 is disabled in every lab namespace, so that only
+the IPv4 paths under test exist. Routers forward (``ip_forward`` in their namespace only),
+keep UDP conntrack entries for RFC 4787's recommended five minutes, and get the nftables rules
+of ``behaviours.router_ruleset``.
+
+Resource handling: :class:`Lab` is a context manager. Entering it takes an exclusive lock
+(one lab per machine: the names are fixed), removes what a crashed run left behind, and builds
+the lab; if building fails or is interrupted, what was built is torn down before the error
+propagates. Leaving it, however the block ends, kills every process still inside a lab
+namespace (SIGTERM, then SIGKILL) and deletes the namespaces, which destroys their links.
+
+Error handling: every failure is a :class:`LabError` naming the command that failed and what it
+wrote on stderr. Every command runs with a timeout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from secureconnect.natlab.behaviours import (
+    ALL_BEHAVIOURS,
+    Behaviour,
+    loss_ruleset,
+    router_ruleset,
+)
+
+PREFIX = "scnl-"
+SERVER_NAMESPACE = "scnl-wan"
+BRIDGE = "br0"
+SERVER_ADDRESSES = ("198.51.100.2", "198.51.100.3")
+PUBLIC_NETWORK = "198.51.100.0/24"
+_PUBLIC_PREFIX = "198.51.100."
+_FIRST_PUBLIC_HOST = 10
+_MAX_CLIENTS = 240  # 198.51.100.10-249 and 10.1-240.0.0/24
+WAN, LAN, UPLINK = "wan", "lan", "uplink"  # interface names inside router/client namespaces
+COMMAND_TIMEOUT = 15.0  # seconds for any one ip/nft/sysctl/tc command
+KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL for processes left in a namespace
+LOCK_FILE = Path("/run/secureconnect-natlab.lock")
+NETNS_DIR = Path("/run/netns")  # where `ip netns` keeps the namespaces' names
+_PACKAGES = {"ip": "iproute2", "nft": "nftables", "sysctl": "procps", "tc": "iproute2"}
+_UDP_TIMEOUT = 300  # RFC 4787 REQ-5 recommends >= 5 minutes for UDP mappings
+
+
+class LabError(Exception):
+    """Building, using or tearing down the lab failed; the message says which command and why."""
+
+
+def require_root() -> None:
+    """LabError unless this process is root and ``ip``, ``nft``, ``sysctl`` and ``tc`` exist
+    (naming the Debian package to install)."""
+    if os.geteuid() != 0:
+        raise LabError("secureconnect natlab needs root (it creates network namespaces)")
+    missing = sorted({pkg for tool, pkg in _PACKAGES.items() if shutil.which(tool) is None})
+    if missing:
+        raise LabError(
+            "secureconnect natlab needs "
+            + ", ".join(f"`{t}`" for t, p in _PACKAGES.items() if p in missing)
+            + f": apt-get install {' '.join(missing)}"
+        )
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise LabError(f"`{name}` not found: apt-get install {_PACKAGES.get(name, name)}")
+    return path
+
+
+def _run(argv: Sequence[str], *, stdin: str | None = None) -> str:
+    """Run ``argv`` (bounded by COMMAND_TIMEOUT); its stdout, or LabError with its stderr."""
+    shown = " ".join(argv)
+    try:
+        done = subprocess.run(  # noqa: S603 (our own argv: tool paths and lab names)
+            argv,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=COMMAND_TIMEOUT,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise LabError(f"`{shown}` did not finish in {COMMAND_TIMEOUT} s") from None
+    except OSError as exc:
+        raise LabError(f"`{shown}` could not run: {exc}") from None
+    if done.returncode != 0:
+        fed = f"\ninput:\n{stdin}" if stdin else ""
+        raise LabError(f"`{shown}` exited {done.returncode}: {done.stderr.strip()}{fed}")
+    return done.stdout
+
+
+def _ip_batch(namespace: str | None, commands: Iterable[str]) -> None:
+    """Run ``ip`` commands (one per line, without the leading ``ip``) in one process, inside
+    ``namespace`` (None: the namespace-management commands ``netns add/del``)."""
+    where = ["-n", namespace] if namespace else []
+    text = "\n".join(commands) + "\n"
+    _run([_tool("ip"), *where, "-batch", "-"], stdin=text)
+
+
+def exec_argv_in(namespace: str, *argv: str) -> list[str]:
+    """``ip netns exec NAMESPACE ARGV...``: the argv that runs a command inside ``namespace``."""
+    return [_tool("ip"), "netns", "exec", namespace, *argv]
+
+
+def list_namespaces() -> list[str]:
+    """The names of all named network namespaces (``ip netns list``)."""
+    output = _run([_tool("ip"), "netns", "list"])
+    return [line.split()[0] for line in output.splitlines() if line.strip()]
+
+
+def namespace_pids(namespace: str) -> list[int]:
+    """The processes whose network namespace is ``namespace`` (what ``ip netns pids`` prints,
+    read from /proc directly so that waiting for them to exit costs no subprocess)."""
+    try:
+        target = os.stat(NETNS_DIR / namespace)
+    except FileNotFoundError:
+        return []
+    pids = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            ns = os.stat(f"/proc/{entry.name}/ns/net")
+        except OSError:  # exited meanwhile, or a zombie (no namespace any more)
+            continue
+        if (ns.st_dev, ns.st_ino) == (target.st_dev, target.st_ino):
+            pids.append(int(entry.name))
+    return pids
+
+
+def _kill_processes(namespaces: Sequence[str]) -> None:
+    """SIGTERM every process in ``namespaces``; SIGKILL those still there after KILL_GRACE."""
+    deadline = time.monotonic() + KILL_GRACE
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        pids = [pid for name in namespaces for pid in namespace_pids(name)]
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):  # exited meanwhile
+                os.kill(pid, sig)
+        while time.monotonic() < deadline:
+            if not any(namespace_pids(name) for name in namespaces):
+                return
+            time.sleep(0.02)
+        deadline = time.monotonic() + KILL_GRACE
+    left = {name: namespace_pids(name) for name in namespaces}
+    left = {name: pids for name, pids in left.items() if pids}
+    if left:
+        raise LabError(f"processes survived SIGKILL in lab namespaces: {left}")
+
+
+def _delete_namespaces(namespaces: Sequence[str]) -> list[str]:
+    """Kill what runs in the existing ones of ``namespaces``, delete them; the names removed."""
+    present = set(list_namespaces())
+    doomed = [name for name in namespaces if name in present]
+    if doomed:
+        _kill_processes(doomed)
+        _ip_batch(None, (f"netns del {name}" for name in doomed))
+    return doomed
+
+
+class _LabLock:
+    """An exclusive ``flock`` on LOCK_FILE: one lab per machine. The kernel drops it when the
+    holder dies, so a crashed run never blocks the next one."""
+
+    def __init__(self) -> None:
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise LabError(
+                f"another natlab is running (pid {holder}, lock {LOCK_FILE}); stop it first"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the last descriptor releases the flock
+            self._fd = None
+
+
+def cleanup_stale() -> list[str]:
+    """Delete every ``scnl-*`` namespace, killing its processes first; the names removed.
+
+    For the leftovers of a run that crashed or was killed before its teardown. LabError if a
+    lab is running (in this or another process): its namespaces are not stale.
+    """
+    require_root()
+    lock = _LabLock()
+    lock.acquire()
+    try:
+        return _cleanup_stale_locked()
+    finally:
+        lock.release()
+
+
+def _cleanup_stale_locked() -> list[str]:
+    return _delete_namespaces([n for n in list_namespaces() if n.startswith(PREFIX)])
+
+
+@dataclass(frozen=True)
+class Netem:
+    """Link impairment on every client's way to the public segment, in each direction.
+
+    ``loss_percent`` of the packets are dropped on the WAN link of every router (the uplink of
+    an ``open`` client) as they arrive and as they leave, by nftables ``numgen`` rules (no kernel
+    module needed). ``delay_ms`` +- ``jitter_ms`` is added by ``tc qdisc ... netem`` on both
+    ends of that link, so a round trip through it grows by twice the delay; it needs a kernel
+    with the netem qdisc (CONFIG_NET_SCH_NETEM), and the lab fails to build, saying so, if the
+    kernel has none.
+    """
+
+    delay_ms: float = 0.0
+    jitter_ms: float = 0.0
+    loss_percent: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.delay_ms < 0 or self.jitter_ms < 0:
+            raise ValueError("netem delay and jitter must not be negative")
+        if self.jitter_ms and not self.delay_ms:
+            raise ValueError("netem jitter needs a delay")
+        if not 0.0 <= self.loss_percent <= 100.0:
+            raise ValueError("netem loss must be within 0-100 %")
+
+
+@dataclass(frozen=True)
+class LabClient:
+    """One client of the lab.
+
+    ``address`` is the address the client has on its own interface (10.n.0.2 behind a router,
+    its public address for ``open``); ``public_address`` is what the outside sees (the router's
+    WAN address, or ``address`` for ``open``); ``router_namespace`` is None for ``open``.
+    """
+
+    behaviour: Behaviour
+    index: int
+    namespace: str
+    address: str
+    public_address: str
+    router_namespace: str | None
+
+
+@dataclass(frozen=True)
+class _Node:
+    """A client and the plumbing around it."""
+
+    client: LabClient
+    bridge_port: str  # the veth end in scnl-wan, enslaved to the bridge
+    lan_gateway: str  # the router's LAN address ("" for open)
+
+
+def _letter(index: int) -> str:
+    return chr(ord("a") + index)
+
+
+class Lab:
+    """The lab network; build it with ``with Lab(...) as lab:``.
+
+    * ``behaviours``: which NATs to build (default: all six), each at most once.
+    * ``clients_per_behaviour``: independent clients per behaviour, each behind its own router;
+      index 0, 1, ... (named ``a``, ``b``, ... in namespace names).
+    * ``netem``: optional loss/delay on every client's WAN link (see :class:`Netem`).
+
+    The plan (names and addresses) is fixed at construction, so :meth:`clients` works before
+    the lab is built. :attr:`server_namespace` (``scnl-wan``) is where servers run, on both
+    :attr:`server_addresses`; :attr:`public_network` is the segment between them and the NATs.
+    """
+
+    server_namespace: str = SERVER_NAMESPACE
+    server_addresses: tuple[str, str] = SERVER_ADDRESSES
+    public_network: str = PUBLIC_NETWORK
+
+    def __init__(
+        self,
+        behaviours: Sequence[Behaviour] = ALL_BEHAVIOURS,
+        *,
+        clients_per_behaviour: int = 2,
+        netem: Netem | None = None,
+    ) -> None:
+        behaviours = [Behaviour(b) for b in behaviours]
+        if not behaviours:
+            raise ValueError("a lab needs at least one behaviour")
+        if len(set(behaviours)) != len(behaviours):
+            raise ValueError("each behaviour may be given once (use clients_per_behaviour)")
+        if not 1 <= clients_per_behaviour <= 26:
+            raise ValueError("clients_per_behaviour must be within 1-26")
+        if len(behaviours) * clients_per_behaviour > _MAX_CLIENTS:
+            raise ValueError(f"a lab holds at most {_MAX_CLIENTS} clients")
+        self.netem = netem
+        self.build_seconds: float | None = None  # how long the last build took
+        self._nodes: dict[tuple[Behaviour, int], _Node] = {}
+        for k, (behaviour, index) in enumerate(
+            (b, i) for b in behaviours for i in range(clients_per_behaviour)
+        ):
+            suffix = f"{behaviour.tag}-{_letter(index)}"
+            public = f"{_PUBLIC_PREFIX}{_FIRST_PUBLIC_HOST + k}"
+            is_open = behaviour is Behaviour.OPEN
+            client = LabClient(
+                behaviour=behaviour,
+                index=index,
+                namespace=f"{PREFIX}c-{suffix}",
+                address=public if is_open else f"10.{k + 1}.0.2",
+                public_address=public,
+                router_namespace=None if is_open else f"{PREFIX}r-{suffix}",
+            )
+            gateway = "" if is_open else f"10.{k + 1}.0.1"
+            self._nodes[behaviour, index] = _Node(client, f"v-{suffix}", gateway)
+        self._lock = _LabLock()
+        self._built: list[str] = []  # namespaces created so far, for teardown
+
+    # -- the plan ----------------------------------------------------------------------------
+
+    def client(self, behaviour: Behaviour, index: int) -> LabClient:
+        """The client ``index`` (from 0) of ``behaviour``; LabError if the lab has none."""
+        node = self._nodes.get((Behaviour(behaviour), index))
+        if node is None:
+            raise LabError(f"this lab has no client {index} behind {Behaviour(behaviour).value}")
+        return node.client
+
+    def clients(self) -> list[LabClient]:
+        """Every client, in address order (behaviours as given, then index)."""
+        return [node.client for node in self._nodes.values()]
+
+    def namespaces(self) -> list[str]:
+        """Every namespace of the lab: the server's, then each router's and client's."""
+        names = [self.server_namespace]
+        for node in self._nodes.values():
+            if node.client.router_namespace:
+                names.append(node.client.router_namespace)
+            names.append(node.client.namespace)
+        return names
+
+    def exec_argv(self, namespace: str, *argv: str) -> list[str]:
+        """``ip netns exec NAMESPACE ARGV...`` for one of this lab's namespaces (LabError for
+        any other name, so a typo cannot run something in the wrong place)."""
+        if namespace not in self.namespaces():
+            raise LabError(f"{namespace!r} is not a namespace of this lab")
+        return exec_argv_in(namespace, *argv)
+
+    # -- building and tearing down -----------------------------------------------------------
+
+    def __enter__(self) -> Lab:
+        self.build()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.teardown()
+
+    def build(self) -> None:
+        """Lock, clean up stale namespaces, build everything; on any failure or interrupt,
+        tear down what was built and re-raise."""
+        require_root()
+        if self._built:
+            raise LabError("this lab is already built (tear it down first)")
+        self._lock.acquire()
+        started = time.monotonic()
+        try:
+            _cleanup_stale_locked()
+            self._build()
+        except BaseException:
+            with contextlib.suppress(LabError):  # the build's own error is the one to report
+                self.teardown()
+            raise
+        self.build_seconds = time.monotonic() - started
+
+    def _build(self) -> None:
+        names = self.namespaces()
+        self._built = names  # registered first: teardown deletes whichever exist
+        _ip_batch(None, (f"netns add {name}" for name in names))
+        routers = {node.client.router_namespace for node in self._nodes.values()}
+        for name in names:  # before any link exists, so that new links inherit "default"
+            _sysctl(name, router=name in routers)
+        self._build_public_segment()
+        for node in self._nodes.values():
+            self._build_node(node)
+        if self.netem is not None and (self.netem.delay_ms or self.netem.jitter_ms):
+            self._add_delay(self.netem)
+
+    def _build_public_segment(self) -> None:
+        """The bridge with the server addresses, and one veth per client plugged into it."""
+        commands = [
+            "link set dev lo up",
+            f"link add name {BRIDGE} type bridge",
+            *(f"address add {a}/24 dev {BRIDGE}" for a in self.server_addresses),
+            f"link set dev {BRIDGE} up",
+        ]
+        for node in self._nodes.values():
+            client = node.client
+            far_ns = client.router_namespace or client.namespace
+            far_if = WAN if client.router_namespace else UPLINK
+            commands += [
+                f"link add name {node.bridge_port} type veth peer name {far_if} netns {far_ns}",
+                f"link set dev {node.bridge_port} master {BRIDGE}",
+                f"link set dev {node.bridge_port} up",
+            ]
+        _ip_batch(self.server_namespace, commands)
+
+    def _build_node(self, node: _Node) -> None:
+        client = node.client
+        router = client.router_namespace
+        uplink = ["link set dev lo up", f"link set dev {UPLINK} up"]
+        if router is None:  # open: the client's uplink is on the bridge itself
+            _ip_batch(client.namespace, [*uplink, f"address add {client.address}/24 dev {UPLINK}"])
+            self._add_loss(client.namespace, UPLINK)
+            return
+        _ip_batch(
+            router,
+            [
+                "link set dev lo up",
+                f"address add {client.public_address}/24 dev {WAN}",
+                f"link set dev {WAN} up",
+                f"link add name {LAN} type veth peer name {UPLINK} netns {client.namespace}",
+                f"address add {node.lan_gateway}/24 dev {LAN}",
+                f"link set dev {LAN} up",
+            ],
+        )
+        _ip_batch(
+            client.namespace,
+            [
+                *uplink,
+                f"address add {client.address}/24 dev {UPLINK}",
+                f"route add default via {node.lan_gateway} dev {UPLINK}",
+            ],
+        )
+        rules = router_ruleset(
+            client.behaviour,
+            wan_interface=WAN,
+            wan_address=client.public_address,
+            lan_interface=LAN,
+            client_address=client.address,
+        )
+        _nft(router, rules)
+        self._add_loss(router, WAN)
+
+    def _add_loss(self, namespace: str, interface: str) -> None:
+        if self.netem is not None and self.netem.loss_percent:
+            _nft(namespace, loss_ruleset(interface, self.netem.loss_percent))
+
+    def _add_delay(self, netem: Netem) -> None:
+        """netem on both ends of every client's WAN link (each direction gets the delay)."""
+        spec = ["netem", "delay", f"{netem.delay_ms}ms"]
+        if netem.jitter_ms:
+            spec.append(f"{netem.jitter_ms}ms")
+        per_namespace: dict[str, list[str]] = {self.server_namespace: []}
+        for node in self._nodes.values():
+            client = node.client
+            far_ns = client.router_namespace or client.namespace
+            far_if = WAN if client.router_namespace else UPLINK
+            per_namespace[self.server_namespace].append(node.bridge_port)
+            per_namespace.setdefault(far_ns, []).append(far_if)
+        for namespace, interfaces in per_namespace.items():
+            text = "".join(f"qdisc add dev {dev} root {' '.join(spec)}\n" for dev in interfaces)
+            try:
+                _run([_tool("tc"), "-n", namespace, "-batch", "-"], stdin=text)
+            except LabError as exc:
+                if "unknown" in str(exc).lower():
+                    raise LabError(
+                        "this kernel has no netem qdisc (CONFIG_NET_SCH_NETEM), so the lab "
+                        "cannot add delay or jitter (loss works without it)"
+                    ) from exc
+                raise
+
+    def teardown(self) -> None:
+        """Kill every process left in a lab namespace and delete the namespaces (their links
+        go with them); release the lock. Idempotent: safe after a failed or partial build."""
+        try:
+            if self._built:
+                _delete_namespaces(self._built)
+                self._built = []
+        finally:
+            self._lock.release()
+
+
+def _sysctl(namespace: str, *, router: bool) -> None:
+    """Per-namespace kernel settings: IPv4 forwarding for routers only, IPv6 off, no reverse
+    path filter, and (routers) UDP conntrack entries that outlive test pauses. Set explicitly
+    because a new namespace inherits the host's IPv4 settings (``devconf_inherit_init_net``)."""
+    settings = [
+        f"net.ipv4.ip_forward={int(router)}",
+        "net.ipv4.conf.all.rp_filter=0",
+        "net.ipv4.conf.default.rp_filter=0",
+    ]
+    if Path("/proc/sys/net/ipv6").exists():
+        settings += ["net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"]
+    if router:
+        settings += [
+            f"net.netfilter.nf_conntrack_udp_timeout={_UDP_TIMEOUT}",
+            f"net.netfilter.nf_conntrack_udp_timeout_stream={_UDP_TIMEOUT}",
+        ]
+    _run(exec_argv_in(namespace, _tool("sysctl"), "-q", "-w", *settings))
+
+
+def _nft(namespace: str, ruleset: str) -> None:
+    """Load ``ruleset`` with ``nft -f -`` inside ``namespace``."""
+    if ruleset:
+        _run(exec_argv_in(namespace, _tool("nft"), "-f", "-"), stdin=ruleset)
