@@ -75,6 +75,25 @@ def test_sighup_reloads_and_keeps_serving(tmp_path: Path) -> None:
         assert app.stop(signal.SIGTERM, timeout=5) == 0
 
 
+def test_without_tls_no_certificate_is_made_and_cryptography_stays_unloaded(
+    tmp_path: Path,
+) -> None:
+    """A TURN-only process without TLS (the benchmarks' and many VPS setups) needs no
+    certificate: none is generated, SIGHUP reloads only the secrets, and cryptography's native
+    library is never mapped (its import is most of an idle TURN server's avoidable memory)."""
+    settings = ("turn.port=0", "turn.tls=false")
+    with run_appliance(tmp_path, "turn", settings=settings, env=clean_env(tmp_path)) as app:
+        app.proc.send_signal(signal.SIGHUP)
+        last = app.wait_log("event=reloaded what=turn-secrets", timeout=10)
+        assert not any("what=tls" in line for line in app.log[: app.log.index(last) + 1])
+        maps = Path(f"/proc/{app.proc.pid}/maps").read_text()
+        assert "cryptography" not in maps
+        assert app.stop(signal.SIGTERM, timeout=5) == 0
+    state = tmp_path / "state" / "secureconnect"
+    assert (state / "turn-secret").exists()
+    assert not (state / "selfsigned-cert.pem").exists()
+
+
 def test_a_port_in_use_is_fatal_with_a_clear_message(tmp_path: Path) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
         taken.bind(("127.0.0.1", 0))

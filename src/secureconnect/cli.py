@@ -45,6 +45,7 @@ from secureconnect.runtime import (
     prepare_runtime,
     service_urls,
     turn_uris,
+    uses_tls,
 )
 from secureconnect.sdnotify import Notifier
 from secureconnect.signal.tokens import RoomTokens
@@ -189,7 +190,7 @@ def run(config: Config, config_path: Path | None, names: Sequence[str]) -> int:
     """Run the supervisor until SIGINT/SIGTERM; return the exit status."""
     configure_logging(config.general.log_level, config.general.log_format)
     try:
-        runtime = prepare_runtime(config, config_path)
+        runtime = prepare_runtime(config, config_path, tls=uses_tls(config, names))
         components = build_components(runtime, names)
     except ConfigError as exc:
         print(f"secureconnect: config error: {exc}", file=sys.stderr)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import ssl
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,11 +69,17 @@ class Runtime:
     config: Config
     config_path: Path | None
     state_dir: Path
-    certificates: CertificateStore
+    certificates: CertificateStore | None  # None when no component that runs serves TLS
     minter: CredentialMinter  # shared by TURN (checks) and signaling (mints)
     nonces: NonceMint = field(default_factory=NonceMint.random)
     board: StatusBoard = field(default_factory=StatusBoard)
     room_tokens: RoomTokens | None = None
+
+    def tls_context(self) -> ssl.SSLContext:
+        """The current server TLS context (components ask per handshake, so reloads apply)."""
+        if self.certificates is None:  # pragma: no cover - prepare_runtime was told no TLS
+            raise RuntimeError("no TLS certificate was loaded: no component was to serve TLS")
+        return self.certificates.context
 
     def reload_room_tokens(self) -> None:
         """Re-read the signaling room-token secrets."""
@@ -87,16 +94,38 @@ class Runtime:
 
     def reload_hooks(self) -> list[tuple[str, Callable[[], None]]]:
         """What SIGHUP reloads, in order."""
-        return [
-            ("tls", self.certificates.reload),
+        hooks = [
             ("turn-secrets", self.reload_turn_secrets),
             ("room-token-secrets", self.reload_room_tokens),
         ]
+        if self.certificates is not None:
+            hooks.insert(0, ("tls", self.certificates.reload))
+        return hooks
 
 
-def prepare_runtime(config: Config, config_path: Path | None) -> Runtime:
-    """Resolve the state dir, the certificate and the TURN secrets (creating them if needed)."""
+def uses_tls(config: Config, names: Sequence[str]) -> bool:
+    """Whether a component among ``names`` (all enabled ones when empty) serves TLS."""
+    chosen = set(names) or {n for n in COMPONENT_NAMES if getattr(config, n).enabled}
+    return any(getattr(config, n).tls for n in chosen if n in COMPONENT_NAMES)
+
+
+def prepare_runtime(config: Config, config_path: Path | None, *, tls: bool = True) -> Runtime:
+    """Resolve the state dir, the certificate and the TURN secrets (creating them if needed).
+
+    With ``tls=False`` (no component that will run serves TLS, see :func:`uses_tls`) no
+    certificate is loaded or generated, and cryptography is never imported.
+    """
     state_dir = resolve_state_dir(config.general.state_dir)
+    secrets = load_turn_secrets(config, config_path, state_dir)
+    certificates = _certificates(config, config_path, state_dir) if tls else None
+    runtime = Runtime(config, config_path, state_dir, certificates, CredentialMinter(secrets))
+    if config.signal.auth == "token":
+        runtime.room_tokens = RoomTokens(load_room_secrets(config, config_path))
+    return runtime
+
+
+def _certificates(config: Config, config_path: Path | None, state_dir: Path) -> CertificateStore:
+    """The configured certificate, or the generated self-signed one."""
     tls = config.tls
     if tls.cert_file:
         base = config_path.parent if config_path else None
@@ -106,14 +135,9 @@ def prepare_runtime(config: Config, config_path: Path | None) -> Runtime:
         cert, key = ensure_self_signed(state_dir, tls.server_names)
         log.info("self-signed-certificate", extra=fields(path=str(cert)))
     try:
-        certificates = CertificateStore(cert, key)
+        return CertificateStore(cert, key)
     except (OSError, ValueError) as exc:
         raise ConfigError(str(config_path or "<defaults>"), "tls.cert_file", str(exc)) from exc
-    secrets = load_turn_secrets(config, config_path, state_dir)
-    runtime = Runtime(config, config_path, state_dir, certificates, CredentialMinter(secrets))
-    if config.signal.auth == "token":
-        runtime.room_tokens = RoomTokens(load_room_secrets(config, config_path))
-    return runtime
 
 
 def _secrets(
@@ -202,7 +226,7 @@ def build_stun(runtime: Runtime) -> StunServer:
             tls_port=stun.tls_port if stun.tls else None,
             alternate=alternate,
         ),
-        tls_context=lambda: runtime.certificates.context,
+        tls_context=runtime.tls_context,
         max_connections=stun.max_connections,
         idle_timeout=stun.idle_timeout,
         handshake_timeout=stun.handshake_timeout,
@@ -277,7 +301,7 @@ def build_turn(runtime: Runtime) -> TurnServer:
             tcp=turn.tcp,
             tls_port=turn.tls_port if turn.tls else None,
         ),
-        tls_context=lambda: runtime.certificates.context,
+        tls_context=runtime.tls_context,
         max_connections=turn.max_connections,
         idle_timeout=turn.idle_timeout,
         handshake_timeout=turn.handshake_timeout,
@@ -399,7 +423,7 @@ def build_signal(runtime: Runtime) -> SignalServer:
         routes,
         addresses=sig.listen,
         port=sig.port,
-        tls_context=(lambda: runtime.certificates.context) if sig.tls else None,
+        tls_context=runtime.tls_context if sig.tls else None,
         ping_interval=sig.ping_interval,
         max_connections_per_ip=sig.max_connections_per_ip,
         trusted_proxies=sig.trusted_proxies,
