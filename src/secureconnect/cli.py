@@ -37,6 +37,7 @@ from secureconnect.config import (
 from secureconnect.credentials import CredentialMinter
 from secureconnect.initcmd import add_init_parser, run_init
 from secureconnect.logs import configure_logging, fields
+from secureconnect.natlab.command import add_natlab_parser, run_natlab
 from secureconnect.runtime import (
     COMPONENT_NAMES,
     build_components,
@@ -101,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--ttl", type=int, default=3600, help="seconds the token is valid")
     _config_flags(token, config_optional=True)
     add_init_parser(commands)
+    add_natlab_parser(commands)
     return parser
 
 
@@ -139,6 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 (one return
             return 0
         if args.command == "init":
             return run_init(args)
+        if args.command == "natlab":
+            return run_natlab(args)
         if args.command == "check-config":
             config = load_config(args.config, _overrides(args))
             sys.stdout.write(render_effective(config))

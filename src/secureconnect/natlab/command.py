@@ -1,0 +1,138 @@
+"""``secureconnect natlab``: the command line of the NAT lab (see :mod:`.runner`).
+
+It checks what the lab needs before building anything (root, ``ip``, ``nft``,
+``turnutils_natdiscovery``, aiortc) and names the missing piece; prints progress on stderr and the
+matrix on stdout; writes ``--json`` (one record per pair) and ``--svg`` (the heat-map for the
+docs). The exit status is 0 only when every pair connected, relayed exactly where expected, and
+discovery reported every configured behaviour; 1 when an expectation failed; 2 when the lab
+could not run at all; 130 on Ctrl-C (after the teardown).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from secureconnect.natlab.behaviours import ALL_BEHAVIOURS, Behaviour
+
+
+def add_natlab_parser(commands: Any) -> None:
+    """Register ``natlab`` on the CLI's subparsers."""
+    lab = commands.add_parser(
+        "natlab",
+        help="connect WebRTC peers behind lab NATs of every RFC 4787 behaviour (root)",
+        description=(
+            "Build network namespaces with NAT routers of every behaviour, run the appliance "
+            "in the lab, check RFC 5780 discovery from behind each NAT, and connect two aiortc "
+            "peers through our signaling for every pair of behaviours."
+        ),
+    )
+    lab.add_argument("--json", type=Path, metavar="FILE", help="write one record per pair")
+    lab.add_argument("--svg", type=Path, metavar="FILE", help="write the matrix as a heat-map")
+    lab.add_argument(
+        "--behaviours",
+        default=",".join(b.value for b in ALL_BEHAVIOURS),
+        help="comma-separated, from: " + ", ".join(b.value for b in ALL_BEHAVIOURS),
+    )
+    lab.add_argument("--delay", type=float, default=0.0, help="netem delay (ms) on each uplink")
+    lab.add_argument("--jitter", type=float, default=0.0, help="netem jitter (ms)")
+    lab.add_argument("--loss", type=float, default=0.0, help="netem loss (%%) on each uplink")
+    lab.add_argument("--timeout", type=float, default=40.0, help="seconds per pair (5-300)")
+    lab.add_argument("--no-discovery", action="store_true", help="skip RFC 5780 discovery")
+    lab.add_argument(
+        "--cleanup", action="store_true", help="only remove what a crashed run left, then exit"
+    )
+
+
+def _behaviours(text: str) -> tuple[Behaviour, ...]:
+    chosen = {part.strip() for part in text.split(",") if part.strip()}
+    unknown = chosen - {b.value for b in ALL_BEHAVIOURS}
+    if unknown or not chosen:
+        names = ", ".join(b.value for b in ALL_BEHAVIOURS)
+        raise ValueError(f"--behaviours: unknown {sorted(unknown)}; choose from {names}")
+    return tuple(b for b in ALL_BEHAVIOURS if b.value in chosen)
+
+
+def _missing_prerequisite() -> str:
+    """What the lab needs and this machine lacks, as a message; ``""`` when all is there."""
+    from secureconnect.natlab.topology import LabError, require_root  # noqa: PLC0415
+
+    try:
+        require_root()
+    except LabError as exc:
+        return str(exc)
+    if shutil.which("turnutils_natdiscovery") is None:
+        return "turnutils_natdiscovery is missing: apt-get install coturn (used for RFC 5780)"
+    if importlib.util.find_spec("aiortc") is None:
+        return "aiortc is missing: pip install 'secureconnect[natlab]'"
+    return ""
+
+
+def run_natlab(args: argparse.Namespace) -> int:
+    """Run the lab as the flags say; see the module docstring for the exit status."""
+    from secureconnect.natlab import report, runner  # noqa: PLC0415 - only this command
+    from secureconnect.natlab.topology import LabError, Netem, cleanup_stale  # noqa: PLC0415
+
+    def log(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    missing = _missing_prerequisite()
+    if missing:
+        log(f"secureconnect natlab: {missing}")
+        return 2
+    if args.cleanup:
+        removed = cleanup_stale()
+        log(f"removed {len(removed)} lab namespace(s): {' '.join(removed) or '-'}")
+        return 0
+    try:
+        behaviours = _behaviours(args.behaviours)
+        netem = None
+        if args.delay or args.jitter or args.loss:
+            netem = Netem(delay_ms=args.delay, jitter_ms=args.jitter, loss_percent=args.loss)
+    except ValueError as exc:
+        log(f"secureconnect natlab: {exc}")
+        return 2
+    plan = runner.LabPlan(
+        behaviours=behaviours,
+        timeout=max(5.0, min(args.timeout, 300.0)),
+        netem=netem,
+        discovery=not args.no_discovery,
+    )
+    try:
+        outcome = runner.run_lab(plan, log)
+    except KeyboardInterrupt:
+        log("secureconnect natlab: interrupted; the lab is torn down")
+        return 130
+    except LabError as exc:
+        log(f"secureconnect natlab: {exc}")
+        return 2
+    names = [b.value for b in behaviours]
+    print(report.render_table(outcome.results, names))
+    for behaviour, found in outcome.discoveries.items():
+        print(
+            f"discovery behind {behaviour.value}: {found.mapping} mapping, "
+            f"{found.filtering} filtering -> {found.behaviour.value}"
+        )
+    if args.json:
+        # The issue's shape: a list, one record per pair with a, b, connected, local, remote,
+        # seconds (candidate types as seen from a); plus the route it took and the one expected.
+        records = report.json_records(outcome.results)
+        for record, result in zip(records, outcome.results, strict=True):
+            record["route"] = runner.route_of(result) if result.connected else None
+            record["expected"] = runner.expected_route(Behaviour(result.a), Behaviour(result.b))
+            record["direct_possible"] = outcome.direct_possible.get((result.a, result.b))
+        args.json.write_text(json.dumps(records, indent=2) + "\n")
+    if args.svg:
+        args.svg.write_text(report.render_svg(outcome.results, names))
+    for (a, b), works in outcome.direct_possible.items():
+        print(f"STUN only, {a} <-> {b}: " + ("connects directly" if works else "no connection"))
+    for problem in outcome.problems:
+        print(f"UNEXPECTED: {problem}")
+    verdict = "as expected" if not outcome.problems else f"{len(outcome.problems)} problem(s)"
+    print(f"{len(outcome.results)} pairs in {outcome.seconds:.0f} s: {verdict}")
+    return 0 if not outcome.problems else 1

@@ -1,0 +1,421 @@
+"""The NAT lab's scenario run: appliance in the lab, discovery per NAT, every pair of behaviours.
+
+:func:`run_lab` is what ``secureconnect natlab`` does:
+
+1. builds a :class:`~secureconnect.natlab.topology.Lab` with two clients per behaviour (each
+   behind its own router, so ``symmetric`` meets another symmetric NAT, not itself);
+2. starts the whole appliance (``python -m secureconnect run``) inside the lab's public segment,
+   on the lab's two public addresses: STUN with RFC 5780 on its own port (UDP, and TCP, which
+   discovery uses to tell a UDP-blocking NAT from a server that is down), TURN over UDP, TCP and
+   TLS, WSS signaling; ``turn.allowed_peers`` lets it relay to the lab's public range, which the
+   built-in denylist covers (TEST-NET-2). Readiness comes from its ``READY=1`` (sd_notify on a
+   path socket, which crosses network namespaces);
+3. runs RFC 5780 behaviour discovery (coturn's ``turnutils_natdiscovery``) from every first
+   client and compares it with the behaviour the lab configured;
+4. for every unordered pair of behaviours (a before b in the lab's order) starts one peer in
+   a's first client and one in b's second (``python -m secureconnect.natlab.peer``): they meet
+   in a room of our signaling, take the ICE servers from the welcome and connect with aiortc;
+5. checks the outcome against :func:`expected_route`: every pair must connect, relayed exactly
+   where no direct path can exist. Relayed pairs and pairs expected to need the relay are
+   tried once more with STUN only (:func:`needs_direct_check`): aioice's aggressive nomination
+   may settle on a relayed pair first although a direct one exists, so the lab proves both
+   "a direct path exists" and "only the relay works" instead of trusting one nomination.
+
+Teardown is the lab's: every process in a lab namespace is killed and every namespace deleted,
+also on an exception or Ctrl-C; a later run removes what a crashed one left.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from itertools import combinations_with_replacement
+from pathlib import Path
+
+from secureconnect.natlab.behaviours import ALL_BEHAVIOURS, Behaviour
+from secureconnect.natlab.discovery import Discovery, discover
+from secureconnect.natlab.report import PairResult
+from secureconnect.natlab.topology import Lab, LabClient, LabError, Netem
+
+STUN_PORT = 3479  # RFC 5780 needs the STUN component on its own port next to TURN's 3478
+STUN_ALTERNATE_PORT = 3480
+TURN_PORT = 3478
+TURN_TLS_PORT = 5349
+SIGNAL_PORT = 8443
+READY_TIMEOUT = 30.0
+#: seconds a STUN-only attempt gets: a direct path connects in about a second; where none
+#: exists aioice would retransmit for over 30 s, so this bound is what declares "no path"
+DIRECT_CHECK_TIMEOUT = 10.0
+
+
+def expected_route(a: Behaviour, b: Behaviour) -> str:
+    """``"relay"`` where no direct path can exist between clients behind ``a`` and ``b``, else
+    ``"direct"`` (host, srflx or prflx candidates on both sides).
+
+    - UDP blocked: only the TURN server is reachable (over TCP or TLS).
+    - Symmetric mapping (RFC 4787 §4.1: a new mapping per destination) against a NAT that also
+      filters by port (§5: address-and-port-dependent filtering, i.e. port-restricted or another
+      symmetric NAT): the port the symmetric NAT opens towards the peer is not the one its STUN
+      server saw, and the peer's filter admits only the latter.
+    - Everything else punches through: the other side's mapping is endpoint-independent, and its
+      filter admits the symmetric side's new port (restricted cone filters by address only).
+    """
+    pair = {a, b}
+    if Behaviour.UDP_BLOCKED in pair:
+        return "relay"
+    if Behaviour.SYMMETRIC in pair and pair <= {Behaviour.SYMMETRIC, Behaviour.PORT_RESTRICTED}:
+        return "relay"
+    return "direct"
+
+
+def route_of(result: PairResult) -> str:
+    """How a connected pair went: through the TURN relay if either end used a relay candidate."""
+    return "relay" if "relay" in (result.local, result.remote) else "direct"
+
+
+@dataclass(frozen=True)
+class LabPlan:
+    """What one run does; the CLI fills it from its flags."""
+
+    behaviours: tuple[Behaviour, ...] = ALL_BEHAVIOURS
+    timeout: float = 40.0  # seconds per pair (each peer's own bound)
+    netem: Netem | None = None
+    discovery: bool = True
+
+
+@dataclass
+class LabOutcome:
+    """Everything a run found; ``problems`` is empty when every expectation held."""
+
+    behaviours: tuple[Behaviour, ...]
+    discoveries: dict[Behaviour, Discovery] = field(default_factory=dict)
+    results: list[PairResult] = field(default_factory=list)
+    #: (a, b) -> whether the pair connected directly with STUN only, for the pairs checked
+    direct_possible: dict[tuple[str, str], bool] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+# -- the appliance inside the lab ------------------------------------------------------------
+
+
+def appliance_config(lab: Lab, state_dir: Path) -> str:
+    """The appliance's TOML for the lab: everything on the lab's public addresses."""
+    primary, alternate = lab.server_addresses
+    return f"""\
+# Written by `secureconnect natlab` for one run; deleted with it.
+[general]
+state_dir = {json.dumps(str(state_dir))}
+
+[tls]
+server_names = [{json.dumps(primary)}]
+
+[stun]
+listen = [{json.dumps(primary)}]
+port = {STUN_PORT}
+tls = false
+alternate_address = {json.dumps(alternate)}
+alternate_port = {STUN_ALTERNATE_PORT}
+
+[turn]
+listen = [{json.dumps(primary)}]
+port = {TURN_PORT}
+tls_port = {TURN_TLS_PORT}
+allowed_peers = [{json.dumps(lab.public_network)}]
+
+[signal]
+listen = [{json.dumps(primary)}]
+port = {SIGNAL_PORT}
+"""
+
+
+@dataclass(frozen=True)
+class LabAppliance:
+    """The running appliance: where the peers find it and which certificate they trust."""
+
+    url: str
+    cafile: Path
+    log: Path
+    pid: int
+
+
+@contextmanager
+def run_appliance(lab: Lab, workdir: Path) -> Iterator[LabAppliance]:
+    """``secureconnect run`` in the lab's public namespace, until the block ends."""
+    state_dir = workdir / "state"
+    config = workdir / "appliance.toml"
+    config.write_text(appliance_config(lab, state_dir))
+    notify_path = workdir / "notify.sock"
+    log_path = workdir / "appliance.log"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(str(notify_path))
+        env = {**os.environ, "NOTIFY_SOCKET": str(notify_path)}
+        argv = [sys.executable, "-m", "secureconnect", "run", "--config", str(config)]
+        with log_path.open("wb") as log_file:
+            proc = subprocess.Popen(  # noqa: S603 - our own module, fixed arguments
+                lab.exec_argv(lab.server_namespace, *argv),
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        try:
+            _wait_ready(notify, proc, log_path)
+            primary = lab.server_addresses[0]
+            yield LabAppliance(
+                url=f"wss://{primary}:{SIGNAL_PORT}/ws",
+                cafile=state_dir / "selfsigned-cert.pem",
+                log=log_path,
+                pid=proc.pid,
+            )
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+
+def _wait_ready(notify: socket.socket, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT
+    while (left := deadline - time.monotonic()) > 0:
+        if proc.poll() is not None:
+            raise LabError(f"the appliance exited with {proc.returncode}: {_tail(log)}")
+        notify.settimeout(min(left, 0.5))
+        try:
+            message = notify.recv(4096)
+        except TimeoutError:
+            continue
+        if b"READY=1" in message.split(b"\n"):
+            return
+    raise LabError(f"the appliance was not ready within {READY_TIMEOUT:.0f} s: {_tail(log)}")
+
+
+def _tail(path: Path, lines: int = 8) -> str:
+    try:
+        return " | ".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+# -- pairs -------------------------------------------------------------------------------------
+
+
+def turn_transport(behaviour: Behaviour) -> str:
+    """Which TURN URL the peer hands aiortc (it uses one): TCP where UDP is blocked."""
+    return "tcp" if behaviour is Behaviour.UDP_BLOCKED else "udp"
+
+
+def peer_argv(
+    lab: Lab,
+    client: LabClient,
+    appliance: LabAppliance,
+    *,
+    room: str,
+    role: str,
+    timeout: float,
+    turn: bool = True,
+) -> list[str]:
+    return lab.exec_argv(
+        client.namespace,
+        sys.executable,
+        "-m",
+        "secureconnect.natlab.peer",
+        "--url",
+        appliance.url,
+        "--room",
+        room,
+        "--role",
+        role,
+        "--cafile",
+        str(appliance.cafile),
+        "--timeout",
+        f"{timeout:g}",
+        "--turn-transport",
+        turn_transport(client.behaviour) if turn else "none",
+    )
+
+
+def run_pair(
+    lab: Lab,
+    appliance: LabAppliance,
+    a: LabClient,
+    b: LabClient,
+    *,
+    room: str,
+    timeout: float,
+    turn: bool = True,
+) -> tuple[PairResult, dict[str, object], dict[str, object]]:
+    """Both peers at once; the result as seen from ``a`` (the offerer), plus both raw reports.
+    ``turn=False`` gives the peers STUN only: whether a direct path exists at all."""
+    procs = [
+        subprocess.Popen(  # noqa: S603 - our own module, fixed arguments
+            peer_argv(lab, client, appliance, room=room, role=role, timeout=timeout, turn=turn),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for client, role in ((a, "offer"), (b, "answer"))
+    ]
+    reports: list[dict[str, object]] = []
+    for proc in procs:
+        try:
+            out, err = proc.communicate(timeout=timeout + 20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        reports.append(_peer_report(proc.returncode, out, err))
+    mine, theirs = reports
+    connected = bool(mine.get("connected")) and bool(theirs.get("connected"))
+    seconds = mine.get("seconds")
+    result = PairResult(
+        a=a.behaviour.value,
+        b=b.behaviour.value,
+        connected=connected,
+        local=_str_or_none(mine.get("local")),
+        remote=_str_or_none(mine.get("remote")),
+        seconds=float(seconds) if isinstance(seconds, (int, float)) and connected else None,
+    )
+    return result, mine, theirs
+
+
+def _peer_report(returncode: int, out: str, err: str) -> dict[str, object]:
+    lines = out.strip().splitlines()
+    try:
+        report = json.loads(lines[-1]) if lines else None
+    except ValueError:
+        report = None
+    if not isinstance(report, dict):
+        tail = " | ".join(err.strip().splitlines()[-5:])
+        return {"connected": False, "error": f"peer exited {returncode} without a report: {tail}"}
+    return report
+
+
+def _str_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+# -- the whole run ---------------------------------------------------------------------------
+
+
+def needs_direct_check(result: PairResult) -> bool:
+    """Whether the route seen needs a STUN-only attempt to be judged.
+
+    aioice nominates aggressively (every check of the controlling agent carries USE-CANDIDATE,
+    so the first pair that answers wins): between two filtering NATs a host->relay pair can
+    answer before the hole punching of the direct pair completes, and the peers then relay
+    although a direct path exists. A relayed pair expected direct is therefore tried again with
+    STUN only, and must connect directly. A pair expected to need the relay (and reachable over
+    UDP at all) is tried with STUN only too, and must not connect: "only via relay".
+    """
+    a, b = Behaviour(result.a), Behaviour(result.b)
+    if not result.connected or Behaviour.UDP_BLOCKED in (a, b):
+        return False
+    return expected_route(a, b) == "relay" or route_of(result) == "relay"
+
+
+def check_pair(
+    result: PairResult,
+    mine: dict[str, object],
+    theirs: dict[str, object],
+    direct: PairResult | None = None,
+) -> str:
+    """What is wrong with one pair's outcome, or ``""``; ``direct`` is the STUN-only attempt
+    (:func:`needs_direct_check`)."""
+    a, b = Behaviour(result.a), Behaviour(result.b)
+    name = f"{a.value} <-> {b.value}"
+    if not result.connected:
+        reason = mine.get("error") or theirs.get("error") or "no connection"
+        return f"{name}: did not connect ({reason})"
+    want, got = expected_route(a, b), route_of(result)
+    direct_ok = direct is not None and direct.connected and route_of(direct) == "direct"
+    if want == "relay" and got != "relay":
+        return f"{name}: connected via {result.local}/{result.remote}, expected relay"
+    if want == "relay" and direct_ok:
+        return f"{name}: connected directly with STUN only, expected to need the relay"
+    if want == "direct" and got == "relay" and not direct_ok:
+        return f"{name}: relayed ({result.local}/{result.remote}) and no direct path with STUN only"
+    return ""
+
+
+def run_lab(plan: LabPlan, log: Callable[[str], None]) -> LabOutcome:
+    """Build the lab, run discovery and every pair, tear everything down; see the module doc."""
+    began = time.monotonic()
+    outcome = LabOutcome(plan.behaviours)
+    with tempfile.TemporaryDirectory(prefix="scnl-") as tmp:
+        workdir = Path(tmp)
+        log(f"building the lab: {', '.join(b.value for b in plan.behaviours)}")
+        with Lab(plan.behaviours, clients_per_behaviour=2, netem=plan.netem) as lab:
+            log(f"lab built in {time.monotonic() - began:.1f} s; starting the appliance")
+            with run_appliance(lab, workdir) as appliance:
+                if plan.discovery:
+                    _discover_all(lab, plan.behaviours, outcome, log)
+                pairs = list(combinations_with_replacement(plan.behaviours, 2))
+                for n, (a, b) in enumerate(pairs, 1):
+                    first, second = lab.client(a, 0), lab.client(b, 1)
+                    result, mine, theirs = run_pair(
+                        lab, appliance, first, second, room=f"pair-{n}", timeout=plan.timeout
+                    )
+                    outcome.results.append(result)
+                    log(
+                        f"[{n}/{len(pairs)}] {a.value} <-> {b.value}: "
+                        + (
+                            f"{result.local}/{result.remote} in {result.seconds:.1f} s"
+                            if result.connected and result.seconds is not None
+                            else "FAILED"
+                        )
+                    )
+                    direct = None
+                    if needs_direct_check(result):
+                        direct, _, _ = run_pair(
+                            lab,
+                            appliance,
+                            first,
+                            second,
+                            room=f"pair-{n}-stun-only",
+                            timeout=DIRECT_CHECK_TIMEOUT,
+                            turn=False,
+                        )
+                        works = direct.connected and route_of(direct) == "direct"
+                        outcome.direct_possible[(a.value, b.value)] = works
+                        log(
+                            "       STUN only: "
+                            + (f"{direct.local}/{direct.remote}" if works else "no connection")
+                        )
+                    problem = check_pair(result, mine, theirs, direct)
+                    if problem:
+                        outcome.problems.append(problem)
+                        log(f"       UNEXPECTED: {problem}")
+    outcome.seconds = time.monotonic() - began
+    return outcome
+
+
+def _discover_all(
+    lab: Lab, behaviours: Sequence[Behaviour], outcome: LabOutcome, log: Callable[[str], None]
+) -> None:
+    """RFC 5780 discovery from every behaviour's first client, in parallel."""
+    clients = [lab.client(b, 0) for b in behaviours]
+    with ThreadPoolExecutor(max_workers=len(clients)) as pool:
+        found = list(pool.map(lambda c: discover(lab, c, port=STUN_PORT), clients))
+    for client, discovery in zip(clients, found, strict=True):
+        outcome.discoveries[client.behaviour] = discovery
+        verdict = "ok" if discovery.behaviour is client.behaviour else "MISMATCH"
+        log(
+            f"discovery {client.behaviour.value:<16} mapping {discovery.mapping}, "
+            f"filtering {discovery.filtering} -> {discovery.behaviour.value} ({verdict})"
+        )
+        if discovery.behaviour is not client.behaviour:
+            outcome.problems.append(
+                f"discovery behind {client.behaviour.value} reported {discovery.behaviour.value}"
+            )
