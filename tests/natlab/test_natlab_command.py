@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from secureconnect.natlab.behaviours import ALL_BEHAVIOURS, Behaviour
 from secureconnect.natlab.runner import expected_route
 from secureconnect.natlab.topology import list_namespaces
@@ -90,12 +92,18 @@ def test_full_matrix_connects_every_pair_as_expected(tmp_path: Path) -> None:
     assert lab_namespaces() == []
 
 
-def _start_and_wait_for_lab(tmp_path: Path) -> subprocess.Popen[str]:
+def _start_and_wait_for_lab(
+    tmp_path: Path, *, ignore_sigint: bool = False
+) -> subprocess.Popen[str]:
+    def ignore() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
     proc = subprocess.Popen(
         [*NATLAB, "--behaviours", "open,symmetric", "--json", str(tmp_path / "x.json")],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=ignore if ignore_sigint else None,  # noqa: PLW1509 - no threads involved
     )
     assert proc.stderr is not None
     deadline = time.monotonic() + 60
@@ -111,11 +119,14 @@ def _start_and_wait_for_lab(tmp_path: Path) -> subprocess.Popen[str]:
     raise AssertionError(f"the lab never came up: {''.join(seen)[-2000:]}")
 
 
-def test_ctrl_c_tears_the_lab_down(tmp_path: Path) -> None:
-    proc = _start_and_wait_for_lab(tmp_path)
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_tears_the_lab_down(tmp_path: Path, signum: signal.Signals) -> None:
+    """Also when started with SIGINT ignored (a background job of a non-interactive shell,
+    as CI runs may be): the command installs its own handlers."""
+    proc = _start_and_wait_for_lab(tmp_path, ignore_sigint=True)
     assert lab_namespaces() != []
     time.sleep(1.0)  # let the appliance start inside the lab, so there is a process to stop
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err[-2000:]
     assert lab_namespaces() == []

@@ -5,7 +5,7 @@ It checks what the lab needs before building anything (root, ``ip``, ``nft``,
 matrix on stdout; writes ``--json`` (one record per pair) and ``--svg`` (the heat-map for the
 docs). The exit status is 0 only when every pair connected, relayed exactly where expected, and
 discovery reported every configured behaviour; 1 when an expectation failed; 2 when the lab
-could not run at all; 130 on Ctrl-C (after the teardown).
+could not run at all; 130 on Ctrl-C or SIGTERM (after the teardown).
 """
 
 from __future__ import annotations
@@ -14,8 +14,12 @@ import argparse
 import importlib.util
 import json
 import shutil
+import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from secureconnect.natlab.behaviours import ALL_BEHAVIOURS, Behaviour
@@ -47,6 +51,26 @@ def add_natlab_parser(commands: Any) -> None:
     lab.add_argument(
         "--cleanup", action="store_true", help="only remove what a crashed run left, then exit"
     )
+
+
+@contextmanager
+def _interrupts_tear_down() -> Iterator[None]:
+    """SIGINT and SIGTERM raise KeyboardInterrupt while the lab runs, so the teardown runs.
+
+    Set explicitly: a process started in the background by a non-interactive shell inherits
+    SIGINT ignored (and Python then installs no handler), and SIGTERM's default would kill the
+    process and leave the namespaces and the appliance behind.
+    """
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _behaviours(text: str) -> tuple[Behaviour, ...]:
@@ -104,7 +128,8 @@ def run_natlab(args: argparse.Namespace) -> int:
         discovery=not args.no_discovery,
     )
     try:
-        outcome = runner.run_lab(plan, log)
+        with _interrupts_tear_down():
+            outcome = runner.run_lab(plan, log)
     except KeyboardInterrupt:
         log("secureconnect natlab: interrupted; the lab is torn down")
         return 130
