@@ -145,9 +145,9 @@ def stream_client(stream: trio.abc.Stream) -> tuple[WireClient, Callable[[], Awa
     return WireClient(stream.send_all, receive), receive
 
 
-async def peer_socket() -> tuple[trio.socket.SocketType, Address]:
+async def peer_socket(ip: str = "127.0.0.1") -> tuple[trio.socket.SocketType, Address]:
     sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    await sock.bind(("127.0.0.1", 0))
+    await sock.bind((ip, 0))
     return sock, sock.getsockname()
 
 
@@ -174,7 +174,9 @@ async def test_peer_without_permission_is_dropped_and_send_indication_works() ->
         client, sock = await udp_client(server)
         relayed = await client.allocate()
         peer, peer_address = await peer_socket()
-        stranger, _ = await peer_socket()
+        # Permissions are per IP address (RFC 8656 §9), so the stranger needs another one: a
+        # datagram from the peer's IP still in flight when CreatePermission lands is relayed.
+        stranger, _ = await peer_socket("127.0.0.2")
         await stranger.sendto(b"spam", relayed)
         tid = new_transaction_id()
         send = encode_message(

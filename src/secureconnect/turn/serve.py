@@ -4,21 +4,26 @@ One :class:`TurnServer` owns the TURN component's sockets: UDP listening sockets
 listeners (through :class:`~secureconnect.stun.serve_listeners.StreamAcceptor`) and one UDP relay
 socket per allocation (bound through :class:`UdpRelayBinder`, which the core calls).
 
-The hot paths - ChannelData from a UDP client, datagrams from peers on relay sockets - wait for
-readability once and then drain up to ``BATCH`` datagrams with non-blocking ``recvfrom`` before
-the next checkpoint (REFERENCE.md: about 6x the packet rate of one ``await`` per datagram). They
-read the clock once per batch, log nothing, and count drops.
+The UDP data plane - the UDP listening sockets and the relay sockets of UDP clients' allocations -
+runs in a thread of its own on a level-triggered epoll (:mod:`secureconnect.turn.dataplane`: a
+trio wake-up per datagram cost about 40% of our CPU per relayed datagram); TCP/TLS clients, their
+relay sockets and the timers stay in trio. Both sides call into the sans-IO core with one lock
+held (the data plane once per epoll wake-up, not per datagram). Every drain reads up to ``BATCH``
+datagrams with non-blocking ``recvfrom`` per wake-up, reads the clock once per batch, logs
+nothing, and counts drops.
 
 Resource handling: listening sockets are bound before ``task_status.started()``; relay sockets are
 closed by the core's ``binder.close`` (expiry, Refresh 0, connection loss) and all of them when
-``serve`` exits. Closing a relay socket wakes its loop via ``trio.lowlevel.notify_closing``.
+``serve`` exits. A data-plane socket leaves the epoll set before it is closed; closing a trio-owned
+relay socket wakes its loop via ``trio.lowlevel.notify_closing``. The data-plane thread stops
+when ``serve`` exits, and an exception in it fails the component.
 
 Error handling: send failures (ICMP errors queued on the socket, full buffers) are counted and
 never end a loop. A TCP/TLS client whose writer cannot keep up has datagrams dropped and counted
 (a queue bounded in bytes, filled without waiting), so one slow client never stalls a relay loop.
 
 Scaling: every piece of state is keyed by a 5-tuple and lives in one process, so several worker
-processes can later share the listening ports with SO_REUSEPORT.
+processes can later share the listening ports with SO_REUSEPORT (one data-plane thread each).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from __future__ import annotations
 import logging
 import math
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +42,7 @@ from secureconnect.stun.framing import StreamFramer
 from secureconnect.stun.serve_listeners import ListeningSockets, StreamComponent
 from secureconnect.turn.allocation import Address, Allocation, FiveTuple, RelayEndpoint
 from secureconnect.turn.core import ToPeer, TurnCore
+from secureconnect.turn.dataplane import EpollThread
 from secureconnect.turn.relaypath import route_channel_data, wrap_peer_data
 
 # Linux values (typeshed lacks the names): IP_MTU_DISCOVER/IPV6_MTU_DISCOVER and "always DF".
@@ -134,11 +141,16 @@ class UdpRelayBinder:
         self._server.start_relay(_as_socket(endpoint), allocation)
 
     def close(self, endpoint: RelayEndpoint) -> None:
+        """Called by the core (lock held), from the data-plane thread or from trio's."""
         sock = _as_socket(endpoint)
-        if sock in self.sockets:
-            self.sockets.discard(sock)
-            trio.lowlevel.notify_closing(sock)
-            sock.close()
+        if sock not in self.sockets:
+            return
+        self.sockets.discard(sock)
+        plane = self._server.plane
+        if plane is not None and plane.remove(sock.fileno()):
+            sock.close()  # out of the epoll set first: no event can name it any more
+        else:
+            self._server.close_trio_socket(sock)
 
 
 def _as_socket(endpoint: RelayEndpoint) -> socket.socket:
@@ -162,6 +174,13 @@ class TurnServer(StreamComponent):
     _udp: dict[Address, socket.socket] = field(default_factory=dict)
     _streams: dict[FiveTuple, StreamOutbox] = field(default_factory=dict)
     _relays: trio.Nursery | None = None
+    #: held around every call into the core: the data-plane thread and trio's share it
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    plane: EpollThread | None = None
+    _token: trio.lowlevel.TrioToken | None = None
+    #: one receive buffer for every drain (they run one at a time, under ``lock``):
+    #: ``recvfrom_into`` saves the 64 KiB allocation ``recvfrom`` makes per datagram
+    _buffer: bytearray = field(default_factory=lambda: bytearray(RECV_SIZE))
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -181,28 +200,65 @@ class TurnServer(StreamComponent):
         )
         self.bound[:] = sockets.bound()
         self._udp = sockets.udp
-        for sock in sockets.udp.values():
+        self._token = trio.lowlevel.current_trio_token()
+        plane = self.plane = EpollThread(self.lock, self.clock)
+        for local, sock in sockets.udp.items():
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+            plane.add(sock.fileno(), self._listener_drain(sock, local))
         try:
             async with trio.open_nursery() as relays:
                 self._relays = relays
                 relays.start_soon(self._tick_loop)
+                relays.start_soon(self._run_plane, plane)
                 async with trio.open_nursery() as connections:
                     with self._accept_scope:
                         async with trio.open_nursery() as nursery:
-                            for local, sock in sockets.udp.items():
-                                nursery.start_soon(self._udp_loop, sock, local)
                             sockets.start_accepting(nursery, self._acceptor, connections)
                             task_status.started()
                 relays.cancel_scope.cancel()
         finally:
             self._relays = None
-            self.core.close_all()
+            plane.stop()  # already returned unless serve failed before starting it
+            with self.lock:
+                self.core.close_all()
+                self.plane = None
+            plane.close()
             await sockets.aclose()
+
+    async def _run_plane(self, plane: EpollThread) -> None:
+        """Run the data-plane thread until this task is cancelled, then stop it and wait for
+        it (``abandon_on_cancel=False``: the thread never outlives the component)."""
+
+        async def stop_when_cancelled() -> None:
+            try:
+                await trio.sleep_forever()
+            finally:
+                plane.stop()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stop_when_cancelled)
+            await trio.to_thread.run_sync(plane.run, abandon_on_cancel=False)
+            nursery.cancel_scope.cancel()
+
+    def close_trio_socket(self, sock: socket.socket) -> None:
+        """Close a socket a trio task may be waiting on, from whichever thread holds the lock."""
+
+        def close() -> None:
+            trio.lowlevel.notify_closing(sock)
+            sock.close()
+
+        try:
+            trio.lowlevel.current_trio_token()
+        except RuntimeError:  # the data-plane thread: hand it to trio's
+            if self._token is not None:
+                self._token.run_sync_soon(close)
+                return
+        close()
 
     def metrics(self) -> dict[str, float]:
         """The core's samples plus this layer's send errors, slow-client drops and streams."""
-        samples = self.core.metrics()
+        with self.lock:  # the data-plane thread changes the tables it counts
+            samples = self.core.metrics()
         samples["turn_send_errors_total"] = self.send_errors
         samples["turn_packet_errors_total"] = self.packet_errors
         samples['turn_relay_dropped_total{reason="slow_client"}'] = self.dropped_slow_client
@@ -216,30 +272,44 @@ class TurnServer(StreamComponent):
     # -- relay sockets ---------------------------------------------------------------------
 
     def start_relay(self, sock: socket.socket, allocation: Allocation) -> None:
-        """Start delivering ``sock``'s datagrams to ``allocation``'s client."""
+        """Start delivering ``sock``'s datagrams to ``allocation``'s client: in the data-plane
+        thread for a UDP client, in a trio task for a TCP/TLS one (its queue is trio's)."""
+        if allocation.five_tuple[0] == "udp" and self.plane is not None:
+            self.plane.add(sock.fileno(), self._relay_drain(sock, allocation))
+            return
         if self._relays is None:  # pragma: no cover - the core only allocates while serving
             raise RuntimeError("TURN server is not running")
         self._relays.start_soon(self._relay_loop, sock, allocation)
 
     async def _relay_loop(self, sock: socket.socket, allocation: Allocation) -> None:
-        """Peer -> client: drain the relay socket after each wake-up."""
-        core = self.core
-        counters = core.counters.relay
-        rng = core.rng
-        clock = self.clock
-        recvfrom = sock.recvfrom
-        deliver = self._client_sender(allocation)
+        """Peer -> TCP/TLS client: drain the relay socket after each wake-up."""
+        drain = self._relay_drain(sock, allocation)
         while True:
             try:
                 await trio.lowlevel.wait_readable(sock)
             except (trio.ClosedResourceError, OSError):
                 return  # the allocation was deleted
-            now = clock()
+            with self.lock:
+                drain(self.clock())
+            if sock.fileno() < 0:
+                return
+
+    def _relay_drain(self, sock: socket.socket, allocation: Allocation) -> Callable[[float], None]:
+        """Peer -> client: read up to BATCH datagrams from a relay socket (lock held)."""
+        counters = self.core.counters.relay
+        rng = self.core.rng
+        recvfrom_into = sock.recvfrom_into
+        buffer = self._buffer
+        view = memoryview(buffer)
+        deliver = self._client_sender(allocation)
+
+        def drain(now: float) -> None:
             for _ in range(BATCH):
                 try:
-                    data, peer = recvfrom(RECV_SIZE)
+                    size, peer = recvfrom_into(buffer)
+                    data = bytes(view[:size])
                 except BlockingIOError:
-                    break
+                    return
                 except OSError:
                     if sock.fileno() < 0:
                         return
@@ -253,6 +323,8 @@ class TurnServer(StreamComponent):
                     continue
                 if out is not None:
                     deliver(out)
+
+        return drain
 
     def _client_sender(self, allocation: Allocation) -> Callable[[bytes], None]:
         """How relayed data reaches this allocation's client: its stream's bounded queue, or
@@ -297,30 +369,33 @@ class TurnServer(StreamComponent):
 
     async def _tick_loop(self) -> None:
         while True:
-            # Follow the wall clock (NTP steps) for auth, without moving any timer.
-            self.core.wall_offset = time.time() - self.clock()
-            self.core.handle_timeout(self.clock())
+            with self.lock:
+                # Follow the wall clock (NTP steps) for auth, without moving any timer.
+                self.core.wall_offset = time.time() - self.clock()
+                self.core.handle_timeout(self.clock())
             await trio.sleep(TICK)
 
     # -- UDP clients -----------------------------------------------------------------------
 
-    async def _udp_loop(self, sock: socket.socket, local: Address) -> None:
-        """Client -> server over UDP: ChannelData takes the fast path, the rest the core."""
+    def _listener_drain(self, sock: socket.socket, local: Address) -> Callable[[float], None]:
+        """Client -> server over UDP, in the data-plane thread (lock held): ChannelData takes
+        the fast path, the rest the core."""
         core = self.core
         allocations = core.table.udp_by_local.setdefault(local, {})
-        clock = self.clock
-        recvfrom = sock.recvfrom
+        recvfrom_into = sock.recvfrom_into
+        buffer = self._buffer
+        view = memoryview(buffer)
         sendto = sock.sendto
         forward = self._forward_channel_data
         v6 = sock.family == socket.AF_INET6
-        while True:
-            await trio.lowlevel.wait_readable(sock)
-            now = clock()
+
+        def drain(now: float) -> None:
             for _ in range(BATCH):
                 try:
-                    data, source = recvfrom(RECV_SIZE)
+                    size, source = recvfrom_into(buffer)
+                    data = bytes(view[:size])
                 except BlockingIOError:
-                    break
+                    return
                 except OSError:
                     continue  # e.g. a queued ICMP error; never fatal for a UDP server
                 if v6:
@@ -341,6 +416,8 @@ class TurnServer(StreamComponent):
                 except OSError:
                     self.send_errors += 1
 
+        return drain
+
     # -- TCP and TLS clients ---------------------------------------------------------------
 
     async def handle_stream(
@@ -358,7 +435,8 @@ class TurnServer(StreamComponent):
         finally:
             self._streams.pop(five_tuple, None)
             outbox.send.close()
-            self.core.close_five_tuple(five_tuple)
+            with self.lock:
+                self.core.close_five_tuple(five_tuple)
 
     async def _read_stream(
         self, stream: trio.abc.Stream, five_tuple: FiveTuple, outbox: StreamOutbox
@@ -374,17 +452,18 @@ class TurnServer(StreamComponent):
             if not data:
                 return
             framer.feed(data)
-            now = self.clock()
-            while (frame := framer.next_frame()) is not None:
-                if frame[0] & 0x40:  # the framer passes STUN (0b00) and ChannelData (0b01)
-                    self._forward_channel_data(core.table.get(five_tuple), frame, now)
-                    continue
-                out = core.handle_stun(frame, five_tuple, now)
-                if type(out) is bytes:
-                    if not outbox.put(out):
-                        self.dropped_slow_client += 1
-                elif isinstance(out, ToPeer):
-                    try:
-                        out.relay.sendto(out.data, out.peer)
-                    except OSError:
-                        self.send_errors += 1
+            with self.lock:  # the core is shared with the data-plane thread
+                now = self.clock()
+                while (frame := framer.next_frame()) is not None:
+                    if frame[0] & 0x40:  # the framer passes STUN (0b00) and ChannelData (0b01)
+                        self._forward_channel_data(core.table.get(five_tuple), frame, now)
+                        continue
+                    out = core.handle_stun(frame, five_tuple, now)
+                    if type(out) is bytes:
+                        if not outbox.put(out):
+                            self.dropped_slow_client += 1
+                    elif isinstance(out, ToPeer):
+                        try:
+                            out.relay.sendto(out.data, out.peer)
+                        except OSError:
+                            self.send_errors += 1

@@ -1,0 +1,109 @@
+"""The TURN server's UDP hot path in one thread of its own, off trio's scheduler.
+
+Why a thread: every wake-up of a trio task costs about 5 µs of Python and an ``epoll_ctl`` on top
+of the work (measured on loopback: a trio UDP echo used 7.6 µs of user CPU per datagram where the
+same loop on a plain level-triggered epoll used 2.5 µs). A relay wakes once per datagram at the
+rates one client sends, so that overhead was about 40% of our server CPU per relayed datagram.
+:class:`EpollThread` waits on one level-triggered ``select.epoll`` for every socket of the UDP
+data plane - the UDP listening sockets and the relay sockets of UDP clients' allocations - and
+calls each ready socket's drain function; trio keeps everything else (TCP/TLS clients and their
+relay sockets, timers, the supervisor protocol).
+
+Theory of operation:
+
+- Each registered file descriptor has a handler ``handler(now)`` that drains up to a batch of
+  datagrams without blocking (level-triggered: a socket left non-empty is reported again, so one
+  busy socket cannot starve the others).
+- The TURN core and allocation state are shared with the trio thread, so handlers run with the
+  server's ``lock`` held, taken once per ``epoll_wait`` wake-up (not per datagram); the trio side
+  takes the same lock around every call into the core. The lock is never held across a blocking
+  wait: ``epoll_wait`` runs unlocked (and without the GIL).
+- Sockets are added and removed from either thread while the lock is held. A socket is removed
+  from the epoll set *before* it is closed, and events are looked up by descriptor after taking
+  the lock: an event for a socket closed meanwhile finds no handler (or, if the number was reused
+  by a new relay socket, a harmless empty read).
+- :meth:`EpollThread.stop` wakes the thread through a pipe; :meth:`EpollThread.run` then returns.
+  An exception from a handler ends ``run`` with that exception (each handler already catches
+  per-datagram failures, so this is a bug) and the TURN component fails loudly instead of relaying
+  nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import threading
+from collections.abc import Callable
+
+Handler = Callable[[float], None]
+
+
+class EpollThread:
+    """One level-triggered epoll loop; see the module docstring."""
+
+    def __init__(self, lock: threading.Lock, clock: Callable[[], float]) -> None:
+        self.lock = lock
+        self._clock = clock
+        self._epoll = select.epoll()
+        self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._epoll.register(self._wake_read, select.EPOLLIN)
+        self._handlers: dict[int, Handler] = {}
+        self._stopping = False
+        self._closed = False
+        self.wakeups = 0  # epoll_wait returns with events (for tests and metrics)
+
+    def add(self, fd: int, handler: Handler) -> None:
+        """Start calling ``handler`` whenever ``fd`` is readable (call with the lock held)."""
+        self._handlers[fd] = handler
+        self._epoll.register(fd, select.EPOLLIN)
+
+    def remove(self, fd: int) -> bool:
+        """Stop watching ``fd`` (before closing it; call with the lock held). False when it was
+        not watched here."""
+        if self._handlers.pop(fd, None) is None:
+            return False
+        # Already closed: the kernel has dropped it from the set.
+        with contextlib.suppress(OSError, ValueError):
+            self._epoll.unregister(fd)
+        return True
+
+    def __contains__(self, fd: int) -> bool:
+        return fd in self._handlers
+
+    def stop(self) -> None:
+        """Make :meth:`run` return soon (from any thread)."""
+        self._stopping = True
+        if self._closed:
+            return
+        with contextlib.suppress(BlockingIOError):  # full: a wake-up is already pending
+            os.write(self._wake_write, b"\0")
+
+    def run(self) -> None:
+        """The loop, in the data-plane thread; returns after :meth:`stop`."""
+        poll = self._epoll.poll
+        handlers = self._handlers
+        wake = self._wake_read
+        while not self._stopping:
+            events = poll()
+            if not events:
+                continue
+            self.wakeups += 1
+            with self.lock:
+                now = self._clock()
+                for fd, _ in events:
+                    handler = handlers.get(fd)
+                    if handler is not None:
+                        handler(now)
+                    elif fd == wake:
+                        os.read(wake, 4096)
+
+    def close(self) -> None:
+        """Release the epoll and the wake-up pipe, once :meth:`run` has returned (idempotent;
+        the sockets belong to their owners)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._epoll.close()
+        os.close(self._wake_read)
+        os.close(self._wake_write)

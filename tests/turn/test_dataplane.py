@@ -1,0 +1,127 @@
+"""EpollThread, the TURN server's UDP data-plane loop: handlers, locking, removal, stop, failure."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+
+from secureconnect.turn.dataplane import EpollThread
+
+
+def udp_pair() -> tuple[socket.socket, socket.socket]:
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.bind(("127.0.0.1", 0))
+    receiver.setblocking(False)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender.connect(receiver.getsockname())
+    return receiver, sender
+
+
+def start(plane: EpollThread) -> tuple[threading.Thread, list[BaseException]]:
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            plane.run()
+        except BaseException as exc:  # handed to the test
+            failures.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, failures
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.005)
+
+
+def test_handlers_run_with_the_lock_held_and_stop_ends_the_loop() -> None:
+    lock = threading.Lock()
+    plane = EpollThread(lock, time.monotonic)
+    receiver, sender = udp_pair()
+    got: list[tuple[bytes, bool]] = []
+
+    def handler(now: float) -> None:
+        while True:
+            try:
+                data = receiver.recv(2048)
+            except BlockingIOError:
+                return
+            got.append((data, lock.locked()))
+
+    with lock:
+        plane.add(receiver.fileno(), handler)
+    assert receiver.fileno() in plane
+    thread, failures = start(plane)
+    try:
+        sender.send(b"one")
+        sender.send(b"two")
+        wait_for(lambda: len(got) == 2)
+        assert got == [(b"one", True), (b"two", True)]
+        assert plane.wakeups >= 1
+    finally:
+        plane.stop()
+        thread.join(5)
+        plane.close()
+        plane.close()  # idempotent
+        plane.stop()  # after close: a no-op, never a write to a reused descriptor
+        receiver.close()
+        sender.close()
+    assert not thread.is_alive()
+    assert failures == []
+
+
+def test_a_removed_socket_is_never_handled_again() -> None:
+    lock = threading.Lock()
+    plane = EpollThread(lock, time.monotonic)
+    receiver, sender = udp_pair()
+    calls: list[float] = []
+    with lock:
+        plane.add(receiver.fileno(), calls.append)
+        assert plane.remove(receiver.fileno()) is True
+        assert plane.remove(receiver.fileno()) is False  # not watched any more
+    receiver.close()
+    thread, failures = start(plane)
+    try:
+        sender.send(b"late")
+        time.sleep(0.1)
+        assert calls == []
+    finally:
+        plane.stop()
+        thread.join(5)
+        plane.close()
+        sender.close()
+    assert failures == []
+
+
+def test_a_failing_handler_ends_the_loop_with_its_exception() -> None:
+    """Handlers catch per-datagram failures themselves; anything escaping is a bug, and the
+    TURN component must fail loudly rather than go on relaying nothing."""
+    lock = threading.Lock()
+    plane = EpollThread(lock, time.monotonic)
+    receiver, sender = udp_pair()
+
+    def broken(now: float) -> None:
+        raise RuntimeError("bug")
+
+    with lock:
+        plane.add(receiver.fileno(), broken)
+    thread, failures = start(plane)
+    sender.send(b"x")
+    thread.join(5)
+    plane.close()
+    receiver.close()
+    sender.close()
+    assert not thread.is_alive()
+    assert len(failures) == 1
+    with pytest.raises(RuntimeError, match="bug"):
+        raise failures[0]
+    assert not lock.locked()
