@@ -62,6 +62,12 @@ def test_no_file_and_empty_file_give_the_defaults(tmp_path: Path) -> None:
             "stun.listen",
             "exactly one",
         ),
+        (
+            "[stun]\nalternate_address = '127.0.0.2'\nlisten = ['0.0.0.0']\n",
+            "stun.listen",
+            "not a wildcard",
+        ),
+        ("[stun]\nalternate_address = '0.0.0.0'\n", "stun.alternate_address", "not a wildcard"),
         ("[stun]\nudp = false\ntcp = false\ntls = false\n", "stun.udp", "all off"),
         (
             "[turn]\nrelay_port_min = 60000\nrelay_port_max = 50000\n",

@@ -146,6 +146,16 @@ def _cross_check(config: Config, source: str) -> None:
                 "stun.listen",
                 "RFC 5780 (alternate_address) needs exactly one listen address",
             )
+        named = {"stun.listen": stun.listen[0], "stun.alternate_address": stun.alternate_address}
+        for key, address in named.items():
+            # RFC 5780 §7.3: OTHER-ADDRESS tells the client where the alternate address is; a
+            # wildcard would advertise 0.0.0.0 and every CHANGE-REQUEST test would fail.
+            if _unspecified(address):
+                raise ConfigError(
+                    source,
+                    key,
+                    "RFC 5780 needs concrete addresses (clients are told them), not a wildcard",
+                )
         if stun.alternate_address == stun.listen[0]:
             raise ConfigError(
                 source, "stun.alternate_address", "must differ from the listen address"
@@ -160,6 +170,14 @@ def _cross_check(config: Config, source: str) -> None:
             raise ConfigError(source, "stun.port", "RFC 5780 needs a fixed port, not 0")
     _check_turn(config, source)
     _check_signal(config, source)
+
+
+def _unspecified(address: str) -> bool:
+    """Whether ``address`` is 0.0.0.0 or :: (any text that is not an IP address: False)."""
+    try:
+        return ipaddress.ip_address(address).is_unspecified
+    except ValueError:
+        return False
 
 
 def _families(addresses: tuple[str, ...]) -> list[int]:
