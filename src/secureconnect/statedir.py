@@ -5,7 +5,8 @@ secret. Both are created once in the state directory and reused afterwards, so r
 invalidate credentials that clients already hold or certificates they already pinned.
 
 Resource handling: files are written to a temporary name and renamed into place (a crash never
-leaves half a key); private keys and secrets are created with mode 0600 in a 0700 directory.
+leaves half a key); private keys and secrets are created with mode 0600 in a 0700 directory, and
+an existing one found with group or other access is narrowed to its owner when it is reused.
 """
 
 from __future__ import annotations
@@ -57,12 +58,27 @@ def write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
         raise
 
 
+def keep_private(path: Path) -> bool:
+    """Take group and other access away from an existing private file we own (a secret or key
+    copied in with a loose umask, or left by an older version); True when the mode changed.
+    Only the owner can chmod, and only modes wider than 0600 are touched."""
+    try:
+        st = path.stat()
+        if st.st_uid != os.geteuid() or not st.st_mode & 0o077:
+            return False
+        path.chmod(st.st_mode & 0o700)
+    except OSError:
+        return False
+    return True
+
+
 def ensure_self_signed(state_dir: Path, names: Sequence[str]) -> tuple[Path, Path]:
     """Return (cert, key) paths of a self-signed certificate for ``names``, creating it if it is
     missing, unreadable, expiring within a week, or made for other names."""
     ensure_dir(state_dir)
     cert_path, key_path = state_dir / CERT_NAME, state_dir / KEY_NAME
     if _usable(cert_path, key_path, names):
+        keep_private(key_path)
         return cert_path, key_path
     cert_pem, key_pem = make_self_signed(names)
     write_private(key_path, key_pem)
@@ -147,6 +163,7 @@ def ensure_turn_secret(state_dir: Path) -> str:
     except (OSError, UnicodeDecodeError):
         existing = ""
     if existing:
+        keep_private(path)
         return existing
     secret = secrets.token_urlsafe(32)
     write_private(path, (secret + "\n").encode("ascii"))
