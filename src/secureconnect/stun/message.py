@@ -245,24 +245,26 @@ def decode_message_untrusted(data: bytes) -> StunMessage:  # noqa: PLR0912 - one
                 raise StunDecodeError("FINGERPRINT does not match")
             append((atype, data[start:stop]))
         elif atype == _MI:
-            if integrity is not None:
-                raise StunDecodeError("duplicate MESSAGE-INTEGRITY", header=header)
-            # RFC 8489 §14.6: MESSAGE-INTEGRITY comes before MESSAGE-INTEGRITY-SHA256; after the
-            # latter, everything but FINGERPRINT is ignored.
-            if integrity_sha256 is None:
+            # RFC 8489 §14.5: "agents MUST ignore all other attributes that follow
+            # MESSAGE-INTEGRITY" (but MESSAGE-INTEGRITY-SHA256 and FINGERPRINT) - a second
+            # MESSAGE-INTEGRITY included; §14.6: so is one after MESSAGE-INTEGRITY-SHA256.
+            if integrity is None and integrity_sha256 is None:
                 # RFC 8489 §14.5: HMAC-SHA1, 20 bytes.
                 if alen != 20:
                     raise StunDecodeError("MESSAGE-INTEGRITY is not 20 bytes", header=header)
                 integrity = offset
                 append((atype, data[start:stop]))
         elif atype == _MI_SHA256:
-            if integrity_sha256 is not None:
-                raise StunDecodeError("duplicate MESSAGE-INTEGRITY-SHA256", header=header)
-            # RFC 8489 §14.6: at most 32 bytes, at least 16, a multiple of 4 (truncated HMAC).
-            if alen < 16 or alen > 32 or alen & 3:
-                raise StunDecodeError("MESSAGE-INTEGRITY-SHA256 has a bad length", header=header)
-            integrity_sha256 = offset
-            append((atype, data[start:stop]))
+            # RFC 8489 §14.6: only FINGERPRINT counts after MESSAGE-INTEGRITY-SHA256, so a
+            # second one is ignored like any other trailing attribute.
+            if integrity_sha256 is None:
+                # At most 32 bytes, at least 16, a multiple of 4 (a truncated HMAC).
+                if alen < 16 or alen > 32 or alen & 3:
+                    raise StunDecodeError(
+                        "MESSAGE-INTEGRITY-SHA256 has a bad length", header=header
+                    )
+                integrity_sha256 = offset
+                append((atype, data[start:stop]))
         elif integrity is None and integrity_sha256 is None:
             append((atype, data[start:stop]))
         # else: RFC 8489 §14.5: attributes after MESSAGE-INTEGRITY are ignored (except
