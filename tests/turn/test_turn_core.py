@@ -148,6 +148,26 @@ def test_ipv6_relay_and_missing_family() -> None:
     assert error_code(response) == ErrorCode.ADDRESS_FAMILY_NOT_SUPPORTED
 
 
+def test_additional_address_family() -> None:
+    """RFC 8656 §7.2: ADDITIONAL-ADDRESS-FAMILY may only ask for IPv6 (0x01: 400); we allocate
+    the IPv4 relay and answer the IPv6 half with ADDRESS-ERROR-CODE 440 (no dual allocations)."""
+    core, _ = make_core()
+    for bad in (bytes((1, 0, 0, 0)), bytes((2, 0)), bytes((9, 0, 0, 0))):
+        response = client(core).allocate((A.ADDITIONAL_ADDRESS_FAMILY, bad))
+        assert error_code(response) == ErrorCode.BAD_REQUEST
+    both = client(core).allocate(
+        (A.ADDITIONAL_ADDRESS_FAMILY, bytes((2, 0, 0, 0))),
+        (A.REQUESTED_ADDRESS_FAMILY, bytes((1, 0, 0, 0))),
+    )
+    assert error_code(both) == ErrorCode.BAD_REQUEST
+    response = client(core).allocate((A.ADDITIONAL_ADDRESS_FAMILY, bytes((2, 0, 0, 0))))
+    assert relayed(response)[0] == "192.0.2.1"
+    address_error = response.get(A.ADDRESS_ERROR_CODE)
+    assert address_error is not None
+    assert address_error[0] == 2  # the IPv6 family
+    assert address_error[2] * 100 + address_error[3] == 440
+
+
 def test_external_address_is_advertised_behind_a_1to1_nat() -> None:
     core, _ = make_core(TurnSettings(relay_ipv4="10.0.0.5", external_ipv4="203.0.113.9"))
     assert relayed(client(core).allocate())[0] == "203.0.113.9"

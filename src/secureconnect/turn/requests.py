@@ -90,6 +90,11 @@ def allocate_asks(msg: StunMessage) -> AllocateAsks:
     # REQUESTED-ADDRESS-FAMILY together with ADDITIONAL-ADDRESS-FAMILY: 400.
     if family_value is not None and additional is not None:
         raise StunError(ErrorCode.BAD_REQUEST, "two address family attributes")
+    # RFC 8656 §7.2: "If the request contains an ADDITIONAL-ADDRESS-FAMILY attribute and the
+    # attribute value is 0x01 (IPv4 address family), then the server MUST reject the request
+    # with a 400 (Bad Request) error." It can only ask for IPv6 (0x02) on top of IPv4.
+    if additional is not None and (len(additional) != 4 or additional[0] != 0x02):
+        raise StunError(ErrorCode.BAD_REQUEST, "ADDITIONAL-ADDRESS-FAMILY must be IPv6")
     family = 4
     if family_value is not None:
         if len(family_value) != 4:
