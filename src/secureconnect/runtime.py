@@ -305,7 +305,20 @@ def build_turn(runtime: Runtime) -> TurnServer:
         max_connections=turn.max_connections,
         idle_timeout=turn.idle_timeout,
         handshake_timeout=turn.handshake_timeout,
+        other_services=stun_udp_endpoints(runtime.config),
     )
+
+
+def stun_udp_endpoints(config: Config) -> tuple[tuple[str, int], ...]:
+    """The STUN component's UDP endpoints (RFC 5780's alternates included), which the TURN relay
+    must never send to; fixed ports only (port 0 is chosen at bind time, by another process
+    when the components run as separate units)."""
+    stun = config.stun
+    if not (stun.enabled and stun.udp):
+        return ()
+    addresses = [*stun.listen, *([stun.alternate_address] if stun.alternate_address else [])]
+    ports = [stun.port, *([stun.alternate_port] if stun.alternate_address else [])]
+    return tuple((ip, port) for ip in addresses for port in ports if port)
 
 
 def service_urls(components: Sequence[Component]) -> list[str]:

@@ -37,6 +37,7 @@ from secureconnect.stun import (
 )
 from secureconnect.stun.message import long_term_key_sha256, verify_integrity_sha256
 from secureconnect.turn.core import ToPeer, TurnCore, TurnSettings
+from secureconnect.turn.peerpolicy import OwnEndpoints
 
 A = AttrType
 UDP = (A.REQUESTED_TRANSPORT, bytes((17, 0, 0, 0)))
@@ -488,6 +489,40 @@ def test_send_indication_needs_a_permission() -> None:
     assert out.data == b"hello"
     assert out.relay is next(iter(core.table)).relay
     assert _send(c, PEER, b"late", now=NOW + 301) is None
+
+
+def test_the_servers_own_service_ports_are_never_relayed_to() -> None:
+    """TURN-in-TURN: a channel to one of the server's own listeners is a 403 and a Send to one
+    is dropped; the same address on another port (e.g. another client's relayed address on this
+    server) stays reachable."""
+    core, _ = make_core()
+    own = (PEER[0], 3478)
+    core.own_endpoints = OwnEndpoints([own, ("0.0.0.0", 3479)], local_ips=[PEER[0]])
+    c = client(core)
+    c.allocate()
+    assert _bind(c, 0x4000, own) == ErrorCode.FORBIDDEN
+    assert _bind(c, 0x4000, (PEER[0], 3479)) == ErrorCode.FORBIDDEN  # wildcard listener
+    assert core.counters.peers_refused == 2
+    assert _permission(c, own) is None  # permissions are per IP: the address itself is fine
+    assert _send(c, own, b"loop") is None
+    assert core.counters.relay.dropped_own_port == 1
+    assert isinstance(_send(c, (PEER[0], 50000), b"fine"), ToPeer)
+    assert _bind(c, 0x4001, (PEER[0], 50000)) is None
+
+
+def test_own_endpoints_match_exactly_or_by_port_on_our_addresses() -> None:
+    own = OwnEndpoints([("192.0.2.1", 3478), ("::", 5349)], local_ips=["2001:db8::1"])
+    assert ("192.0.2.1", 3478) in own
+    assert ("192.0.2.1", 3479) not in own
+    assert ("192.0.2.9", 3478) not in own
+    assert ("2001:db8::1", 5349) in own  # a wildcard listener, reached on a local address
+    assert ("::1", 5349) in own  # and on loopback
+    assert ("127.0.0.1", 5349) in own
+    assert ("2001:db8::2", 5349) not in own
+    assert ("not an address", 5349) not in own
+    assert "garbage" not in own
+    assert own
+    assert not OwnEndpoints()
 
 
 def test_binding_garbage_and_malformed_requests() -> None:

@@ -203,6 +203,42 @@ async def test_peer_without_permission_is_dropped_and_send_indication_works() ->
         assert relay.dropped_no_permission == 2
 
 
+async def test_the_relay_never_reaches_the_servers_own_listener() -> None:
+    """TURN-in-TURN through the real sockets: with loopback peers allowed, the server's own UDP
+    listener is still refused (ChannelBind 403; a Send is dropped and counted), while another
+    allocation's relayed address on the same server stays reachable."""
+    async with running_turn() as server:
+        listener = bound(server, "udp")
+        client, sock = await udp_client(server)
+        await client.allocate()
+        response = await client.request(
+            Method.CHANNEL_BIND,
+            [
+                (A.CHANNEL_NUMBER, b"\x40\x00\0\0"),
+                (A.XOR_PEER_ADDRESS, encode_xor_address(*listener, bytes(12))),
+            ],
+        )
+        assert response.cls is MessageClass.ERROR
+        error = response.get(A.ERROR_CODE)
+        assert error is not None
+        assert error[2] * 100 + error[3] == 403
+        await client.request(
+            Method.CREATE_PERMISSION,
+            [(A.XOR_PEER_ADDRESS, encode_xor_address(*listener, bytes(12)))],
+        )
+        tid = new_transaction_id()
+        peer_attr = encode_xor_address(*listener, tid)
+        attrs = [(A.XOR_PEER_ADDRESS, peer_attr), (A.DATA, b"loop")]
+        await sock.send(encode_message(Method.SEND, MessageClass.INDICATION, tid, attrs))
+        other, _ = await udp_client(server)
+        other_relayed = await other.allocate()
+        # Relay to relay is allowed; this request follows the Send on the same socket, so the
+        # Send has been handled by the time it is answered.
+        await client.channel_bind(0x4001, other_relayed)
+        assert server.core.counters.relay.dropped_own_port == 1
+        assert server.core.counters.relay.to_peer_packets == 0
+
+
 async def test_tcp_allocation_ends_with_its_connection() -> None:
     async with running_turn() as server:
         stream = await trio.open_tcp_stream(*bound(server, "tcp"))

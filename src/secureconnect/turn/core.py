@@ -61,7 +61,7 @@ from secureconnect.turn.allocation import (
     quota_key,
 )
 from secureconnect.turn.auth import Authenticated, Authenticator, Silent
-from secureconnect.turn.peerpolicy import PeerPolicy
+from secureconnect.turn.peerpolicy import OwnEndpoints, PeerPolicy
 from secureconnect.turn.relaypath import (
     spend_to_peer,
     split_send_indication_untrusted,
@@ -104,6 +104,8 @@ class TurnCore:
         # The I/O layer installs its binder (TurnServer does); without one nothing can bind.
         self.binder: RelayBinder = binder or NoRelays()
         self.peers = peers
+        #: the server's own service endpoints (the I/O layer fills them in once bound)
+        self.own_endpoints = OwnEndpoints()
         self.ports = ports or RelayPortPool()
         # A TURN server is a STUN server: it answers Binding on its ports (keepalives, RFC 8656).
         self.binding = binding or BindingResponder(ResponderConfig())
@@ -285,7 +287,7 @@ class TurnCore:
         """RFC 8656 §7.2, "Receiving an Allocate Request": checks in ``_allocate_asks``, then
         quotas, the relay port, and the allocation itself."""
         asks = allocate_asks(msg)
-        if self._relay_ip(asks.family) is None:
+        if self.settings.relay_ip(asks.family) is None:
             # "If the value ... is not supported ... 440 (Address Family not Supported)".
             raise StunError(ErrorCode.ADDRESS_FAMILY_NOT_SUPPORTED)
         # Quotas: RFC 8656 §7.2 "the server MAY ... reject with 486 (Allocation Quota Reached)".
@@ -317,7 +319,7 @@ class TurnCore:
             username=identity.username,
             key=identity.key,
             relay=endpoint,
-            relayed=(self._advertised_ip(family), port),
+            relayed=(self.settings.advertised_ip(family), port),
             family=family,
             expires=now + lifetime,
             budget=float(settings.bandwidth) if settings.bandwidth else float("inf"),
@@ -398,6 +400,9 @@ class TurnCore:
         peer = self._peer(peer_value, msg, allocation)
         if peer[1] == 0:
             raise StunError(ErrorCode.BAD_REQUEST, "peer port 0")
+        if peer in self.own_endpoints:  # RFC 8656 §21.1.2: a policy refusal, like the denylist
+            self.counters.peers_refused += 1
+            raise StunError(ErrorCode.FORBIDDEN)
         # "The channel number is not currently bound to a different transport address" and
         # "The transport address is not currently bound to a different channel number."
         channel = allocation.channels.get(number)
@@ -445,6 +450,9 @@ class TurnCore:
         if not allocation.permits(peer[0], now):
             counters.relay.dropped_no_permission += 1
             return None
+        if peer in self.own_endpoints:
+            counters.relay.dropped_own_port += 1
+            return None
         if not spend_to_peer(allocation, len(data), counters.relay):
             return None
         return ToPeer(allocation.relay, peer, data)
@@ -486,18 +494,6 @@ class TurnCore:
             wall = now + self.wall_offset
             lifetime = max(0, min(lifetime, int(identity.credential_expiry - wall)))
         return lifetime
-
-    def _relay_ip(self, family: int) -> str | None:
-        """The local relay address for IP version ``family`` (None: not served)."""
-        if family == 4:
-            return self.settings.relay_ipv4
-        return self.settings.relay_ipv6 if family == 6 else None
-
-    def _advertised_ip(self, family: int) -> str:
-        settings = self.settings
-        external = settings.external_ipv4 if family == 4 else settings.external_ipv6
-        relay = self._relay_ip(family)
-        return external or relay or ""
 
     def _bind_relay(
         self, family: int, *, even: bool, reserve: bool, now: float, df: bool

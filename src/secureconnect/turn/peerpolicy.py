@@ -364,3 +364,57 @@ def _text(value: int, version: int) -> str:
     if version == 4:
         return str(ipaddress.IPv4Address(value))
     return str(ipaddress.IPv6Address(value))
+
+
+class OwnEndpoints:
+    """The server's own UDP service endpoints (STUN/TURN listeners): a relay never sends there.
+
+    `PeerPolicy` judges addresses, because permissions are per IP (RFC 8656 §9) and a relay may
+    well reach its own IP: two clients relaying to each other's relayed addresses on the same
+    server is the common case. What it must not reach is the server's *service* ports: a Send or
+    channel to them is TURN-in-TURN (a client hiding behind the server's own address, looping
+    requests through itself, getting around per-source limits). ChannelBind to one gets 403, a
+    Send to one is dropped and counted.
+
+    Endpoints on a wildcard address (``0.0.0.0``, ``::``) are matched by port on any address in
+    ``local_ips`` (the relay and external addresses: those a client knows as the server's) and
+    on loopback. Never raises: peer addresses are untrusted text.
+    """
+
+    __slots__ = ("_exact", "_local_ips", "_wildcard_ports")
+
+    def __init__(
+        self, endpoints: Iterable[tuple[str, int]] = (), local_ips: Iterable[str] = ()
+    ) -> None:
+        exact: set[tuple[str, int]] = set()
+        wildcard: set[int] = set()
+        for ip, port in endpoints:
+            address = ipaddress.ip_address(ip)
+            if address.is_unspecified:
+                wildcard.add(port)
+            else:
+                exact.add((str(address), port))
+        self._exact = frozenset(exact)
+        self._wildcard_ports = frozenset(wildcard)
+        self._local_ips = frozenset(str(ipaddress.ip_address(ip)) for ip in local_ips)
+
+    def __contains__(self, peer: object) -> bool:
+        if not isinstance(peer, tuple) or len(peer) != 2:
+            return False
+        if peer in self._exact:
+            return True
+        if peer[1] not in self._wildcard_ports:
+            return False
+        if peer[0] in self._local_ips:
+            return True
+        try:
+            return ipaddress.ip_address(peer[0]).is_loopback
+        except ValueError:
+            return False
+
+    def __bool__(self) -> bool:
+        return bool(self._exact or self._wildcard_ports)
+
+    def __repr__(self) -> str:
+        wildcard = sorted(self._wildcard_ports)
+        return f"OwnEndpoints(exact={sorted(self._exact)!r}, wildcard_ports={wildcard!r})"

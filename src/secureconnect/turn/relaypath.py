@@ -58,6 +58,7 @@ class RelayCounters:
     dropped_no_permission: int = 0
     dropped_bandwidth: int = 0
     dropped_malformed: int = 0
+    dropped_own_port: int = 0  # a Send to one of the server's own service ports
 
 
 def route_channel_data(

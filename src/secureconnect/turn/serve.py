@@ -43,6 +43,7 @@ from secureconnect.stun.serve_listeners import ListeningSockets, StreamComponent
 from secureconnect.turn.allocation import Address, Allocation, FiveTuple, RelayEndpoint
 from secureconnect.turn.core import ToPeer, TurnCore
 from secureconnect.turn.dataplane import EpollThread
+from secureconnect.turn.peerpolicy import OwnEndpoints
 from secureconnect.turn.relaypath import route_channel_data, wrap_peer_data
 
 # Linux values (typeshed lacks the names): IP_MTU_DISCOVER/IPV6_MTU_DISCOVER and "always DF".
@@ -168,6 +169,8 @@ class TurnServer(StreamComponent):
     idle_timeout: float = field(default=300.0, kw_only=True)  # TURN sessions idle longer
     clock: Callable[[], float] = time.monotonic  # timers; the core adds wall_offset for auth
     name: str = "turn"
+    #: UDP endpoints of the process's other services (the STUN component): never relayed to
+    other_services: tuple[Address, ...] = ()
     send_errors: int = 0
     dropped_slow_client: int = 0
     packet_errors: int = 0
@@ -200,6 +203,20 @@ class TurnServer(StreamComponent):
         )
         self.bound[:] = sockets.bound()
         self._udp = sockets.udp
+        settings = self.core.settings
+        self.core.own_endpoints = OwnEndpoints(
+            [*sockets.udp, *self.other_services],
+            local_ips=[
+                ip
+                for ip in (
+                    settings.relay_ipv4,
+                    settings.relay_ipv6,
+                    settings.external_ipv4,
+                    settings.external_ipv6,
+                )
+                if ip
+            ],
+        )
         self._token = trio.lowlevel.current_trio_token()
         plane = self.plane = EpollThread(self.lock, self.clock)
         for local, sock in sockets.udp.items():

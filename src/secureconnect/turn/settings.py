@@ -30,6 +30,17 @@ class TurnSettings:
     software: str | None = None
     reason_phrases: bool = False
 
+    def relay_ip(self, family: int) -> str | None:
+        """The local relay address for IP version ``family`` (None: not served)."""
+        if family == 4:
+            return self.relay_ipv4
+        return self.relay_ipv6 if family == 6 else None
+
+    def advertised_ip(self, family: int) -> str:
+        """What XOR-RELAYED-ADDRESS says for ``family``: the external address, else the relay's."""
+        external = self.external_ipv4 if family == 4 else self.external_ipv6
+        return external or self.relay_ip(family) or ""
+
 
 @dataclass(frozen=True, slots=True)
 class ToPeer:
@@ -56,6 +67,17 @@ class TurnCounters:
     allocations_expired: int = 0
     peers_refused: int = 0
     relay: RelayCounters = field(default_factory=RelayCounters)
+
+
+#: the ``dropped_<reason>`` fields of RelayCounters, as /metrics labels
+RELAY_DROP_REASONS = (
+    "no_allocation",
+    "bad_channel",
+    "no_permission",
+    "bandwidth",
+    "malformed",
+    "own_port",
+)
 
 
 def counter_samples(counters: TurnCounters, table: AllocationTable) -> dict[str, float]:
@@ -89,7 +111,7 @@ def counter_samples(counters: TurnCounters, table: AllocationTable) -> dict[str,
         samples[f'turn_relayed_bytes_total{{direction="{direction}"}}'] = getattr(
             relay, f"{direction}_bytes"
         )
-    for reason in ("no_allocation", "bad_channel", "no_permission", "bandwidth", "malformed"):
+    for reason in RELAY_DROP_REASONS:
         samples[f'turn_relay_dropped_total{{reason="{reason}"}}'] = getattr(
             relay, f"dropped_{reason}"
         )
