@@ -430,6 +430,7 @@ def build_signal(runtime: Runtime) -> SignalServer:
         metrics=runtime.board.metrics,
         tokens=runtime.room_tokens,
         allowed_origins=sig.allowed_origins,
+        metrics_from=tuple(ipaddress.ip_network(n, strict=False) for n in sig.metrics_from),
     )
     return SignalServer(
         hub,

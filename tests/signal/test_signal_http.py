@@ -215,6 +215,21 @@ def test_x_forwarded_for_counts_only_from_trusted_proxies(tokened: Appliance) ->
     run(scenario())
 
 
+def test_metrics_only_for_metrics_from(tokened: Appliance) -> None:
+    """/metrics answers loopback and private networks by default (signal.metrics_from), and
+    judges the client a trusted proxy names, not the proxy; /healthz stays public."""
+    status, _ = tokened.http("/metrics")
+    assert status == 200
+    public = {"X-Forwarded-For": "203.0.113.5"}
+    status, body = tokened.http("/metrics", public, source="127.0.0.2")  # the trusted proxy
+    assert status == 403
+    assert b"metrics_from" in body
+    status, _ = tokened.http("/metrics", {"X-Forwarded-For": "10.1.2.3"}, source="127.0.0.2")
+    assert status == 200
+    status, _ = tokened.http("/healthz", public, source="127.0.0.2")
+    assert status == 200
+
+
 def test_client_address() -> None:
     proxies = [ipaddress.ip_network("10.0.0.0/8")]
     assert client_address("198.51.100.7", "1.2.3.4", proxies) == "198.51.100.7"

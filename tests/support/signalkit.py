@@ -59,15 +59,20 @@ class Appliance:
     def turn_secret(self) -> str:
         return (self.state_dir / "turn-secret").read_text().strip()
 
-    def http(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
-        """GET ``path`` (blocking, no proxies): status and body."""
+    def http(
+        self, path: str, headers: dict[str, str] | None = None, source: str | None = None
+    ) -> tuple[int, bytes]:
+        """GET ``path`` (blocking, no proxies; from ``source`` when given): status and body."""
         conn: http.client.HTTPConnection
+        bind = (source, 0) if source else None
         if self.tls:
             conn = http.client.HTTPSConnection(
-                "127.0.0.1", self.port, timeout=STEP, context=self.ssl
+                "127.0.0.1", self.port, timeout=STEP, context=self.ssl, source_address=bind
             )
         else:
-            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=STEP)
+            conn = http.client.HTTPConnection(
+                "127.0.0.1", self.port, timeout=STEP, source_address=bind
+            )
         try:
             conn.putrequest("GET", path, skip_accept_encoding=True)
             for name, value in (headers or {}).items():

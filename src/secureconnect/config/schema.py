@@ -394,6 +394,21 @@ class SignalConfig:
             "CIDR ranges of reverse proxies whose X-Forwarded-For is believed", check=_cidr_list
         ),
     )
+    metrics_from: tuple[str, ...] = field(
+        default=(
+            "127.0.0.0/8",
+            "::1/128",
+            "10.0.0.0/8",
+            "172.16.0.0/12",
+            "192.168.0.0/16",
+            "fc00::/7",
+        ),
+        metadata=_doc(
+            "CIDR ranges whose clients may read /metrics (others get 403); loopback and private "
+            "networks by default, where scrapers live; add your monitoring host's address",
+            check=_cidr_list,
+        ),
+    )
     ice_host: str = field(
         default="",
         metadata=_doc(

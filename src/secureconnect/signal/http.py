@@ -1,5 +1,8 @@
 """Plain HTTP on the signaling port: the demo page, /healthz, /ice and /metrics (sans-IO).
 
+/metrics answers only clients inside ``signal.metrics_from`` (loopback and private networks by
+default); /healthz stays public for load balancers.
+
 :meth:`HttpRoutes.respond` maps a request (path with query, headers, the client address) to an
 :class:`HttpReply`, or to None for ``/ws``, which continues as a WebSocket handshake. It also
 decides who the client is (:func:`client_address`: ``X-Forwarded-For`` counts only when the
@@ -82,11 +85,17 @@ class HttpRoutes:
     metrics: Callable[[], Iterable[Mapping[str, float]]]
     tokens: RoomTokens | None = None
     allowed_origins: tuple[str, ...] = ()
+    #: networks whose clients may read /metrics (counts of users and sessions are nobody
+    #: else's business); empty: everyone
+    metrics_from: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     clock: Callable[[], float] = time.time
     _static: dict[str, tuple[str, bytes]] = field(default_factory=dict)
 
-    def respond(self, target: str, headers: Mapping[str, str]) -> HttpReply | None:
-        """The reply for ``GET target``; None means "continue with the WebSocket handshake".
+    def respond(
+        self, target: str, headers: Mapping[str, str], client: str = ""
+    ) -> HttpReply | None:
+        """The reply for ``GET target`` from ``client`` (its IP, as :func:`client_address`
+        decided); None means "continue with the WebSocket handshake".
 
         ``headers`` has lower-case names (HTTP names are case-insensitive, RFC 9110 §5.1).
         """
@@ -101,10 +110,27 @@ class HttpRoutes:
         elif path == "/healthz":
             return self._health()
         elif path == "/metrics":
-            return HttpReply(200, METRICS_TYPE, render(self.metrics()).encode())
+            return self._metrics(client)
         if path.count("/") == 1 and path.endswith((".html", ".js", ".css")):
             return self._static_file(path[1:])
         return _json(404, {"error": "not found"})
+
+    def _metrics(self, client: str) -> HttpReply:
+        if not self.may_read_metrics(client):
+            return _json(403, {"error": "metrics are served to signal.metrics_from only"})
+        return HttpReply(200, METRICS_TYPE, render(self.metrics()).encode())
+
+    def may_read_metrics(self, client: str) -> bool:
+        """Whether ``client`` is inside ``metrics_from`` (an empty list admits everyone)."""
+        if not self.metrics_from:
+            return True
+        try:
+            address = ipaddress.ip_address(client)
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped  # a dual-stack listener reports IPv4 clients so
+        return any(address in network for network in self.metrics_from)
 
     def _health(self) -> HttpReply:
         states = dict(self.health())

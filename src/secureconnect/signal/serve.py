@@ -164,9 +164,9 @@ class SignalServer:
                 # One of each: two Origin headers could smuggle a foreign origin past the check.
                 return _response(400, "application/json", b'{"error": "duplicate header"}')
             headers[name] = value
-        reply = self.routes.respond(request.path, headers)
+        ip = self._client_ip(connection, request)
+        reply = self.routes.respond(request.path, headers, ip)
         if reply is None:
-            ip = self._client_ip(connection, request)
             if len(self._per_ip) > PER_IP_PRUNE:  # drop sets the garbage collector emptied
                 self._per_ip = {k: v for k, v in self._per_ip.items() if v}
             holders = self._per_ip.setdefault(ip, weakref.WeakSet())
