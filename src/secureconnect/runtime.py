@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, cast
 from secureconnect.config import Config, ConfigError
 from secureconnect.credentials import CredentialMinter, NonceMint
 from secureconnect.logs import fields
+from secureconnect.ratelimit import RateLimiter
 from secureconnect.signal.tokens import RoomTokens
 from secureconnect.statedir import (
     ensure_self_signed,
@@ -32,7 +33,7 @@ from secureconnect.stun.serve import StunEndpoints, StunServer
 from secureconnect.supervisor import Component
 from secureconnect.tlscontext import CertificateStore
 from secureconnect.turn.allocation import RelayPortPool
-from secureconnect.turn.auth import Authenticator, RateLimiter
+from secureconnect.turn.auth import Authenticator
 from secureconnect.turn.core import TurnCore, TurnSettings
 from secureconnect.turn.peerpolicy import DEFAULT_DENY, LOOPBACK_RANGES, PeerPolicy
 from secureconnect.turn.serve import TurnEndpoints, TurnServer
@@ -431,6 +432,7 @@ def build_signal(runtime: Runtime) -> SignalServer:
         tokens=runtime.room_tokens,
         allowed_origins=sig.allowed_origins,
         metrics_from=tuple(ipaddress.ip_network(n, strict=False) for n in sig.metrics_from),
+        ice_limiter=RateLimiter(sig.rate_limit, 2 * sig.rate_limit),
     )
     return SignalServer(
         hub,

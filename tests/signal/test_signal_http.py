@@ -78,6 +78,23 @@ def test_ice_endpoint_in_open_mode_mints_rest_credentials(main: Appliance) -> No
     assert reply["iceServers"][-1]["credential"] == reply["password"]
 
 
+def test_ice_endpoint_is_rate_limited_per_client_address(main: Appliance) -> None:
+    """signal.rate_limit=20 here: a burst of 40, then 429s for that address only. Bounded by
+    the refill: however slow the machine, no more than 40 + 20/s x elapsed requests pass."""
+    started = time.monotonic()
+    passed = 0
+    for _ in range(400):
+        status = main.http("/ice", source="127.0.0.3")[0]
+        if status == 429:
+            break
+        assert status == 200
+        passed += 1
+    else:
+        raise AssertionError("400 requests and no 429")
+    assert 40 <= passed <= 41 + 20 * (time.monotonic() - started)
+    assert main.http("/ice")[0] == 200  # another address keeps its own budget
+
+
 def test_ice_endpoint_in_token_mode_needs_a_token(tokened: Appliance) -> None:
     assert tokened.http("/ice?service=turn&username=u")[0] == 401
     forged = RoomTokens(["another-secret"]).mint("*", 600, time.time())

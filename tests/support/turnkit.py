@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from secureconnect.credentials import CredentialMinter, NonceMint, rest_password
+from secureconnect.ratelimit import RateLimiter
 from secureconnect.stun import (
     AttrType,
     MessageClass,
@@ -22,7 +23,7 @@ from secureconnect.stun import (
     new_transaction_id,
 )
 from secureconnect.turn.allocation import Address, Allocation, RelayEndpoint
-from secureconnect.turn.auth import Authenticator, RateLimiter
+from secureconnect.turn.auth import Authenticator
 from secureconnect.turn.core import TurnCore, TurnSettings
 from secureconnect.turn.peerpolicy import PeerPolicy
 

@@ -427,7 +427,9 @@ class SignalConfig:
     rate_limit: float = field(
         default=50.0,
         metadata=_doc(
-            "messages per second per connection before rate-limited errors", check=_positive
+            "messages per second per connection before rate-limited errors; also /ice "
+            "requests per second per client address (429 beyond a burst of twice this)",
+            check=_positive,
         ),
     )
     resume_grace: float = field(

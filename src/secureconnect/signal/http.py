@@ -1,7 +1,8 @@
 """Plain HTTP on the signaling port: the demo page, /healthz, /ice and /metrics (sans-IO).
 
 /metrics answers only clients inside ``signal.metrics_from`` (loopback and private networks by
-default); /healthz stays public for load balancers.
+default); /healthz stays public for load balancers. /ice is rate-limited per client address
+(``signal.rate_limit`` per second, twice that as a burst: 429 beyond).
 
 :meth:`HttpRoutes.respond` maps a request (path with query, headers, the client address) to an
 :class:`HttpReply`, or to None for ``/ws``, which continues as a WebSocket handshake. It also
@@ -21,6 +22,7 @@ from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from secureconnect.ratelimit import RateLimiter
 from secureconnect.signal.exposition import CONTENT_TYPE as METRICS_TYPE
 from secureconnect.signal.exposition import render
 from secureconnect.signal.ice import IceConfig
@@ -88,6 +90,8 @@ class HttpRoutes:
     #: networks whose clients may read /metrics (counts of users and sessions are nobody
     #: else's business); empty: everyone
     metrics_from: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    #: /ice per client address (each answer is an HMAC and a JSON body); None: unlimited
+    ice_limiter: RateLimiter | None = None
     clock: Callable[[], float] = time.time
     _static: dict[str, tuple[str, bytes]] = field(default_factory=dict)
 
@@ -104,7 +108,7 @@ class HttpRoutes:
         if path == "/ws":
             return None if self.origin_allowed(headers) else _json(403, {"error": "origin"})
         if path == "/ice":
-            return self._ice(parse_qs(url.query), headers)
+            return self._ice(parse_qs(url.query), headers, client)
         if path in ("/", "/index.html"):
             path = "/index.html"
         elif path == "/healthz":
@@ -146,7 +150,11 @@ class HttpRoutes:
         host = headers.get("host", "")
         return urlsplit(origin).netloc == host and bool(host)
 
-    def _ice(self, query: dict[str, list[str]], headers: Mapping[str, str]) -> HttpReply:
+    def _ice(
+        self, query: dict[str, list[str]], headers: Mapping[str, str], client: str
+    ) -> HttpReply:
+        if self.ice_limiter is not None and not self.ice_limiter.allow(client, self.clock()):
+            return _json(429, {"error": "too many requests"})
         service = query.get("service", ["turn"])[0]
         if service != "turn":
             return _json(400, {"error": "service must be turn"})

@@ -27,12 +27,12 @@ Every MAC comparison is constant-time (``hmac.compare_digest`` inside ``verify_i
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
 from secureconnect.credentials import CredentialMinter, NonceMint, nonce_features, parse_expiry
+from secureconnect.ratelimit import RateLimiter
 from secureconnect.stun import (
     AttrType,
     ErrorCode,
@@ -62,31 +62,6 @@ class Authenticated:
     key: bytes
     credential_expiry: float | None  # REST credentials only
     sha256: bool = False  # the request used MESSAGE-INTEGRITY-SHA256: so does the response
-
-
-class RateLimiter:
-    """Token buckets per source IP, bounded in size: the oldest entries are forgotten first, so a
-    flood of spoofed sources costs memory ``max_sources`` at most."""
-
-    __slots__ = ("_buckets", "burst", "max_sources", "rate")
-
-    def __init__(self, rate: float, burst: float, max_sources: int = 10_000) -> None:
-        self.rate = rate
-        self.burst = burst
-        self.max_sources = max_sources
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
-
-    def allow(self, source_ip: str, now: float) -> bool:
-        """Take one token for ``source_ip``; False when its bucket is empty."""
-        if self.rate <= 0:
-            return True
-        tokens, stamp = self._buckets.pop(source_ip, (self.burst, now))
-        tokens = min(self.burst, tokens + max(0.0, now - stamp) * self.rate)
-        allowed = tokens >= 1.0
-        self._buckets[source_ip] = (tokens - 1.0 if allowed else tokens, now)
-        while len(self._buckets) > self.max_sources:
-            self._buckets.popitem(last=False)
-        return allowed
 
 
 _USERNAME: Final = int(AttrType.USERNAME)
