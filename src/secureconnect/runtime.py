@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import ssl
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,9 +23,11 @@ from secureconnect.logs import fields
 from secureconnect.ratelimit import RateLimiter
 from secureconnect.signal.tokens import RoomTokens
 from secureconnect.statedir import (
+    CERT_NAME,
     ensure_self_signed,
     ensure_turn_secret,
     read_secret_lines,
+    renewal_time,
     resolve_secret_file,
     resolve_state_dir,
 )
@@ -75,12 +78,44 @@ class Runtime:
     nonces: NonceMint = field(default_factory=NonceMint.random)
     board: StatusBoard = field(default_factory=StatusBoard)
     room_tokens: RoomTokens | None = None
+    #: Unix time at which the generated self-signed certificate is renewed (None: the
+    #: operator's certificate, which they renew and reload themselves)
+    renew_at: float | None = None
 
     def tls_context(self) -> ssl.SSLContext:
-        """The current server TLS context (components ask per handshake, so reloads apply)."""
+        """The current server TLS context (components ask per handshake, so reloads apply).
+        A generated certificate a week from expiry is replaced first: a server that runs for a
+        year keeps serving TLS without a restart."""
         if self.certificates is None:  # pragma: no cover - prepare_runtime was told no TLS
             raise RuntimeError("no TLS certificate was loaded: no component was to serve TLS")
+        if self.renew_at is not None and time.time() >= self.renew_at:
+            self.renew_self_signed()
         return self.certificates.context
+
+    def reload_tls(self) -> None:
+        """SIGHUP: re-read the certificate files (and renew a generated one that is due)."""
+        if self.certificates is None:
+            return
+        if self.renew_at is not None:
+            self.renew_self_signed()
+        else:
+            self.certificates.reload()
+
+    def renew_self_signed(self) -> None:
+        """Make sure the generated certificate is current, then load it. A failure (say, a full
+        disk) keeps the old one and tries again in an hour, never on every handshake."""
+        if self.certificates is None:
+            return
+        names = self.config.tls.server_names
+        try:
+            cert, _ = ensure_self_signed(self.state_dir, names)
+            self.certificates.reload()
+        except (OSError, ValueError) as exc:
+            log.warning("self-signed-renewal-failed", extra=fields(error=str(exc)))
+            self.renew_at = time.time() + 3600
+            return
+        self.renew_at = renewal_time(cert)
+        log.info("self-signed-certificate", extra=fields(path=str(cert)))
 
     def reload_room_tokens(self) -> None:
         """Re-read the signaling room-token secrets."""
@@ -100,7 +135,7 @@ class Runtime:
             ("room-token-secrets", self.reload_room_tokens),
         ]
         if self.certificates is not None:
-            hooks.insert(0, ("tls", self.certificates.reload))
+            hooks.insert(0, ("tls", self.reload_tls))
         return hooks
 
 
@@ -120,6 +155,8 @@ def prepare_runtime(config: Config, config_path: Path | None, *, tls: bool = Tru
     secrets = load_turn_secrets(config, config_path, state_dir)
     certificates = _certificates(config, config_path, state_dir) if tls else None
     runtime = Runtime(config, config_path, state_dir, certificates, CredentialMinter(secrets))
+    if certificates is not None and not config.tls.cert_file:
+        runtime.renew_at = renewal_time(state_dir / CERT_NAME)
     if config.signal.auth == "token":
         runtime.room_tokens = RoomTokens(load_room_secrets(config, config_path))
     return runtime

@@ -126,6 +126,18 @@ def make_self_signed(names: Sequence[str], days: int = CERT_DAYS) -> tuple[bytes
     return cert.public_bytes(serialization.Encoding.PEM), key_pem
 
 
+def renewal_time(cert_path: Path) -> float | None:
+    """Unix time from which :func:`ensure_self_signed` replaces this certificate (a week before
+    it expires); None when it cannot be read."""
+    from cryptography import x509  # noqa: PLC0415 - see make_self_signed
+
+    try:
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    return (cert.not_valid_after_utc - RENEW_BEFORE).timestamp()
+
+
 def _usable(cert_path: Path, key_path: Path, names: Sequence[str]) -> bool:
     from cryptography import x509  # noqa: PLC0415 - see make_self_signed
 

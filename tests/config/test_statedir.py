@@ -1,15 +1,22 @@
-"""The state directory's generated files: created private, reused, and narrowed when found loose."""
+"""The state directory's generated files: created private, reused, narrowed when found loose,
+and the self-signed certificate renewed before it expires."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
+from secureconnect.config import load_config
+from secureconnect.runtime import prepare_runtime
 from secureconnect.statedir import (
+    CERT_NAME,
     KEY_NAME,
     SECRET_NAME,
     ensure_self_signed,
     ensure_turn_secret,
     keep_private,
+    make_self_signed,
+    write_private,
 )
 
 
@@ -42,3 +49,41 @@ def test_a_loose_secret_or_key_is_narrowed_when_reused(tmp_path: Path) -> None:
     assert mode(state / KEY_NAME) == 0o600
     assert keep_private(state / SECRET_NAME) is False  # already private: untouched
     assert keep_private(tmp_path / "missing") is False
+
+
+def test_a_generated_certificate_is_renewed_before_it_expires(tmp_path: Path) -> None:
+    """A server running for a year: the handshake after the renewal time gets a fresh
+    certificate (and SIGHUP's hook does the same), without a restart."""
+    state = tmp_path / "state"
+    config = load_config(None, {"general.state_dir": str(state)})
+    runtime = prepare_runtime(config, None)
+    assert runtime.renew_at is not None
+    assert runtime.renew_at > time.time() + 300 * 86400  # a year minus a week away
+    first = runtime.tls_context()
+    # Three days left: inside the renewal week (a certificate made that way by hand).
+    cert_pem, key_pem = make_self_signed(list(config.tls.server_names), days=3)
+    write_private(state / KEY_NAME, key_pem)
+    write_private(state / CERT_NAME, cert_pem, mode=0o644)
+    runtime.reload_tls()  # SIGHUP
+    assert (state / CERT_NAME).read_bytes() != cert_pem  # replaced, not just re-read
+    renewed = runtime.tls_context()
+    assert renewed is not first
+    assert runtime.renew_at > time.time() + 300 * 86400
+    runtime.renew_at = time.time() - 1  # due at the next handshake: checked, still valid
+    runtime.tls_context()
+    assert runtime.renew_at > time.time() + 300 * 86400
+
+
+def test_an_operators_certificate_is_never_replaced(tmp_path: Path) -> None:
+    cert_pem, key_pem = make_self_signed(["localhost"], days=3)
+    (tmp_path / "c.pem").write_bytes(cert_pem)
+    (tmp_path / "k.pem").write_bytes(key_pem)
+    settings = {
+        "general.state_dir": str(tmp_path / "state"),
+        "tls.cert_file": str(tmp_path / "c.pem"),
+        "tls.key_file": str(tmp_path / "k.pem"),
+    }
+    runtime = prepare_runtime(load_config(None, settings), None)
+    assert runtime.renew_at is None
+    runtime.reload_tls()
+    assert (tmp_path / "c.pem").read_bytes() == cert_pem
