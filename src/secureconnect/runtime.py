@@ -266,6 +266,7 @@ def build_stun(runtime: Runtime) -> StunServer:
         ),
         tls_context=runtime.tls_context,
         max_connections=stun.max_connections,
+        max_connections_per_ip=stun.max_connections_per_ip,
         idle_timeout=stun.idle_timeout,
         handshake_timeout=stun.handshake_timeout,
     )
@@ -341,6 +342,7 @@ def build_turn(runtime: Runtime) -> TurnServer:
         ),
         tls_context=runtime.tls_context,
         max_connections=turn.max_connections,
+        max_connections_per_ip=turn.max_connections_per_ip,
         idle_timeout=turn.idle_timeout,
         handshake_timeout=turn.handshake_timeout,
         other_services=stun_udp_endpoints(runtime.config),

@@ -188,6 +188,34 @@ async def test_connection_cap_closes_extra_connections_at_accept() -> None:
     assert server.stream_counters.refused_over_cap == 1
 
 
+async def test_per_address_cap_leaves_room_for_other_clients() -> None:
+    """One host may hold max_connections_per_ip connections; the next one from it is closed at
+    accept, another address still gets in, and a closed connection frees its slot."""
+    async with running_stun(max_connections_per_ip=2) as server:
+        target = bound(server, "tcp")
+        first = await trio.open_tcp_stream(*target)
+        second = await trio.open_tcp_stream(*target)
+        await trio.testing.wait_all_tasks_blocked()
+        third = await trio.open_tcp_stream(*target)
+        with trio.fail_after(5):
+            assert await third.receive_some(100) == b""
+        other = await trio.open_tcp_stream(*target, local_address="127.0.0.2")
+        _, request = binding_request()
+        reply = decode_message_untrusted(await stream_exchange(other, request))
+        assert reply.cls == MessageClass.SUCCESS
+        await first.aclose()
+        await trio.testing.wait_all_tasks_blocked()  # the server has seen first's EOF
+        assert server.stream_counters.open == 2  # first's slot is free again
+        fourth = await trio.open_tcp_stream(*target)
+        _, request = binding_request()
+        reply = decode_message_untrusted(await stream_exchange(fourth, request))
+        assert reply.cls == MessageClass.SUCCESS
+        for stream in (second, third, other, fourth):
+            await stream.aclose()
+    assert server.stream_counters.refused_per_ip == 1
+    assert server.stream_counters.refused_over_cap == 0
+
+
 async def test_idle_and_handshake_timeouts(autojump_clock: trio.testing.MockClock) -> None:
     ca = trustme.CA()
     context = server_context(ca)

@@ -88,6 +88,17 @@ def _max_connections_field() -> Any:
     )
 
 
+def _per_ip_field(default: int) -> Any:
+    return field(
+        default=default,
+        metadata=_doc(
+            "TCP/TLS connections one client address may hold (0: no limit); keeps one host "
+            "from taking every slot of max_connections",
+            check=lambda value: None if value >= 0 else "must be 0 or more",
+        ),
+    )
+
+
 def _handshake_timeout_field() -> Any:
     return field(default=10.0, metadata=_doc("seconds a TLS handshake may take", check=_positive))
 
@@ -165,6 +176,7 @@ class StunConfig:
     )
     software: str = _software_field()
     max_connections: int = _max_connections_field()
+    max_connections_per_ip: int = _per_ip_field(32)
     idle_timeout: float = field(
         default=30.0,
         metadata=_doc("seconds a TCP/TLS connection may stay silent", check=_positive),
@@ -340,6 +352,7 @@ class TurnConfig:
     )
     software: str = _software_field()
     max_connections: int = _max_connections_field()
+    max_connections_per_ip: int = _per_ip_field(128)
     idle_timeout: float = field(
         default=300.0,
         metadata=_doc("seconds a TCP/TLS client may stay silent", check=_positive),

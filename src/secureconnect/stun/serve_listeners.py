@@ -2,9 +2,9 @@
 
 :func:`udp_socket` binds a non-blocking UDP socket or raises :class:`BindError`.
 
-:class:`StreamAcceptor` opens listeners, accepts connections up to a cap, runs the TLS handshake
-under a deadline and hands each connection to the component's ``handler`` coroutine
-``handler(stream, source, local, transport)``.
+:class:`StreamAcceptor` opens listeners, accepts connections up to a cap (in total and per client
+address), runs the TLS handshake under a deadline and hands each connection to the component's
+``handler`` coroutine ``handler(stream, source, local, transport)``.
 
 Resource handling: every accepted stream is closed when its handler returns, however it returns;
 ``open_listeners`` closes what it opened if a later bind fails, and raises :class:`BindError`
@@ -45,6 +45,7 @@ class StreamCounters:
 
     accepted: int = 0
     refused_over_cap: int = 0
+    refused_per_ip: int = 0
     idle_closed: int = 0
     handshake_failed: int = 0
     framing_errors: int = 0
@@ -60,8 +61,12 @@ class StreamAcceptor:
     handler: Handler
     tls_context: Callable[[], ssl.SSLContext] | None = None
     max_connections: int = 1024
+    #: connections one client address may hold, so that one host cannot take every slot of
+    #: ``max_connections`` (TURN over TLS on 443 is the last resort of firewalled users)
+    max_per_ip: int = 0  # 0: no per-address cap
     handshake_timeout: float = 10.0
     counters: StreamCounters = field(default_factory=StreamCounters)
+    _per_ip: dict[str, int] = field(default_factory=dict)
 
     async def open_listeners(
         self, addresses: Sequence[str], port: int
@@ -97,20 +102,32 @@ class StreamAcceptor:
                     await trio.sleep(0.1)  # out of descriptors: back off instead of spinning
                     continue
                 raise
+            try:
+                peer = stream.socket.getpeername()
+            except OSError:  # reset between accept and here
+                await trio.aclose_forcefully(stream)
+                continue
+            source = (peer[0], peer[1])
+            held = self._per_ip.get(source[0], 0)
             if counters.open >= self.max_connections:
                 counters.refused_over_cap += 1
                 await trio.aclose_forcefully(stream)
                 continue
+            if self.max_per_ip and held >= self.max_per_ip:
+                counters.refused_per_ip += 1
+                await trio.aclose_forcefully(stream)
+                continue
+            self._per_ip[source[0]] = held + 1
             counters.accepted += 1
             counters.open += 1
-            connections.start_soon(partial(self._serve_connection, stream, local, tls))
+            connections.start_soon(partial(self._serve_connection, stream, source, local, tls))
 
-    async def _serve_connection(self, raw: trio.SocketStream, local: Address, tls: bool) -> None:
+    async def _serve_connection(
+        self, raw: trio.SocketStream, source: Address, local: Address, tls: bool
+    ) -> None:
         counters = self.counters
         stream: trio.abc.Stream = raw
         try:
-            peer = raw.socket.getpeername()
-            source = (peer[0], peer[1])
             if tls:
                 secured = await self._tls_handshake(raw)
                 if secured is None:
@@ -132,6 +149,9 @@ class StreamAcceptor:
             log.exception("connection-handler-failed")
         finally:
             counters.open -= 1
+            left = self._per_ip.pop(source[0]) - 1
+            if left:
+                self._per_ip[source[0]] = left
             await trio.aclose_forcefully(stream)
 
     async def _tls_handshake(
@@ -187,6 +207,7 @@ class StreamComponent:
 
     tls_context: Callable[[], ssl.SSLContext] | None = None
     max_connections: int = 1024
+    max_connections_per_ip: int = 0  # 0: no per-address cap
     idle_timeout: float = 30.0
     handshake_timeout: float = 10.0
     bound: list[tuple[str, str, int]] = field(default_factory=list)  # (transport, ip, port)
@@ -198,6 +219,7 @@ class StreamComponent:
             self.handle_stream,
             tls_context=self.tls_context,
             max_connections=self.max_connections,
+            max_per_ip=self.max_connections_per_ip,
             handshake_timeout=self.handshake_timeout,
         )
 

@@ -281,6 +281,7 @@ class TurnServer(StreamComponent):
         samples['turn_relay_dropped_total{reason="slow_client"}'] = self.dropped_slow_client
         samples["turn_stream_connections"] = self.stream_counters.open
         samples["turn_stream_accepted_total"] = self.stream_counters.accepted
+        samples["turn_stream_refused_per_ip_total"] = self.stream_counters.refused_per_ip
         return samples
 
     def reload(self) -> None:
