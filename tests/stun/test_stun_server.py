@@ -169,15 +169,22 @@ async def test_garbage_on_a_stream_closes_only_that_connection() -> None:
     assert server.stream_counters.framing_errors == 1
 
 
+async def two_then_refused(
+    target: tuple[str, int],
+) -> tuple[trio.SocketStream, trio.SocketStream, trio.SocketStream]:
+    """Open two connections, then a third that the server (capped at two) closes at once."""
+    first = await trio.open_tcp_stream(*target)
+    second = await trio.open_tcp_stream(*target)
+    await trio.testing.wait_all_tasks_blocked()
+    third = await trio.open_tcp_stream(*target)
+    with trio.fail_after(5):
+        assert await third.receive_some(100) == b""
+    return first, second, third
+
+
 async def test_connection_cap_closes_extra_connections_at_accept() -> None:
     async with running_stun(max_connections=2) as server:
-        target = bound(server, "tcp")
-        first = await trio.open_tcp_stream(*target)
-        second = await trio.open_tcp_stream(*target)
-        await trio.testing.wait_all_tasks_blocked()
-        third = await trio.open_tcp_stream(*target)
-        with trio.fail_after(5):
-            assert await third.receive_some(100) == b""
+        first, second, third = await two_then_refused(bound(server, "tcp"))
         _, request = binding_request()
         assert (
             decode_message_untrusted(await stream_exchange(first, request)).cls
@@ -193,12 +200,7 @@ async def test_per_address_cap_leaves_room_for_other_clients() -> None:
     accept, another address still gets in, and a closed connection frees its slot."""
     async with running_stun(max_connections_per_ip=2) as server:
         target = bound(server, "tcp")
-        first = await trio.open_tcp_stream(*target)
-        second = await trio.open_tcp_stream(*target)
-        await trio.testing.wait_all_tasks_blocked()
-        third = await trio.open_tcp_stream(*target)
-        with trio.fail_after(5):
-            assert await third.receive_some(100) == b""
+        first, second, third = await two_then_refused(target)
         other = await trio.open_tcp_stream(*target, local_address="127.0.0.2")
         _, request = binding_request()
         reply = decode_message_untrusted(await stream_exchange(other, request))
