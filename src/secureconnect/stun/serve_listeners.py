@@ -238,6 +238,14 @@ class StreamComponent:
         """Serve one accepted (and, for TLS, handshaken) connection."""
         raise NotImplementedError
 
+    async def receive_or_idle(self, stream: trio.abc.Stream, size: int) -> bytes | bytearray:
+        """The client's next bytes (at most ``size``); ``b""`` at EOF, or after ``idle_timeout``
+        seconds of silence (counted as an idle close): either way the connection ends."""
+        with trio.move_on_after(self.idle_timeout):
+            return await stream.receive_some(size)
+        self.stream_counters.idle_closed += 1
+        return b""
+
 
 @dataclass
 class ListeningSockets:

@@ -462,11 +462,7 @@ class TurnServer(StreamComponent):
         core = self.core
         framer = StreamFramer()
         while True:
-            with trio.move_on_after(self.idle_timeout) as idle:
-                data = await stream.receive_some(RECV_SIZE)
-            if idle.cancelled_caught:
-                self.stream_counters.idle_closed += 1
-                return
+            data = await self.receive_or_idle(stream, RECV_SIZE)
             if not data:
                 return
             framer.feed(data)
