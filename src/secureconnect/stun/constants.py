@@ -22,6 +22,12 @@ FINGERPRINT_XOR: Final = 0x5354554E
 #: larger bound accepts both.
 MAX_USERNAME_BYTES: Final = 513
 
+#: Attributes one message may carry (TLVs walked, including ignored ones after
+#: MESSAGE-INTEGRITY). No RFC names a limit; the largest message we take is a CreatePermission
+#: for every allowed peer (64 by default) plus the half-dozen authentication attributes, so 128
+#: leaves room while bounding the work a 64 KiB datagram can ask for (docs/security.md).
+MAX_ATTRIBUTES: Final = 128
+
 #: RFC 8489 §14.9/§14.10/§14.14 and §14.8: REALM, NONCE, SOFTWARE and the ERROR-CODE reason are
 #: fewer than 128 characters, "which can be as long as 763 bytes".
 MAX_TEXT_BYTES: Final = 763

@@ -41,6 +41,7 @@ from secureconnect.stun.constants import (
     FINGERPRINT_XOR,
     HEADER_LENGTH,
     MAGIC_COOKIE,
+    MAX_ATTRIBUTES,
     AttrType,
     MessageClass,
 )
@@ -160,10 +161,12 @@ class StunMessage:
     def unknown_comprehension_required(self, known: frozenset[int]) -> tuple[int, ...]:
         """Comprehension-required types (below 0x8000, RFC 8489 §14) not in `known`, each once,
         in wire order: the content of a 420's UNKNOWN-ATTRIBUTES (RFC 8489 §6.3.1)."""
-        unknown: list[int] = []
+        # A dict keeps wire order and makes the duplicate check O(1) (a list made a message
+        # of thousands of distinct types quadratic).
+        unknown: dict[int, None] = {}
         for atype, _ in self.attributes:
-            if atype < 0x8000 and atype not in known and atype not in unknown:
-                unknown.append(atype)
+            if atype < 0x8000 and atype not in known:
+                unknown[atype] = None
         return tuple(unknown)
 
 
@@ -226,8 +229,14 @@ def decode_message_untrusted(data: bytes) -> StunMessage:  # noqa: PLR0912 - one
     integrity: int | None = None
     integrity_sha256: int | None = None
     offset = HEADER_LENGTH
+    # The work per message is bounded by the number of attributes it may carry, not by its
+    # size: a 64 KiB datagram can hold 16,000 empty attributes (docs/security.md).
+    budget = MAX_ATTRIBUTES
     # Both offset and end are multiples of 4, so whenever offset < end a TLV header fits.
     while offset < end:
+        budget -= 1
+        if budget < 0:
+            raise StunDecodeError(f"more than {MAX_ATTRIBUTES} attributes", header=header)
         atype, alen = unpack_from(data, offset)
         start = offset + 4
         stop = start + alen

@@ -225,6 +225,7 @@ def _scan_binding_attributes(
     asks = _BindingAsks()
     change_seen = False
     unknown = asks.unknown
+    seen: set[int] = set()
     for atype, value in attributes:
         if atype >= 0x8000 or atype in _IGNORED_BINDING_ATTRIBUTES:
             continue
@@ -244,7 +245,8 @@ def _scan_binding_attributes(
         elif rfc5780 and atype == _PADDING:
             if asks.padding is None:
                 asks.padding = len(value)
-        elif atype not in unknown:
+        elif atype not in seen:  # a set: thousands of distinct types stay linear
+            seen.add(atype)
             unknown.append(atype)
     return asks
 

@@ -300,17 +300,24 @@ class TurnServer(StreamComponent):
         self._relays.start_soon(self._relay_loop, sock, allocation)
 
     async def _relay_loop(self, sock: socket.socket, allocation: Allocation) -> None:
-        """Peer -> TCP/TLS client: drain the relay socket after each wake-up."""
+        """Peer -> TCP/TLS client: drain the relay socket after each wake-up.
+
+        The allocation may be deleted before this task first runs (an Allocate and a Refresh
+        with LIFETIME 0 in one TCP segment are handled in one call): a closed socket ends the
+        loop before and after every wait, and whatever goes wrong here ends this allocation's
+        loop only, never the component (one client's input must not cost the others).
+        """
         drain = self._relay_drain(sock, allocation)
-        while True:
-            try:
-                await trio.lowlevel.wait_readable(sock)
-            except (trio.ClosedResourceError, OSError):
-                return  # the allocation was deleted
-            with self.lock:
-                drain(self.clock())
-            if sock.fileno() < 0:
-                return
+        try:
+            while sock.fileno() >= 0:
+                try:
+                    await trio.lowlevel.wait_readable(sock)
+                except (trio.ClosedResourceError, OSError, ValueError):
+                    return  # closed while (or before) waiting: the allocation was deleted
+                with self.lock:
+                    drain(self.clock())
+        except Exception:
+            self._packet_failed()
 
     def _relay_drain(self, sock: socket.socket, allocation: Allocation) -> Callable[[float], None]:
         """Peer -> client: read up to BATCH datagrams from a relay socket (lock held)."""
@@ -390,7 +397,10 @@ class TurnServer(StreamComponent):
             with self.lock:
                 # Follow the wall clock (NTP steps) for auth, without moving any timer.
                 self.core.wall_offset = time.time() - self.clock()
-                self.core.handle_timeout(self.clock())
+                try:
+                    self.core.handle_timeout(self.clock())
+                except Exception:  # a bug costs one tick, never every allocation
+                    self._packet_failed()
             await trio.sleep(TICK)
 
     # -- UDP clients -----------------------------------------------------------------------
@@ -418,10 +428,10 @@ class TurnServer(StreamComponent):
                     continue  # e.g. a queued ICMP error; never fatal for a UDP server
                 if v6:
                     source = source[:2]
-                if data and data[0] >> 6 == 1:  # ChannelData (RFC 8656 §12)
-                    forward(allocations.get(source), data, now)
-                    continue
                 try:
+                    if data and data[0] >> 6 == 1:  # ChannelData (RFC 8656 §12)
+                        forward(allocations.get(source), data, now)
+                        continue
                     out = core.handle_stun(data, ("udp", source, local), now)
                 except Exception:  # a bug costs one datagram, never the component
                     self._packet_failed()
