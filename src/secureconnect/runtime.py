@@ -304,6 +304,7 @@ def build_turn(runtime: Runtime) -> TurnServer:
         default_lifetime=turn.default_lifetime,
         max_lifetime=turn.max_lifetime,
         user_quota=turn.user_quota,
+        ip_quota=turn.ip_quota,
         total_quota=turn.total_quota,
         max_permissions=turn.max_permissions,
         max_channels=turn.max_channels,

@@ -11,6 +11,9 @@ from pathlib import Path
 import pytest
 from attacker import Bystander, echo_peer, error_code, open_client, turn_target
 
+from secureconnect.stun import AttrType
+
+A = AttrType
 STREAMS = ["tcp", "tls"]
 
 
@@ -37,3 +40,74 @@ def test_allocate_and_refresh_zero_in_one_segment_cost_only_that_connection(
         bystander.check()
         assert target.fds() <= baseline + 2
         bystander.close()
+
+
+def test_one_client_address_takes_only_its_share_of_the_total(tmp_path: Path) -> None:
+    """Finding 3: in open mode anyone mints credentials for any user name, nonces are bound to
+    the client IP only, and one IP filled all 1,000 allocations in 0.3 s. Now one address holds
+    at most turn.ip_quota (128 by default), and a client elsewhere still gets its allocation."""
+    with turn_target(tmp_path) as target:
+        granted, refused = 0, 0
+        clients = []
+        nonce = b""
+        for i in range(160):  # a fresh identity and 5-tuple each time, all from 127.0.0.1
+            client = open_client("udp", target, user=f"sybil{i}")
+            client.nonce = nonce  # one challenge serves them all: nonces name the IP only
+            clients.append(client)
+            code = error_code(client.allocate())
+            nonce = client.nonce
+            if code is None:
+                granted += 1
+            else:
+                assert code == 486
+                refused += 1
+        assert granted == 128
+        assert refused == 32
+        other = open_client("udp", target, user="honest", source_ip="127.0.0.2")
+        assert error_code(other.allocate()) is None
+        target.assert_healthy()
+        for client in [*clients, other]:
+            client.close()
+
+
+def test_the_default_user_quota_fits_a_ten_person_mesh(tmp_path: Path) -> None:
+    """Finding 3: a browser allocates once per TURN URL per RTCPeerConnection, so one peer of a
+    10-person mesh with our three TURN URLs needs 27 allocations under one minted identity
+    (user_quota was 10). The 28th-32nd fit too; the 33rd is refused."""
+    with turn_target(tmp_path) as target:
+        clients = [open_client("udp", target, user="meshpeer") for _ in range(33)]
+        clients[0].learn_nonce()
+        for client in clients:
+            client.nonce = clients[0].nonce
+        codes = [error_code(client.allocate()) for client in clients]
+        assert codes[:32] == [None] * 32
+        assert codes[32] == 486
+        for client in clients:
+            client.close()
+
+
+def test_reservations_count_against_the_quotas(tmp_path: Path) -> None:
+    """Finding 7: Allocate with EVEN-PORT and the R bit, then Refresh 0, repeated, left a
+    reserved relay socket behind each time, outside every quota: 8,124 sockets for one user on
+    one 5-tuple in 10 s, and other users' EVEN-PORT requests got 508. Now a reservation counts
+    like an allocation: the loop stops at the user's quota, fds stay bounded, and another user
+    still reserves."""
+    even_port_reserve = (A.EVEN_PORT, b"\x80")  # RFC 8656 §14.6: one byte, R the top bit
+    with turn_target(tmp_path) as target:
+        baseline = target.fds()
+        attacker = open_client("udp", target)
+        codes = []
+        for _ in range(100):
+            code = error_code(attacker.allocate(even_port_reserve))
+            codes.append(code)
+            if code is not None:
+                break
+            assert error_code(attacker.call(attacker.refresh_bytes(0))) is None
+        assert codes[-1] == 486
+        assert len(codes) <= 32  # each round leaves one reservation behind: quota 32
+        assert target.fds() <= baseline + 33
+        other = open_client("udp", target, user="someone-else")
+        reply = other.allocate(even_port_reserve)
+        assert error_code(reply) is None
+        assert reply.get(A.RESERVATION_TOKEN) is not None
+        target.assert_healthy()

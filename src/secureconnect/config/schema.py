@@ -299,7 +299,22 @@ class TurnConfig:
         default=3600, metadata=_doc("longest allocation lifetime granted", check=_positive)
     )
     user_quota: int = field(
-        default=10, metadata=_doc("allocations one username may hold", check=_positive)
+        default=32,
+        metadata=_doc(
+            "allocations (and EVEN-PORT reservations) one user may hold; a REST username counts "
+            "for its user part. A browser allocates once per TURN URL per peer connection: a "
+            "peer in a 10-person mesh with our three TURN URLs needs 27",
+            check=_positive,
+        ),
+    )
+    ip_quota: int = field(
+        default=128,
+        metadata=_doc(
+            "allocations (and reservations) one client address may hold, an IPv6 client by its "
+            "/64; keeps one host from taking every slot of total_quota (raise it for many users "
+            "behind one NAT)",
+            check=_positive,
+        ),
     )
     total_quota: int = field(
         default=1000, metadata=_doc("allocations the server holds at most", check=_positive)

@@ -22,6 +22,7 @@ another process holds is skipped and the next candidate tried.
 
 from __future__ import annotations
 
+import ipaddress
 import random
 import secrets
 from collections.abc import Iterator
@@ -69,6 +70,21 @@ def quota_key(username: str) -> str:
     ``<user>`` (its expiry changes with every credential minted), anything else as itself."""
     expiry, colon, user = username.partition(":")
     return user if colon and expiry.isdigit() else username
+
+
+def source_key(ip: str) -> str:
+    """Which client address an allocation counts against for the per-address quota: an IPv4
+    address as itself, an IPv6 address by its /64 (one subscriber's prefix: a host picks any
+    address in it, so a per-address count would not bound it), an IPv4-mapped one as IPv4."""
+    if ":" not in ip:
+        return ip
+    try:
+        address = ipaddress.IPv6Address(ip.partition("%")[0])
+    except ValueError:
+        return ip
+    if address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(ipaddress.IPv6Network((int(address) >> 64 << 64, 64)))
 
 
 class NoRelays:
@@ -170,19 +186,29 @@ class Reservation:
     port: int
     expires: float
     family: int = 4
+    #: whose quotas it counts against until an Allocate takes it (``quota_key``, ``source_key``)
+    user: str = ""
+    source: str = ""
 
 
 class AllocationTable:
-    """All allocations of one process, indexed for control messages and for the fast path."""
+    """All allocations of one process, indexed for control messages and for the fast path.
 
-    __slots__ = ("_by_tuple", "by_user", "reservations", "udp_by_local")
+    It also keeps the quota counts: allocations *and* reservations per user (``quota_key``) and
+    per client address (``source_key``), and in total (:meth:`held`). A reservation holds a
+    relay socket, so it counts like an allocation until an Allocate takes it or it expires (a
+    client that reserved and deleted in a loop once held 8,000 sockets outside every quota).
+    """
+
+    __slots__ = ("_by_tuple", "_reservations", "by_source", "by_user", "udp_by_local")
 
     def __init__(self) -> None:
         self._by_tuple: dict[FiveTuple, Allocation] = {}
         #: local (ip, port) -> client (ip, port) -> allocation; UDP allocations only.
         self.udp_by_local: dict[Address, dict[Address, Allocation]] = {}
         self.by_user: dict[str, int] = {}
-        self.reservations: dict[bytes, Reservation] = {}
+        self.by_source: dict[str, int] = {}
+        self._reservations: dict[bytes, Reservation] = {}
 
     def __len__(self) -> int:
         return len(self._by_tuple)
@@ -193,13 +219,16 @@ class AllocationTable:
     def get(self, five_tuple: FiveTuple) -> Allocation | None:
         return self._by_tuple.get(five_tuple)
 
+    def held(self) -> int:
+        """Allocations plus reservations: what the total quota bounds."""
+        return len(self._by_tuple) + len(self._reservations)
+
     def add(self, allocation: Allocation) -> None:
         transport, client, local = allocation.five_tuple
         self._by_tuple[allocation.five_tuple] = allocation
         if transport == "udp":
             self.udp_by_local.setdefault(local, {})[client] = allocation
-        key = quota_key(allocation.username)
-        self.by_user[key] = self.by_user.get(key, 0) + 1
+        self._count(quota_key(allocation.username), source_key(client[0]), 1)
 
     def remove(self, allocation: Allocation) -> None:
         transport, client, local = allocation.five_tuple
@@ -207,12 +236,37 @@ class AllocationTable:
             return
         if transport == "udp":
             self.udp_by_local.get(local, {}).pop(client, None)
-        key = quota_key(allocation.username)
-        count = self.by_user.get(key, 1) - 1
-        if count:
-            self.by_user[key] = count
-        else:
-            self.by_user.pop(key, None)
+        self._count(quota_key(allocation.username), source_key(client[0]), -1)
+
+    @property
+    def reservations(self) -> dict[bytes, Reservation]:
+        """Token -> reservation (read-only use: :meth:`reserve` and :meth:`take_reservation`
+        keep the counts)."""
+        return self._reservations
+
+    def reserve(self, token: bytes, reservation: Reservation) -> None:
+        self._reservations[token] = reservation
+        self._count(reservation.user, reservation.source, 1)
+
+    def take_reservation(self, token: bytes) -> Reservation | None:
+        """Remove and return the reservation of ``token`` (its quota slot is freed)."""
+        reservation = self._reservations.pop(token, None)
+        if reservation is not None:
+            self._count(reservation.user, reservation.source, -1)
+        return reservation
+
+    def take_expired_reservations(self, now: float | None) -> list[Reservation]:
+        """Remove and return the reservations expired by ``now`` (every one when None)."""
+        tokens = [t for t, r in self._reservations.items() if now is None or r.expires <= now]
+        return [r for t in tokens if (r := self.take_reservation(t)) is not None]
+
+    def _count(self, user: str, source: str, delta: int) -> None:
+        for counts, key in ((self.by_user, user), (self.by_source, source)):
+            value = counts.get(key, 0) + delta
+            if value > 0:
+                counts[key] = value
+            else:
+                counts.pop(key, None)
 
     def counts(self) -> tuple[int, int, int]:
         """(allocations, permissions, channels) now, for gauges."""

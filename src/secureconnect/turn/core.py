@@ -59,6 +59,7 @@ from secureconnect.turn.allocation import (
     RelayPortPool,
     Reservation,
     quota_key,
+    source_key,
 )
 from secureconnect.turn.auth import Authenticated, Authenticator, Silent
 from secureconnect.turn.peerpolicy import OwnEndpoints, PeerPolicy
@@ -248,9 +249,8 @@ class TurnCore:
             allocation.expire(now)
             if rate:
                 allocation.budget = min(float(rate), allocation.budget + rate * elapsed)
-        reservations = self.table.reservations
-        for token in [t for t, r in reservations.items() if r.expires <= now]:
-            self._release_reservation(reservations.pop(token))
+        for reservation in self.table.take_expired_reservations(now):
+            self._release_reservation(reservation)
 
     def metrics(self) -> dict[str, float]:
         """Counters and gauges for the /metrics endpoint (see ``counter_samples``)."""
@@ -267,9 +267,8 @@ class TurnCore:
         """Release every relay socket (shutdown)."""
         for allocation in self.table:
             self._delete(allocation)
-        for reservation in self.table.reservations.values():
+        for reservation in self.table.take_expired_reservations(None):
             self._release_reservation(reservation)
-        self.table.reservations.clear()
 
     # -- requests --------------------------------------------------------------------------
 
@@ -290,29 +289,39 @@ class TurnCore:
         if self.settings.relay_ip(asks.family) is None:
             # "If the value ... is not supported ... 440 (Address Family not Supported)".
             raise StunError(ErrorCode.ADDRESS_FAMILY_NOT_SUPPORTED)
-        # Quotas: RFC 8656 §7.2 "the server MAY ... reject with 486 (Allocation Quota Reached)".
         settings = self.settings
-        if (
-            len(self.table) >= settings.total_quota
-            or self.table.by_user.get(quota_key(identity.username), 0) >= settings.user_quota
-        ):
-            raise StunError(ErrorCode.ALLOCATION_QUOTA_REACHED)
-        # Every check that can fail comes before a socket is bound: nothing to undo after.
-        lifetime = self._lifetime(msg, identity, now)
-        family = asks.family
-        reserved_token = b""
+        user, source = quota_key(identity.username), source_key(five_tuple[1][0])
+        reservation: Reservation | None = None
         if asks.token is not None:
             # "If the token is not valid, the server MUST reject with 508" (RFC 8656 §7.2).
-            reservation = self.table.reservations.pop(asks.token, None)
+            reservation = self.table.take_reservation(asks.token)
             if reservation is not None and reservation.expires <= now:
                 self._release_reservation(reservation)
                 reservation = None
             if reservation is None:
                 raise StunError(ErrorCode.INSUFFICIENT_CAPACITY)
+        # Every check that can fail comes before a socket is bound: nothing to undo after but
+        # the reservation taken above, which goes back if a check fails.
+        try:
+            # RFC 8656 §7.2 "the server MAY ... reject with 486 (Allocation Quota Reached)".
+            # A reservation (EVEN-PORT with R) holds a second socket: it needs a second slot.
+            self._check_quotas(user, source, 2 if asks.reserve else 1)
+            lifetime = self._lifetime(msg, identity, now)
+        except StunError:
+            if reservation is not None and asks.token is not None:
+                self.table.reserve(asks.token, reservation)
+            raise
+        family = asks.family
+        reserved_token = b""
+        if reservation is not None:
             endpoint, port, family = reservation.endpoint, reservation.port, reservation.family
         else:
             endpoint, port, reserved_token = self._bind_relay(
-                family, even=asks.even, reserve=asks.reserve, now=now, df=asks.dont_fragment
+                family,
+                even=asks.even,
+                reserve=(user, source) if asks.reserve else None,
+                now=now,
+                df=asks.dont_fragment,
             )
         allocation = Allocation(
             five_tuple,
@@ -343,6 +352,18 @@ class TurnCore:
         client_ip, client_port = five_tuple[1]
         attributes.append((A.XOR_MAPPED_ADDRESS, encode_xor_address(client_ip, client_port, tid)))
         return allocation, attributes
+
+    def _check_quotas(self, user: str, source: str, needed: int) -> None:
+        """486 unless ``needed`` more relay sockets fit the total quota, the user's and the
+        client address's (one address may take only a share of the total: in open mode anyone
+        can mint credentials for any user name, so the per-user quota alone bounds nothing)."""
+        settings, table = self.settings, self.table
+        if (
+            table.held() + needed > settings.total_quota
+            or table.by_user.get(user, 0) + needed > settings.user_quota
+            or table.by_source.get(source, 0) + needed > settings.ip_quota
+        ):
+            raise StunError(ErrorCode.ALLOCATION_QUOTA_REACHED)
 
     def _refresh(
         self, msg: StunMessage, allocation: Allocation, identity: Authenticated, now: float
@@ -496,20 +517,21 @@ class TurnCore:
         return lifetime
 
     def _bind_relay(
-        self, family: int, *, even: bool, reserve: bool, now: float, df: bool
+        self, family: int, *, even: bool, reserve: tuple[str, str] | None, now: float, df: bool
     ) -> tuple[RelayEndpoint, int, bytes]:
-        """Bind a relay socket from the pool; with ``reserve`` also hold port+1 for a later
-        Allocate with the returned RESERVATION-TOKEN (RFC 8656 §7.2, EVEN-PORT R bit)."""
+        """Bind a relay socket from the pool; with ``reserve`` (the user's and the client
+        address's quota keys) also hold port+1 for a later Allocate with the returned
+        RESERVATION-TOKEN (RFC 8656 §7.2, EVEN-PORT R bit), counted against those quotas."""
         ports = self.ports
         binder = self.binder
-        for port in ports.candidates(family, even=even or reserve):
-            if reserve and port + 1 > ports.high:
+        for port in ports.candidates(family, even=even or reserve is not None):
+            if reserve is not None and port + 1 > ports.high:
                 continue
             try:
                 endpoint = binder.bind(family, port, df)
             except OSError:
                 continue
-            if not reserve:
+            if reserve is None:
                 ports.take(family, port)
                 return endpoint, port, b""
             try:
@@ -521,7 +543,8 @@ class TurnCore:
             ports.take(family, port + 1)
             token = secrets.token_bytes(8)
             expires = now + self.settings.reservation_lifetime
-            self.table.reservations[token] = Reservation(held, port + 1, expires, family)
+            user, source = reserve
+            self.table.reserve(token, Reservation(held, port + 1, expires, family, user, source))
             return endpoint, port, token
         # RFC 8656 §7.2: no port that satisfies the request: 508 (Insufficient Capacity).
         raise StunError(ErrorCode.INSUFFICIENT_CAPACITY)

@@ -21,7 +21,8 @@ class TurnSettings:
     permission_lifetime: int = 300  # RFC 8656 §9: 300 seconds
     channel_lifetime: int = 600  # RFC 8656 §12: 10 minutes
     reservation_lifetime: int = 30  # RFC 8656 §7.2: "approximately 30 seconds"
-    user_quota: int = 10
+    user_quota: int = 32
+    ip_quota: int = 128
     total_quota: int = 1000
     max_permissions: int = 64
     max_channels: int = 64
