@@ -1,5 +1,5 @@
 """Per-source token buckets, shared by TURN (401s and 438s per client address) and signaling
-(``/ice`` per client address).
+(``/ice`` per client address), and the failure backoff TURN applies to password guessing.
 
 Sans-IO: the caller passes ``now``. Bounded: at most ``max_sources`` buckets are kept and the
 oldest are forgotten first, so a flood of spoofed or rotating sources costs bounded memory and,
@@ -34,3 +34,53 @@ class RateLimiter:
         while len(self._buckets) > self.max_sources:
             self._buckets.popitem(last=False)
         return allowed
+
+
+class FailureBackoff:
+    """Exponential backoff per key after repeated failures (online password guessing).
+
+    A key may fail ``threshold`` times; each failure after that blocks it for ``base`` seconds,
+    doubled per further failure up to ``cap``. A key that has not failed for ``forget`` seconds
+    starts over, and at most ``max_keys`` keys are kept (the oldest forgotten first), so a flood
+    of fresh keys costs bounded memory. Sans-IO: the caller passes ``now``.
+    """
+
+    __slots__ = ("_keys", "base", "cap", "forget", "max_keys", "threshold")
+
+    def __init__(
+        self,
+        threshold: int,
+        *,
+        base: float = 1.0,
+        cap: float = 60.0,
+        forget: float = 600.0,
+        max_keys: int = 10_000,
+    ) -> None:
+        self.threshold = threshold
+        self.base = base
+        self.cap = cap
+        self.forget = forget
+        self.max_keys = max_keys
+        # key -> (failures, blocked until, last failure)
+        self._keys: OrderedDict[str, tuple[int, float, float]] = OrderedDict()
+
+    def blocked(self, key: str, now: float) -> bool:
+        """Whether ``key`` is inside a backoff period."""
+        entry = self._keys.get(key)
+        return entry is not None and entry[1] > now
+
+    def failed(self, key: str, now: float) -> None:
+        """Record a failure of ``key`` (and start or lengthen its backoff)."""
+        failures, _, last = self._keys.pop(key, (0, 0.0, now))
+        if now - last > self.forget:
+            failures = 0
+        failures += 1
+        over = failures - self.threshold
+        until = now + min(self.cap, self.base * 2 ** min(over - 1, 32)) if over > 0 else 0.0
+        self._keys[key] = (failures, until, now)
+        while len(self._keys) > self.max_keys:
+            self._keys.popitem(last=False)
+
+    def forgive(self, key: str) -> None:
+        """``key`` succeeded: its count starts over."""
+        self._keys.pop(key, None)

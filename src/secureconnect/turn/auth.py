@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from secureconnect.credentials import CredentialMinter, NonceMint, nonce_features, parse_expiry
-from secureconnect.ratelimit import RateLimiter
+from secureconnect.ratelimit import FailureBackoff, RateLimiter
 from secureconnect.stun import (
     AttrType,
     ErrorCode,
@@ -48,10 +48,55 @@ from secureconnect.stun.message import (
     long_term_key_sha256,
     verify_integrity_sha256,
 )
+from secureconnect.turn.allocation import quota_key
 
 
 class Silent(Exception):
-    """The request gets no answer at all (e.g. a source over its 401 rate)."""
+    """The request gets no answer at all; ``reason`` names why, for the drop counters:
+    ``unauthorized_rate`` (the source is over its 401 rate) or ``auth_backoff`` (it is backing
+    off after failed attempts)."""
+
+    def __init__(self, reason: str = "unauthorized_rate") -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class GuessThrottle:
+    """Backoff against online password guessing (RFC 8489 §9.2.4 leaves it to the server).
+
+    Failed attempts (a wrong key, an unknown user, a stale or forged nonce) are counted under
+    two keys, each with its own :class:`~secureconnect.ratelimit.FailureBackoff`:
+
+    * the client address with the user (``quota_key``): 5 failures, then 1 s doubling to 64 s,
+      so guessing one account from one address gets a handful of tries a minute;
+    * a static user from any address (REST names are HMACs of a server secret, nothing to
+      guess): 20 failures, then up to 30 s - distributed guessing slows down too, at the price
+      of a bounded lockout of that name (docs/security.md).
+
+    Nothing is keyed by the address alone: a guesser behind a NAT must not lock out the other
+    users of that address. While a key backs off, its requests are dropped unevaluated
+    (:class:`Silent`): the right password does not succeed at once after wrong ones, and no
+    HMAC is computed for them.
+    """
+
+    __slots__ = ("pairs", "users")
+
+    def __init__(self) -> None:
+        self.pairs = FailureBackoff(5, base=1.0, cap=64.0)
+        self.users = FailureBackoff(20, base=1.0, cap=30.0)
+
+    def admits(self, source_ip: str, username: str, now: float) -> bool:
+        """Whether a request for ``username`` from ``source_ip`` may be evaluated now."""
+        pair = f"{source_ip}|{quota_key(username)}"
+        return not (self.pairs.blocked(pair, now) or self.users.blocked(username, now))
+
+    def failed(self, source_ip: str, username: str, now: float, *, static: bool) -> None:
+        self.pairs.failed(f"{source_ip}|{quota_key(username)}", now)
+        if static:
+            self.users.failed(username, now)
+
+    def succeeded(self, source_ip: str, username: str) -> None:
+        self.pairs.forgive(f"{source_ip}|{quota_key(username)}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +128,9 @@ class Authenticator:
     """Checks long-term credentials; see the module docstring."""
 
     __slots__ = (
+        "guesses",
         "minter",
+        "named",
         "nonces",
         "realm",
         "sha256",
@@ -110,13 +157,27 @@ class Authenticator:
         self.static_users = dict(static_users or {})
         self.strict_expiry = strict_expiry
         self.unauthorized = unauthorized or RateLimiter(rate=20.0, burst=40.0)
+        limit = self.unauthorized
+        self.named = RateLimiter(5 * limit.rate, 5 * limit.burst, limit.max_sources)
+        self.guesses = GuessThrottle()
 
-    def challenge(self, code: int, source_ip: str, now: float) -> StunError:
+    def challenge(
+        self, code: int, source_ip: str, now: float, username: str | None = None
+    ) -> StunError:
         """A 401 or 438 carrying REALM and a fresh NONCE (RFC 8489 §9.2.4), unless the source
         is over its rate, in which case :class:`Silent` is raised instead."""
         # Both 401 and 438 answer requests nobody has authenticated: rate-limit both per source
-        # (REFERENCE.md: unauthenticated answers are the amplification to bound).
-        if not self.unauthorized.allow(source_ip, now):
+        # (docs/security.md: unauthenticated answers are the amplification to bound). A request
+        # that names a user is limited per address *and user*, so a flooder behind a client's
+        # NAT does not use up the 401 that client needs to start; random names cannot buy more
+        # than ``named`` allows the address in all (five times the per-key rate).
+        if username is None:
+            allowed = self.unauthorized.allow(source_ip, now)
+        else:
+            allowed = self.unauthorized.allow(
+                f"{source_ip}|{quota_key(username)}", now
+            ) and self.named.allow(source_ip, now)
+        if not allowed:
             raise Silent
         features = FEATURE_PASSWORD_ALGORITHMS if self.sha256 else 0
         attributes = [
@@ -147,19 +208,23 @@ class Authenticator:
             raise StunError(ErrorCode.BAD_REQUEST) from None
         if username is None or realm is None or nonce is None:
             raise StunError(ErrorCode.BAD_REQUEST)
+        guesses = self.guesses
+        if not guesses.admits(source_ip, username, now):
+            raise Silent("auth_backoff")  # nothing evaluated: see GuessThrottle
+        expiry = parse_expiry(username)
         # "If the NONCE is no longer valid, the server MUST generate ... 438 (Stale Nonce)".
         if not self.nonces.check(nonce, now, source_ip):
-            raise self.challenge(ErrorCode.STALE_NONCE, source_ip, now)
+            guesses.failed(source_ip, username, now, static=False)
+            raise self.challenge(ErrorCode.STALE_NONCE, source_ip, now, username)
         # A realm other than ours cannot produce a valid key: 401 like a wrong password.
         if realm != self.realm:
-            raise self.challenge(ErrorCode.UNAUTHORIZED, source_ip, now)
+            raise self.challenge(ErrorCode.UNAUTHORIZED, source_ip, now, username)
         hash_key = _algorithm(msg, nonce)
-        expiry = parse_expiry(username)
         if expiry is not None:
             passwords = self.minter.passwords_for(username)
             # Expiry of a REST credential: checked at Allocate, and always in strict mode.
             if (check_expiry or self.strict_expiry) and expiry <= now:
-                raise self.challenge(ErrorCode.UNAUTHORIZED, source_ip, now)
+                raise self.challenge(ErrorCode.UNAUTHORIZED, source_ip, now, username)
         else:
             static = self.static_users.get(username)
             passwords = (static,) if static is not None else ()
@@ -171,9 +236,11 @@ class Authenticator:
         for password in passwords:
             key = hash_key(username, self.realm, password)
             if verify(msg, key):
+                guesses.succeeded(source_ip, username)
                 credential_expiry = float(expiry) if expiry is not None else None
                 return Authenticated(username, key, credential_expiry, sha256)
-        raise self.challenge(ErrorCode.UNAUTHORIZED, source_ip, now)
+        guesses.failed(source_ip, username, now, static=expiry is None)
+        raise self.challenge(ErrorCode.UNAUTHORIZED, source_ip, now, username)
 
 
 def _algorithm(msg: StunMessage, nonce: str) -> Callable[[str, str, str], bytes]:

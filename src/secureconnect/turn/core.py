@@ -188,8 +188,11 @@ class TurnCore:
                 now + self.wall_offset,  # nonces and REST expiries are Unix times
                 check_expiry=msg.method == Method.ALLOCATE,
             )
-        except Silent:
-            self.counters.dropped_unauthorized_rate += 1
+        except Silent as silent:
+            if silent.reason == "auth_backoff":
+                self.counters.dropped_auth_backoff += 1
+            else:
+                self.counters.dropped_unauthorized_rate += 1
             return None
         except StunError as exc:
             return self._error(msg, exc, None)

@@ -62,6 +62,7 @@ class TurnCounters:
     auth_failures: dict[str, int] = field(default_factory=dict)  # reason -> count
     dropped_not_stun: int = 0
     dropped_unauthorized_rate: int = 0
+    dropped_auth_backoff: int = 0  # password-guessing backoff (turn.auth.GuessThrottle)
     dropped_indications: int = 0
     allocations_created: int = 0
     allocations_deleted: int = 0
@@ -98,6 +99,7 @@ def counter_samples(counters: TurnCounters, table: AllocationTable) -> dict[str,
         "turn_peers_refused_total": counters.peers_refused,
         'turn_dropped_total{reason="not_stun"}': counters.dropped_not_stun,
         'turn_dropped_total{reason="unauthorized_rate"}': counters.dropped_unauthorized_rate,
+        'turn_dropped_total{reason="auth_backoff"}': counters.dropped_auth_backoff,
         'turn_dropped_total{reason="indication"}': counters.dropped_indications,
     }
     for code, count in counters.errors.items():
