@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from secureconnect.turn.peerpolicy import (
     DEFAULT_DENY,
     LOOPBACK_RANGES,
+    OwnEndpoints,
     PeerPolicy,
     Refusal,
     embedded_ipv4,
@@ -465,3 +466,22 @@ def test_arbitrary_text_never_raises(text: str) -> None:
     assert isinstance(result, bool)
     reason = DEFAULT.refusal_reason(text)
     assert (reason is None) == result
+
+
+@pytest.mark.parametrize(
+    "peer",
+    [
+        ("::ffff:127.0.0.1", 3478),  # IPv4-mapped
+        ("::ffff:7f00:1", 3478),  # the same, written in hex
+        ("64:ff9b::7f00:1", 3478),  # NAT64 well-known prefix
+        ("2002:7f00:1::1", 3478),  # 6to4
+        ("::ffff:192.0.2.1", 5349),  # mapped, matched on a wildcard listener's port
+    ],
+)
+def test_own_endpoints_see_through_ipv6_spellings_of_ipv4(peer: tuple[str, int]) -> None:
+    """Issue #12 finding 10: ChannelBind to ``::ffff:127.0.0.1:<own port>`` from an IPv6
+    allocation was accepted; the own-port rule now reads every IPv4-in-IPv6 form the peer
+    policy reads."""
+    own = OwnEndpoints([("127.0.0.1", 3478), ("0.0.0.0", 5349)], local_ips=["192.0.2.1"])
+    assert peer in own
+    assert (peer[0], 9999) not in own

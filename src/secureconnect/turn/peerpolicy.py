@@ -401,16 +401,30 @@ class OwnEndpoints:
     def __contains__(self, peer: object) -> bool:
         if not isinstance(peer, tuple) or len(peer) != 2:
             return False
-        if peer in self._exact:
+        ip, port = peer
+        if self._matches(ip, port):
             return True
-        if peer[1] not in self._wildcard_ports:
+        if not isinstance(ip, str) or ":" not in ip:
             return False
-        if peer[0] in self._local_ips:
+        # An IPv6 spelling of an IPv4 endpoint (IPv4-mapped, NAT64, 6to4... as the peer
+        # policy reads them) names the same service: TURN-in-TURN all the same.
+        parsed = _parse_untrusted(ip)
+        if parsed is None:
+            return False
+        value = int(parsed)
+        embedded = [value & _U32] if value >> 32 == _MAPPED_HI96 else []
+        embedded += [v4 for _, v4 in embedded_ipv4(value)]
+        return any(self._matches(_text(v4, 4), port) for v4 in embedded)
+
+    def _matches(self, ip: object, port: object) -> bool:
+        if (ip, port) in self._exact:
             return True
-        try:
-            return ipaddress.ip_address(peer[0]).is_loopback
-        except ValueError:
+        if port not in self._wildcard_ports:
             return False
+        if ip in self._local_ips:
+            return True
+        parsed = _parse_untrusted(ip)
+        return parsed is not None and parsed.is_loopback
 
     def __bool__(self) -> bool:
         return bool(self._exact or self._wildcard_ports)
