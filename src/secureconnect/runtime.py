@@ -345,6 +345,7 @@ def build_turn(runtime: Runtime) -> TurnServer:
         max_connections=turn.max_connections,
         max_connections_per_ip=turn.max_connections_per_ip,
         idle_timeout=turn.idle_timeout,
+        unallocated_timeout=turn.unallocated_timeout,
         handshake_timeout=turn.handshake_timeout,
         other_services=stun_udp_endpoints(runtime.config),
     )

@@ -5,6 +5,7 @@ checks that nobody else paid for it (no component restart, bystanders intact, no
 
 from __future__ import annotations
 
+import socket
 import time
 from pathlib import Path
 
@@ -110,4 +111,38 @@ def test_reservations_count_against_the_quotas(tmp_path: Path) -> None:
         reply = other.allocate(even_port_reserve)
         assert error_code(reply) is None
         assert reply.get(A.RESERVATION_TOKEN) is not None
+        target.assert_healthy()
+
+
+def test_idle_connections_on_one_transport_lock_out_neither_that_one_nor_the_other(
+    tmp_path: Path,
+) -> None:
+    """Finding 6: TURN TCP and TLS shared one 1,024-connection cap and idle connections were
+    kept 300 s, so 8 addresses x 128 idle connections locked everyone out of both. Now each
+    transport has its own cap, and a connection without an allocation is closed after
+    turn.unallocated_timeout seconds of silence (10 s by default; 1 s here)."""
+    caps = ("turn.max_connections=8", "turn.max_connections_per_ip=4")
+    with turn_target(tmp_path, *caps, "turn.unallocated_timeout=1.0") as target:
+        idle = []
+        for ip in ("127.0.0.2", "127.0.0.3"):  # two addresses fill the TCP cap
+            for _ in range(4):
+                conn = socket.create_connection(("127.0.0.1", target.port), source_address=(ip, 0))
+                idle.append(conn)
+        time.sleep(0.2)
+        tls = open_client("tls", target, user="firewalled")
+        assert error_code(tls.allocate()) is None  # TLS has its own slots
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:  # the idle ones are closed within ~1 s
+            try:
+                client = open_client("tcp", target, user="latecomer", timeout=1.0)
+                assert error_code(client.allocate()) is None
+                break
+            except (ConnectionError, TimeoutError, OSError):
+                time.sleep(0.2)
+        else:
+            raise AssertionError("the TCP cap stayed full of idle connections")
+        for conn in idle:
+            conn.settimeout(2)
+            assert conn.recv(1) == b""  # closed by the server
+            conn.close()
         target.assert_healthy()

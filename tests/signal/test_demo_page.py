@@ -8,7 +8,6 @@ A missing browser or Playwright package fails the test with the install hint; it
 
 from __future__ import annotations
 
-import shutil
 import socket
 import time
 import uuid
@@ -20,29 +19,11 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from appliance import ApplianceNotReady, Running, free_port, run_appliance
+from chromium import launch_chromium
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, ConsoleMessage, Error, Page
 
-INSTALL_HINT = (
-    "install it with `sudo bash scripts/install-browser.sh` (Debian's chromium) and "
-    "`.venv/bin/pip install -e '.[test]'` (Playwright); the test uses the system chromium, "
-    "never `playwright install`"
-)
-CHROMIUM_FLAGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
-    # Chromium gathers no candidates on loopback without this.
-    "--allow-loopback-in-peer-connection",
-    # Host candidates as IPs: no mDNS names, no multicast announcements.
-    "--disable-features=WebRtcHideLocalIpsWithMdns",
-]
 CONNECT_TIMEOUT = 30.0  # seconds for both pages to report a relayed, open connection
 STEP_TIMEOUT_MS = 10_000
 
@@ -136,22 +117,8 @@ def appliance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Appliance]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    executable = shutil.which("chromium")
-    if executable is None:
-        pytest.fail(f"chromium is not installed: {INSTALL_HINT}", pytrace=False)
-    try:
-        # Imported here so that a missing package fails this test with the hint, not collection.
-        from playwright.sync_api import sync_playwright  # noqa: PLC0415
-    except ImportError:
-        pytest.fail(f"the Playwright Python package is missing: {INSTALL_HINT}", pytrace=False)
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(
-            executable_path=executable, args=CHROMIUM_FLAGS, timeout=30_000
-        )
-        try:
-            yield launched
-        finally:
-            launched.close()
+    with launch_chromium() as launched:
+        yield launched
 
 
 @pytest.fixture

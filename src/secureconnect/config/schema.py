@@ -83,7 +83,9 @@ def _max_connections_field() -> Any:
     return field(
         default=1024,
         metadata=_doc(
-            "TCP/TLS connections open at once; more are closed at accept", check=_positive
+            "TCP connections open at once, and TLS connections (each has its own cap); more "
+            "are closed at accept",
+            check=_positive,
         ),
     )
 
@@ -92,8 +94,8 @@ def _per_ip_field(default: int) -> Any:
     return field(
         default=default,
         metadata=_doc(
-            "TCP/TLS connections one client address may hold (0: no limit); keeps one host "
-            "from taking every slot of max_connections",
+            "TCP (and, separately, TLS) connections one client address may hold (0: no "
+            "limit); keeps one host from taking every slot of max_connections",
             check=lambda value: None if value >= 0 else "must be 0 or more",
         ),
     )
@@ -370,7 +372,17 @@ class TurnConfig:
     max_connections_per_ip: int = _per_ip_field(128)
     idle_timeout: float = field(
         default=300.0,
-        metadata=_doc("seconds a TCP/TLS client may stay silent", check=_positive),
+        metadata=_doc(
+            "seconds a TCP/TLS client with an allocation may stay silent", check=_positive
+        ),
+    )
+    unallocated_timeout: float = field(
+        default=10.0,
+        metadata=_doc(
+            "seconds a TCP/TLS connection without an allocation may stay silent (a slot is "
+            "for relaying: idle connections must not lock others out)",
+            check=_positive,
+        ),
     )
     handshake_timeout: float = _handshake_timeout_field()
 

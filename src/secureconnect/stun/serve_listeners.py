@@ -4,7 +4,9 @@
 
 :class:`StreamAcceptor` opens listeners, accepts connections up to a cap (in total and per client
 address), runs the TLS handshake under a deadline and hands each connection to the component's
-``handler`` coroutine ``handler(stream, source, local, transport)``.
+``handler`` coroutine ``handler(stream, source, local, transport)``. TCP and TLS are capped
+separately (``max_connections`` and ``max_per_ip`` apply to each), so filling one transport
+leaves the other - TURN over TLS on 443 is the last resort of firewalled users - available.
 
 Resource handling: every accepted stream is closed when its handler returns, however it returns;
 ``open_listeners`` closes what it opened if a later bind fails, and raises :class:`BindError`
@@ -66,7 +68,9 @@ class StreamAcceptor:
     max_per_ip: int = 0  # 0: no per-address cap
     handshake_timeout: float = 10.0
     counters: StreamCounters = field(default_factory=StreamCounters)
-    _per_ip: dict[str, int] = field(default_factory=dict)
+    #: connections open per transport (False: TCP, True: TLS) and per (transport, client IP)
+    _open: dict[bool, int] = field(default_factory=lambda: {False: 0, True: 0})
+    _per_ip: dict[tuple[bool, str], int] = field(default_factory=dict)
 
     async def open_listeners(
         self, addresses: Sequence[str], port: int
@@ -108,8 +112,9 @@ class StreamAcceptor:
                 await trio.aclose_forcefully(stream)
                 continue
             source = (peer[0], peer[1])
-            held = self._per_ip.get(source[0], 0)
-            if counters.open >= self.max_connections:
+            key = (tls, source[0])
+            held = self._per_ip.get(key, 0)
+            if self._open[tls] >= self.max_connections:
                 counters.refused_over_cap += 1
                 await trio.aclose_forcefully(stream)
                 continue
@@ -117,7 +122,8 @@ class StreamAcceptor:
                 counters.refused_per_ip += 1
                 await trio.aclose_forcefully(stream)
                 continue
-            self._per_ip[source[0]] = held + 1
+            self._per_ip[key] = held + 1
+            self._open[tls] += 1
             counters.accepted += 1
             counters.open += 1
             connections.start_soon(partial(self._serve_connection, stream, source, local, tls))
@@ -149,9 +155,11 @@ class StreamAcceptor:
             log.exception("connection-handler-failed")
         finally:
             counters.open -= 1
-            left = self._per_ip.pop(source[0]) - 1
+            self._open[tls] -= 1
+            key = (tls, source[0])
+            left = self._per_ip.pop(key) - 1
             if left:
-                self._per_ip[source[0]] = left
+                self._per_ip[key] = left
             await trio.aclose_forcefully(stream)
 
     async def _tls_handshake(
@@ -206,8 +214,8 @@ class StreamComponent:
     addresses, and the scope whose cancellation starts a drain."""
 
     tls_context: Callable[[], ssl.SSLContext] | None = None
-    max_connections: int = 1024
-    max_connections_per_ip: int = 0  # 0: no per-address cap
+    max_connections: int = 1024  # per transport (TCP and TLS each)
+    max_connections_per_ip: int = 0  # per transport; 0: no per-address cap
     idle_timeout: float = 30.0
     handshake_timeout: float = 10.0
     bound: list[tuple[str, str, int]] = field(default_factory=list)  # (transport, ip, port)
@@ -238,10 +246,13 @@ class StreamComponent:
         """Serve one accepted (and, for TLS, handshaken) connection."""
         raise NotImplementedError
 
-    async def receive_or_idle(self, stream: trio.abc.Stream, size: int) -> bytes | bytearray:
-        """The client's next bytes (at most ``size``); ``b""`` at EOF, or after ``idle_timeout``
-        seconds of silence (counted as an idle close): either way the connection ends."""
-        with trio.move_on_after(self.idle_timeout):
+    async def receive_or_idle(
+        self, stream: trio.abc.Stream, size: int, timeout: float | None = None
+    ) -> bytes | bytearray:
+        """The client's next bytes (at most ``size``); ``b""`` at EOF, or after ``timeout``
+        (default ``idle_timeout``) seconds of silence (counted as an idle close): either way
+        the connection ends."""
+        with trio.move_on_after(self.idle_timeout if timeout is None else timeout):
             return await stream.receive_some(size)
         self.stream_counters.idle_closed += 1
         return b""

@@ -167,6 +167,9 @@ class TurnServer(StreamComponent):
     core: TurnCore
     endpoints: TurnEndpoints
     idle_timeout: float = field(default=300.0, kw_only=True)  # TURN sessions idle longer
+    #: silence allowed to a TCP/TLS connection that holds no allocation: a connection slot is
+    #: for relaying, and idle ones held by a few addresses once locked everyone out
+    unallocated_timeout: float = field(default=10.0, kw_only=True)
     clock: Callable[[], float] = time.monotonic  # timers; the core adds wall_offset for auth
     name: str = "turn"
     #: UDP endpoints of the process's other services (the STUN component): never relayed to
@@ -471,8 +474,11 @@ class TurnServer(StreamComponent):
     ) -> None:
         core = self.core
         framer = StreamFramer()
+        table = core.table
         while True:
-            data = await self.receive_or_idle(stream, RECV_SIZE)
+            allocated = table.get(five_tuple) is not None
+            timeout = self.idle_timeout if allocated else self.unallocated_timeout
+            data = await self.receive_or_idle(stream, RECV_SIZE, timeout)
             if not data:
                 return
             framer.feed(data)

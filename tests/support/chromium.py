@@ -1,0 +1,56 @@
+"""Headless Chromium for tests: Debian's ``chromium`` driven by Playwright with the system
+executable (never ``playwright install``). A missing browser or package fails the test with
+the install hint; it never skips. On pytest's pythonpath as ``chromium``."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
+
+INSTALL_HINT = (
+    "install it with `sudo bash scripts/install-browser.sh` (Debian's chromium) and "
+    "`.venv/bin/pip install -e '.[test]'` (Playwright); the test uses the system chromium, "
+    "never `playwright install`"
+)
+CHROMIUM_FLAGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    # Chromium gathers no candidates on loopback without this.
+    "--allow-loopback-in-peer-connection",
+    # Host candidates as IPs: no mDNS names, no multicast announcements.
+    "--disable-features=WebRtcHideLocalIpsWithMdns",
+]
+
+
+@contextmanager
+def launch_chromium(extra_flags: Sequence[str] = ()) -> Iterator[Browser]:
+    """A headless Chromium with :data:`CHROMIUM_FLAGS` (and ``extra_flags``), closed after."""
+    executable = shutil.which("chromium")
+    if executable is None:
+        pytest.fail(f"chromium is not installed: {INSTALL_HINT}", pytrace=False)
+    try:
+        # Imported here so that a missing package fails the test with the hint, not collection.
+        from playwright.sync_api import sync_playwright  # noqa: PLC0415
+    except ImportError:
+        pytest.fail(f"the Playwright Python package is missing: {INSTALL_HINT}", pytrace=False)
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=executable, args=[*CHROMIUM_FLAGS, *extra_flags], timeout=30_000
+        )
+        try:
+            yield launched
+        finally:
+            launched.close()
