@@ -29,7 +29,8 @@ GATHER = """async ([peers, user]) => {
     const gathered = new Promise(resolve => {
       pc.onicecandidate = e => {
         if (!e.candidate) { resolve(); return; }
-        if (e.candidate.type === 'relay') relayed.push(e.candidate.address + ':' + e.candidate.port);
+        const c = e.candidate;
+        if (c.type === 'relay') relayed.push(`${c.address}:${c.port}`);
       };
     });
     pc.createDataChannel('mesh');
@@ -55,7 +56,7 @@ def test_one_browser_peer_of_a_ten_person_mesh_gets_every_relay_candidate(
         "general.drain_timeout=0.5",
     )
     with (
-        run_appliance(tmp_path, state_dir=tmp_path / "state", settings=settings) as app,
+        run_appliance(tmp_path, state_dir=tmp_path / "state", settings=settings),
         launch_chromium(["--ignore-certificate-errors"]) as browser,  # turns: self-signed
     ):
         context = browser.new_context(ignore_https_errors=True)

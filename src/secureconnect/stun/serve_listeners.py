@@ -247,12 +247,12 @@ class StreamComponent:
         raise NotImplementedError
 
     async def receive_or_idle(
-        self, stream: trio.abc.Stream, size: int, timeout: float | None = None
+        self, stream: trio.abc.Stream, size: int, silence: float | None = None
     ) -> bytes | bytearray:
-        """The client's next bytes (at most ``size``); ``b""`` at EOF, or after ``timeout``
-        (default ``idle_timeout``) seconds of silence (counted as an idle close): either way
+        """The client's next bytes (at most ``size``); ``b""`` at EOF, or after ``silence``
+        (default ``idle_timeout``) seconds without any (counted as an idle close): either way
         the connection ends."""
-        with trio.move_on_after(self.idle_timeout if timeout is None else timeout):
+        with trio.move_on_after(self.idle_timeout if silence is None else silence):
             return await stream.receive_some(size)
         self.stream_counters.idle_closed += 1
         return b""

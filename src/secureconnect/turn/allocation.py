@@ -87,6 +87,17 @@ def source_key(ip: str) -> str:
     return str(ipaddress.IPv6Network((int(address) >> 64 << 64, 64)))
 
 
+class Quotas(Protocol):
+    """The quota settings :meth:`AllocationTable.fits` checks (``TurnSettings`` has them)."""
+
+    @property
+    def total_quota(self) -> int: ...
+    @property
+    def user_quota(self) -> int: ...
+    @property
+    def ip_quota(self) -> int: ...
+
+
 class NoRelays:
     """The binder of a core that no I/O layer has adopted: every bind fails (508)."""
 
@@ -255,10 +266,25 @@ class AllocationTable:
             self._count(reservation.user, reservation.source, -1)
         return reservation
 
+    def give_back(self, token: bytes | None, reservation: Reservation | None) -> None:
+        """Undo :meth:`take_reservation` for an Allocate that failed after taking it."""
+        if token is not None and reservation is not None:
+            self.reserve(token, reservation)
+
     def take_expired_reservations(self, now: float | None) -> list[Reservation]:
         """Remove and return the reservations expired by ``now`` (every one when None)."""
         tokens = [t for t, r in self._reservations.items() if now is None or r.expires <= now]
         return [r for t in tokens if (r := self.take_reservation(t)) is not None]
+
+    def fits(self, user: str, source: str, needed: int, quotas: Quotas) -> bool:
+        """Whether ``needed`` more relay sockets fit the total quota, ``user``'s and the client
+        address's (one address may take only a share of the total: in open mode anyone can
+        mint credentials for any user name, so the per-user quota alone bounds nothing)."""
+        return (
+            self.held() + needed <= quotas.total_quota
+            and self.by_user.get(user, 0) + needed <= quotas.user_quota
+            and self.by_source.get(source, 0) + needed <= quotas.ip_quota
+        )
 
     def _count(self, user: str, source: str, delta: int) -> None:
         for counts, key in ((self.by_user, user), (self.by_source, source)):

@@ -39,7 +39,6 @@ from secureconnect.stun import (
     StunError,
     StunMessage,
     decode_message_untrusted,
-    decode_u32_untrusted,
     decode_xor_address_untrusted,
     encode_error_code,
     encode_message,
@@ -74,6 +73,7 @@ from secureconnect.turn.requests import (
     KNOWN,
     NO_INTEGRITY_CODES,
     allocate_asks,
+    desired_lifetime,
     unknown_attributes_error,
 )
 from secureconnect.turn.settings import ToPeer, TurnCounters, TurnSettings, counter_samples
@@ -304,16 +304,17 @@ class TurnCore:
             if reservation is None:
                 raise StunError(ErrorCode.INSUFFICIENT_CAPACITY)
         # Every check that can fail comes before a socket is bound: nothing to undo after but
-        # the reservation taken above, which goes back if a check fails.
+        # the reservation taken above, which goes back if a check fails (the token stays good).
         try:
-            # RFC 8656 §7.2 "the server MAY ... reject with 486 (Allocation Quota Reached)".
-            # A reservation (EVEN-PORT with R) holds a second socket: it needs a second slot.
-            self._check_quotas(user, source, 2 if asks.reserve else 1)
             lifetime = self._lifetime(msg, identity, now)
         except StunError:
-            if reservation is not None and asks.token is not None:
-                self.table.reserve(asks.token, reservation)
+            self.table.give_back(asks.token, reservation)
             raise
+        # RFC 8656 §7.2 "the server MAY ... reject with 486 (Allocation Quota Reached)".
+        # A reservation (EVEN-PORT with R) holds a second socket: it needs a second slot.
+        if not self.table.fits(user, source, 2 if asks.reserve else 1, settings):
+            self.table.give_back(asks.token, reservation)
+            raise StunError(ErrorCode.ALLOCATION_QUOTA_REACHED)
         family = asks.family
         reserved_token = b""
         if reservation is not None:
@@ -355,18 +356,6 @@ class TurnCore:
         client_ip, client_port = five_tuple[1]
         attributes.append((A.XOR_MAPPED_ADDRESS, encode_xor_address(client_ip, client_port, tid)))
         return allocation, attributes
-
-    def _check_quotas(self, user: str, source: str, needed: int) -> None:
-        """486 unless ``needed`` more relay sockets fit the total quota, the user's and the
-        client address's (one address may take only a share of the total: in open mode anyone
-        can mint credentials for any user name, so the per-user quota alone bounds nothing)."""
-        settings, table = self.settings, self.table
-        if (
-            table.held() + needed > settings.total_quota
-            or table.by_user.get(user, 0) + needed > settings.user_quota
-            or table.by_source.get(source, 0) + needed > settings.ip_quota
-        ):
-            raise StunError(ErrorCode.ALLOCATION_QUOTA_REACHED)
 
     def _refresh(
         self, msg: StunMessage, allocation: Allocation, identity: Authenticated, now: float
@@ -500,24 +489,14 @@ class TurnCore:
         return ip, port
 
     def _lifetime(self, msg: StunMessage, identity: Authenticated, now: float) -> int:
-        """RFC 8656 §7.2: the "desired lifetime" - min(requested, max), at least the default;
-        LIFETIME 0 (Refresh only) means delete. Strict expiry caps it at the credential's."""
-        settings = self.settings
-        value = msg.get(A.LIFETIME)
-        if value is None:
-            lifetime = settings.default_lifetime
-        else:
-            try:
-                requested = decode_u32_untrusted(value)
-            except StunDecodeError:
-                raise StunError(ErrorCode.BAD_REQUEST, "malformed LIFETIME") from None
-            if requested == 0 and msg.method == Method.REFRESH:
-                return 0
-            lifetime = max(min(requested, settings.max_lifetime), settings.default_lifetime)
+        """The granted lifetime (``requests.desired_lifetime``); strict expiry caps it at the
+        credential's expiry (Unix time, hence ``wall_offset``)."""
+        cap = None
         if self.auth.strict_expiry and identity.credential_expiry is not None:
-            wall = now + self.wall_offset
-            lifetime = max(0, min(lifetime, int(identity.credential_expiry - wall)))
-        return lifetime
+            cap = identity.credential_expiry - (now + self.wall_offset)
+        return desired_lifetime(
+            msg, self.settings.default_lifetime, self.settings.max_lifetime, cap
+        )
 
     def _bind_relay(
         self, family: int, *, even: bool, reserve: tuple[str, str] | None, now: float, df: bool

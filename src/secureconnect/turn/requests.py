@@ -14,8 +14,10 @@ from secureconnect.stun import (
     AttrType,
     ErrorCode,
     Method,
+    StunDecodeError,
     StunError,
     StunMessage,
+    decode_u32_untrusted,
     encode_unknown_attributes,
 )
 
@@ -116,3 +118,23 @@ def unknown_attributes_error(types: tuple[int, ...]) -> StunError:
         ErrorCode.UNKNOWN_ATTRIBUTE,
         attributes=((A.UNKNOWN_ATTRIBUTES, encode_unknown_attributes(types)),),
     )
+
+
+def desired_lifetime(msg: StunMessage, default: int, maximum: int, cap: float | None = None) -> int:
+    """RFC 8656 §7.2: the "desired lifetime" - min(requested, ``maximum``), at least
+    ``default``; LIFETIME 0 (Refresh only) means delete; ``cap`` (seconds, strict expiry) bounds
+    the result. A malformed LIFETIME is 400."""
+    value = msg.get(A.LIFETIME)
+    if value is None:
+        lifetime = default
+    else:
+        try:
+            requested = decode_u32_untrusted(value)
+        except StunDecodeError:
+            raise StunError(ErrorCode.BAD_REQUEST, "malformed LIFETIME") from None
+        if requested == 0 and msg.method == Method.REFRESH:
+            return 0
+        lifetime = max(min(requested, maximum), default)
+    if cap is not None:
+        lifetime = max(0, min(lifetime, int(cap)))
+    return lifetime
