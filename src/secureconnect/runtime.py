@@ -443,6 +443,7 @@ def build_signal(runtime: Runtime) -> SignalServer:
     from secureconnect.signal.hub import HubSettings, SignalHub  # noqa: PLC0415
     from secureconnect.signal.ice import IceConfig  # noqa: PLC0415
     from secureconnect.signal.serve import SignalServer  # noqa: PLC0415
+    from secureconnect.signal.serve_admission import AdmissionLimits  # noqa: PLC0415
 
     config = runtime.config
     sig = config.signal
@@ -480,6 +481,13 @@ def build_signal(runtime: Runtime) -> SignalServer:
         routes,
         addresses=sig.listen,
         port=sig.port,
+        limits=AdmissionLimits(
+            max_connections=sig.max_connections,
+            max_pending=sig.max_pending_handshakes,
+            max_pending_per_ip=sig.max_pending_handshakes_per_ip,
+            handshake_timeout=sig.handshake_timeout,
+            exempt=tuple(ipaddress.ip_network(n, strict=False) for n in sig.trusted_proxies),
+        ),
         tls_context=runtime.tls_context if sig.tls else None,
         ping_interval=sig.ping_interval,
         max_connections_per_ip=sig.max_connections_per_ip,

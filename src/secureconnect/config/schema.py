@@ -491,6 +491,37 @@ class SignalConfig:
         default=64,
         metadata=_doc("WebSocket connections one client address may hold", check=_positive),
     )
+    max_connections: int = field(
+        default=4096,
+        metadata=_doc(
+            "TCP connections open at once (handshakes, HTTP requests, WebSockets); more are "
+            "closed at accept",
+            check=_positive,
+        ),
+    )
+    max_pending_handshakes: int = field(
+        default=1024,
+        metadata=_doc(
+            "connections still in their TLS/HTTP handshake at once; more are closed at accept "
+            "(slowloris)",
+            check=_positive,
+        ),
+    )
+    max_pending_handshakes_per_ip: int = field(
+        default=16,
+        metadata=_doc(
+            "connections one client address may have in their TLS/HTTP handshake at once "
+            "(not applied to trusted_proxies)",
+            check=_positive,
+        ),
+    )
+    handshake_timeout: float = field(
+        default=5.0,
+        metadata=_doc(
+            "seconds a client has to finish the TLS handshake and send its HTTP request",
+            check=_positive,
+        ),
+    )
 
 
 @dataclass(frozen=True, slots=True)

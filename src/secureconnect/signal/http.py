@@ -9,26 +9,34 @@ default); /healthz stays public for load balancers. /ice is rate-limited per cli
 decides who the client is (:func:`client_address`: ``X-Forwarded-For`` counts only when the
 connection comes from a configured trusted proxy) and whether a browser's ``Origin`` may open the
 WebSocket.
+
+A request target or ``Origin`` that does not parse as a URL (``//[``, ``http://[``: an unclosed
+IPv6 literal, RFC 3986 §3.2.2) is the client's error: 400 and one log line without a traceback,
+at most one a minute (a client could otherwise write the log at the rate it sends requests).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import SplitResult, parse_qs, urlsplit
 
+from secureconnect.logs import fields
 from secureconnect.ratelimit import RateLimiter
 from secureconnect.signal.exposition import CONTENT_TYPE as METRICS_TYPE
 from secureconnect.signal.exposition import render
 from secureconnect.signal.ice import IceConfig
 from secureconnect.signal.tokens import RoomTokens
 
+log = logging.getLogger("secureconnect.signal")
 JSON_TYPE = "application/json"
+BAD_REQUEST_LOG_INTERVAL = 60.0  # seconds between two "signal-bad-request" lines
 STATIC_TYPES = {
     ".html": "text/html; charset=utf-8",
     ".js": "text/javascript; charset=utf-8",
@@ -93,7 +101,9 @@ class HttpRoutes:
     #: /ice per client address (each answer is an HMAC and a JSON body); None: unlimited
     ice_limiter: RateLimiter | None = None
     clock: Callable[[], float] = time.time
+    bad_requests: int = 0  # malformed targets and Origin headers, answered 400
     _static: dict[str, tuple[str, bytes]] = field(default_factory=dict)
+    _bad_logged_at: float | None = None
 
     def respond(
         self, target: str, headers: Mapping[str, str], client: str = ""
@@ -103,21 +113,26 @@ class HttpRoutes:
 
         ``headers`` has lower-case names (HTTP names are case-insensitive, RFC 9110 §5.1).
         """
-        url = urlsplit(target)
+        url = _split(target)
+        if url is None:
+            return self._bad_request("target", target, client)
         path = url.path
         if path == "/ws":
-            return None if self.origin_allowed(headers) else _json(403, {"error": "origin"})
+            return self._upgrade(headers, client)
         if path == "/ice":
             return self._ice(parse_qs(url.query), headers, client)
-        if path in ("/", "/index.html"):
-            path = "/index.html"
-        elif path == "/healthz":
+        if path == "/healthz":
             return self._health()
-        elif path == "/metrics":
+        if path == "/metrics":
             return self._metrics(client)
-        if path.count("/") == 1 and path.endswith((".html", ".js", ".css")):
-            return self._static_file(path[1:])
-        return _json(404, {"error": "not found"})
+        return self._static_file("/index.html" if path == "/" else path)
+
+    def _upgrade(self, headers: Mapping[str, str], client: str) -> HttpReply | None:
+        """None (go on with the WebSocket handshake) if the Origin may open one."""
+        origin = headers.get("origin")
+        if origin is not None and _split(origin) is None:
+            return self._bad_request("origin", origin, client)
+        return None if self.origin_allowed(headers) else _json(403, {"error": "origin"})
 
     def _metrics(self, client: str) -> HttpReply:
         if not self.may_read_metrics(client):
@@ -148,7 +163,20 @@ class HttpRoutes:
         if origin is None or "*" in self.allowed_origins or origin in self.allowed_origins:
             return True
         host = headers.get("host", "")
-        return urlsplit(origin).netloc == host and bool(host)
+        url = _split(origin)
+        return url is not None and url.netloc == host and bool(host)
+
+    def _bad_request(self, what: str, value: str, client: str) -> HttpReply:
+        """400 for a target or Origin that is not a URL; logged once a minute at most."""
+        self.bad_requests += 1
+        now = self.clock()
+        if self._bad_logged_at is None or now - self._bad_logged_at >= BAD_REQUEST_LOG_INTERVAL:
+            self._bad_logged_at = now
+            log.info(
+                "signal-bad-request",
+                extra=fields(what=what, value=value[:80], client=client, count=self.bad_requests),
+            )
+        return _json(400, {"error": f"malformed {what}"})
 
     def _ice(
         self, query: dict[str, list[str]], headers: Mapping[str, str], client: str
@@ -170,7 +198,11 @@ class HttpRoutes:
             return _json(400, {"error": str(exc)})
         return _json(200, body)
 
-    def _static_file(self, name: str) -> HttpReply:
+    def _static_file(self, path: str) -> HttpReply:
+        """A file of the demo page's folder, by its path (``/NAME.html``, ``.js``, ``.css``)."""
+        if path.count("/") != 1 or not path.endswith((".html", ".js", ".css")):
+            return _json(404, {"error": "not found"})
+        name = path[1:]
         cached = self._static.get(name)
         if cached is None:
             folder = resources.files("secureconnect.signal").joinpath("static")
@@ -184,3 +216,12 @@ class HttpRoutes:
             )
         content_type, body = cached
         return HttpReply(200, content_type, body, (("Cache-Control", "no-cache"),))
+
+
+def _split(url: str) -> SplitResult | None:
+    """``urlsplit``, or None where it raises (an unclosed ``[``, characters NFKC turns into URL
+    delimiters)."""
+    try:
+        return urlsplit(url)
+    except ValueError:
+        return None

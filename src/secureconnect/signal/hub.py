@@ -17,6 +17,11 @@ others see ``peer-left``.
 
 Errors are raised as :class:`~secureconnect.signal.messages.SignalError` where they are found
 and become an ``error`` message at one site, :meth:`SignalHub.receive`.
+
+One peer's input must cost the others nothing beyond the messages it is allowed to send them:
+what is routed was checked on the way in (:func:`~.messages.parse_client_message`), a message
+that still cannot be encoded is dropped and counted (never raised on another peer's path), and
+a join costs the same however many rooms and sessions there are.
 """
 
 from __future__ import annotations
@@ -86,6 +91,7 @@ class HubCounters:
     resumes: int = 0
     sessions_expired: int = 0
     abusive_closed: int = 0
+    unencodable: int = 0  # messages dropped because they could not be encoded
     errors: dict[str, int] = field(default_factory=dict)
 
 
@@ -110,7 +116,7 @@ class Session:
         self.conn: int | None = conn
         self.detached_at = 0.0
         self.ice_due = 0.0
-        self.buffer: deque[str] = deque(maxlen=resume_buffer)  # encoded messages
+        self.buffer: deque[bytes] = deque(maxlen=resume_buffer)  # encoded messages
         self.buffer_bytes = 0
 
 
@@ -147,6 +153,7 @@ class SignalHub:
         self.connections: dict[int, Connection] = {}
         self.rooms: dict[str, dict[str, Session]] = {}
         self._by_resume: dict[str, Session] = {}
+        self._peer_ids: set[str] = set()  # of every session in every room: O(1) fresh ids
         self._buffered_bytes = 0  # across every away session
         #: Unix time minus ``now``: grace periods, rate limits and ICE schedules run on the
         #: caller's (monotonic) ``now``; minted credentials and room-token expiry need Unix time.
@@ -261,6 +268,7 @@ class SignalHub:
         joined = {"type": "peer-joined", "peer": session.peer}
         out += self._broadcast(room, joined)
         room[session.peer] = session
+        self._peer_ids.add(session.peer)
         self._by_resume[session.resume] = session
         state.session = session
         return out
@@ -278,7 +286,11 @@ class SignalHub:
         if target.conn is not None:
             self.counters.signals_routed += 1
             return [Outbound(target.conn, message)]
-        text = encode(message)
+        try:
+            text = encode(message)
+        except (ValueError, RecursionError):  # kept out by parsing; never the sender's failure
+            self.counters.unencodable += 1
+            return []
         size = len(text)
         limit = self.settings.resume_buffer_bytes
         if size > limit or self._buffered_bytes + size > self.settings.max_buffered_bytes:
@@ -308,6 +320,7 @@ class SignalHub:
         self._drop_buffer(session)
         room = self.rooms.get(session.room)
         self._by_resume.pop(session.resume, None)
+        self._peer_ids.discard(session.peer)
         if room is None or room.pop(session.peer, None) is None:
             return []
         if not room:
@@ -339,7 +352,7 @@ class SignalHub:
     def _new_peer_id(self) -> str:
         while True:
             peer = f"p-{self.rng.getrandbits(48):012x}"
-            if all(peer not in room for room in self.rooms.values()):
+            if peer not in self._peer_ids:
                 return peer
 
     def _rate_limit(self, state: Connection, now: float) -> None:
@@ -375,6 +388,7 @@ class SignalHub:
             "signal_resumes_total": counters.resumes,
             "signal_sessions_expired_total": counters.sessions_expired,
             "signal_abusive_closed_total": counters.abusive_closed,
+            "signal_messages_unencodable_total": counters.unencodable,
         }
         for code, count in counters.errors.items():
             samples[f'signal_errors_total{{code="{code}"}}'] = count

@@ -1,15 +1,21 @@
 """Thin trio I/O for signaling: websockets' trio server around the sans-IO hub and routes.
 
 Resource handling: listeners are opened (and TLS wrapped) before ``task_status.started()``; each
-connection has a bounded outbox drained by its own writer task, so a slow browser never blocks the
-peers that signal it (a full outbox closes that connection, whose session can then resume).
+connection has an outbox bounded in messages and in bytes, drained by its own writer task, so a
+slow browser never blocks the peers that signal it and cannot make the server queue more than
+``OUTBOX_BYTES`` for it (a full outbox closes that connection and drops what it held; its session
+can then resume). Connections are admitted at accept within the caps of
+:mod:`~secureconnect.signal.serve_admission` (open connections, unfinished handshakes in total
+and per address, a handshake deadline).
 
 TLS: every accepted stream is wrapped with the certificate store's *current* context, so a
 certificate reloaded on SIGHUP applies to new connections at once.
 
 Error handling: the hub turns bad messages into ``error`` replies; frames above websockets'
 ``max_size`` (four times the message limit) close the connection with 1009; a client IP over its
-connection cap gets HTTP 429 before the handshake.
+WebSocket cap gets HTTP 429 before the handshake. Messages are encoded to UTF-8 here, before they
+are queued: one that cannot be encoded (which parsing should have refused) is dropped and
+counted, logged once, and never fails the connection it was meant for.
 """
 
 from __future__ import annotations
@@ -33,12 +39,20 @@ from websockets.http11 import Request, Response
 from websockets.trio.server import ServerConnection
 from websockets.trio.server import serve as serve_websockets
 
+from secureconnect.logs import fields
 from secureconnect.signal.http import HttpRoutes, client_address
 from secureconnect.signal.hub import CLOSE_POLICY, Outbound, SignalHub
 from secureconnect.signal.messages import encode
+from secureconnect.signal.serve_admission import (
+    Admission,
+    AdmissionLimits,
+    GuardedConnection,
+    GuardedListener,
+)
 
 log = logging.getLogger("secureconnect.signal")
 OUTBOX = 256  # messages queued for one connection before it counts as too slow
+OUTBOX_BYTES = 1024 * 1024  # bytes queued for one connection (at least 4 maximum messages)
 TICK = 1.0
 PER_IP_PRUNE = 4096
 
@@ -52,21 +66,19 @@ class _Close:
         self.code = code
 
 
-class TlsListener(trio.abc.Listener[trio.abc.Stream]):
-    """Wraps accepted streams in TLS with the context current at accept time (handshake lazy,
-    so it runs inside websockets' open timeout)."""
+class _Outbox:
+    """A connection's queue of encoded frames, and how many bytes it holds."""
 
-    def __init__(self, inner: trio.SocketListener, context: Callable[[], ssl.SSLContext]) -> None:
-        self.inner = inner
-        self.socket = inner.socket  # websockets logs the listening address from it
-        self._context = context
+    __slots__ = ("queued", "receive", "send")
 
-    async def accept(self) -> trio.abc.Stream:
-        stream = await self.inner.accept()
-        return trio.SSLStream(stream, self._context(), server_side=True, https_compatible=True)
+    def __init__(self) -> None:
+        self.send, self.receive = trio.open_memory_channel[bytes | _Close](OUTBOX)
+        self.queued = 0
 
-    async def aclose(self) -> None:
-        await self.inner.aclose()
+    def drop(self) -> None:
+        """Close both ends: the writer stops, what was queued is freed."""
+        self.send.close()
+        self.receive.close()
 
 
 @dataclass
@@ -77,6 +89,7 @@ class SignalServer:
     routes: HttpRoutes
     addresses: tuple[str, ...]
     port: int
+    limits: AdmissionLimits
     tls_context: Callable[[], ssl.SSLContext] | None = None
     ping_interval: float = 20.0
     max_connections_per_ip: int = 64
@@ -84,18 +97,22 @@ class SignalServer:
     clock: Callable[[], float] = time.monotonic  # the hub adds wall_offset where Unix time counts
     name: str = "signal"
     bound: list[tuple[str, str, int]] = field(default_factory=list)
-    _outboxes: dict[int, trio.MemorySendChannel[str | _Close]] = field(default_factory=dict)
+    _outboxes: dict[int, _Outbox] = field(default_factory=dict)
     # Connections per client IP, counted from the handshake on (so simultaneous handshakes
     # cannot overshoot the cap); weak, so a handshake that dies before its handler frees its slot.
     _per_ip: dict[str, weakref.WeakSet[ServerConnection]] = field(default_factory=dict)
     _ids: itertools.count[int] = field(default_factory=itertools.count)
     _server: Any = None
     _nursery: trio.Nursery | None = None
+    slow_closed: int = 0  # connections closed because their outbox was full
+    unencodable: int = 0  # messages dropped because they could not be encoded
 
     def __post_init__(self) -> None:
         self._trusted = tuple(
             ipaddress.ip_network(net, strict=False) for net in self.trusted_proxies
         )
+        self.admission = Admission(self.limits)
+        self._outbox_bytes = max(OUTBOX_BYTES, 4 * self.hub.settings.max_message_bytes)
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Listen, report started, serve until cancelled."""
@@ -111,10 +128,9 @@ class SignalServer:
             raise OSError(exc.errno, f"cannot listen on tcp {where}: {exc.strerror}") from exc
         scheme = "tls" if self.tls_context is not None else "tcp"
         self.bound[:] = [(scheme, *lst.socket.getsockname()[:2]) for lst in listeners]
-        wrapped: list[Any] = listeners
-        if self.tls_context is not None:
-            wrapped = [TlsListener(lst, self.tls_context) for lst in listeners]
+        wrapped = [GuardedListener(lst, self.admission, self.tls_context) for lst in listeners]
         limit = self.hub.settings.max_message_bytes
+        timeout = self.limits.handshake_timeout
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             self._server = await nursery.start(
@@ -125,6 +141,10 @@ class SignalServer:
                     process_request=self._process_request,
                     ping_interval=self.ping_interval,
                     ping_timeout=self.ping_interval,
+                    # GuardedConnection holds TLS and the request to the deadline; this bounds
+                    # the rest (answering it) for a client that stops reading.
+                    open_timeout=2 * timeout,
+                    create_connection=GuardedConnection,
                     max_size=4 * limit,
                     compression=None,
                     server_header=None,
@@ -147,7 +167,12 @@ class SignalServer:
         """TLS contexts are fetched per connection; credentials live in the shared minter."""
 
     def metrics(self) -> dict[str, float]:
-        return self.hub.metrics()
+        samples = self.hub.metrics()
+        samples.update(self.admission.metrics())
+        samples["signal_messages_unencodable_total"] += self.unencodable
+        samples["signal_slow_closed_total"] = self.slow_closed
+        samples["signal_http_bad_requests_total"] = self.routes.bad_requests
+        return samples
 
     # -- HTTP ------------------------------------------------------------------------------------
 
@@ -181,12 +206,11 @@ class SignalServer:
     async def _connection(self, websocket: ServerConnection) -> None:
         conn = next(self._ids)
         ip = self._client_ip(websocket, websocket.request)
-        send, receive = trio.open_memory_channel[str | _Close](OUTBOX)
-        self._outboxes[conn] = send
+        outbox = self._outboxes[conn] = _Outbox()
         self.hub.open(conn, self.clock())
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._write, websocket, receive)
+                nursery.start_soon(self._write, websocket, outbox)
                 try:
                     async for frame in websocket:
                         self._dispatch(self.hub.receive(conn, frame, self.clock()))
@@ -195,7 +219,7 @@ class SignalServer:
                 nursery.cancel_scope.cancel()
         finally:
             self._outboxes.pop(conn, None)
-            send.close()
+            outbox.drop()
             self._dispatch(self.hub.closed(conn, self.clock()))
             holders = self._per_ip.get(ip)
             if holders is not None:
@@ -203,16 +227,19 @@ class SignalServer:
                 if not holders:
                     del self._per_ip[ip]
 
-    async def _write(
-        self, websocket: ServerConnection, outbox: trio.MemoryReceiveChannel[str | _Close]
-    ) -> None:
+    async def _write(self, websocket: ServerConnection, outbox: _Outbox) -> None:
         try:
-            async for item in outbox:
+            async for item in outbox.receive:
                 if isinstance(item, _Close):
                     await websocket.aclose(item.code)
                     return
-                await websocket.send(item)
-            # The outbox was closed under us: the client could not keep up.
+                await websocket.send(item, text=True)  # UTF-8 already: encode() checked it
+                outbox.queued -= len(item)
+        except trio.ClosedResourceError:
+            pass  # dropped under us: the client could not keep up
+        except ConnectionClosed:
+            return
+        try:
             await websocket.aclose(CLOSE_POLICY)
         except ConnectionClosed:
             return
@@ -220,17 +247,40 @@ class SignalServer:
     def _dispatch(self, outbound: list[Outbound]) -> None:
         for item in outbound:
             box = self._outboxes.get(item.conn)
-            if box is None:
-                continue
-            try:
-                if item.message is not None:
-                    box.send_nowait(encode(item.message))
-                if item.close is not None:
-                    box.send_nowait(_Close(item.close))
-            except trio.WouldBlock:
+            if box is not None and not self._queue(box, item):
                 # Too slow to keep up: end the connection (its session may resume).
-                box.close()
+                self.slow_closed += 1
+                box.drop()
                 self._outboxes.pop(item.conn, None)
+
+    def _queue(self, box: _Outbox, item: Outbound) -> bool:
+        """Queue ``item``'s frame and close; False if the outbox is full (messages or bytes)."""
+        frame = self._encode(item.message) if item.message is not None else b""
+        try:
+            if frame:
+                if box.queued + len(frame) > self._outbox_bytes:
+                    return False
+                box.send.send_nowait(frame)
+                box.queued += len(frame)
+            if item.close is not None:
+                box.send.send_nowait(_Close(item.close))
+        except trio.WouldBlock:
+            return False
+        return True
+
+    def _encode(self, message: dict[str, Any]) -> bytes:
+        """The frame for ``message``; empty (dropped, counted, logged once) if it cannot be
+        encoded, so that no peer's data can fail another peer's connection."""
+        try:
+            return encode(message)
+        except (ValueError, RecursionError) as exc:
+            self.unencodable += 1
+            if self.unencodable == 1:
+                log.warning(
+                    "signal-message-unencodable",
+                    extra=fields(type=str(message.get("type"))[:20], error=type(exc).__name__),
+                )
+            return b""
 
     async def _tick_loop(self) -> None:
         while True:
