@@ -1,4 +1,4 @@
-"""House rules that a reviewer would otherwise have to remember (STYLE.md)."""
+"""House rules that a reviewer would otherwise have to remember (docs/design.md)."""
 
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ from secureconnect.turn.peerpolicy import (
 
 DEFAULT = PeerPolicy()
 
-# Typed out again from REFERENCE.md so that an edit to the module cannot silently shrink the list.
+# Typed out again from docs/security.md: an edit to the module cannot silently shrink the list.
 REFERENCE_DENY = [
     "0.0.0.0/8",
     "10.0.0.0/8",

@@ -30,7 +30,7 @@ How the kernel's NAT gives each behaviour:
   as far as conntrack's confirmation it would leave an entry behind that clashes with the
   client's port-preserving mapping later (the kernel then picks another port, so the router
   suddenly looks symmetric). Every ruleset therefore drops NEW inbound packets in the router's
-  input hook, before the entry is confirmed (REFERENCE.md, "Gotcha").
+  input hook, before the entry is confirmed (docs/natlab.md).
 """
 
 from __future__ import annotations

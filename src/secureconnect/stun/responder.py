@@ -12,7 +12,7 @@ one site, `_error_reply`.
 
 Decisions (the RFCs leave these open, or a deployment needs them made):
 
-* Response size. Binding responses are reflection amplifiers (REFERENCE.md). A plain RFC 8489
+* Response size. Binding responses are reflection amplifiers (docs/security.md). A plain RFC 8489
   success carries XOR-MAPPED-ADDRESS only (32 bytes for IPv4), plus FINGERPRINT only when the
   request had one (an agent multiplexing STUN with other traffic uses it to demultiplex,
   RFC 8489 §7) and SOFTWARE only when configured. MAPPED-ADDRESS is left out: RFC 8489
@@ -144,7 +144,7 @@ class ResponderConfig:
     """How the responder answers. RFC 5780 is enabled when both `primary` and `alternate` are
     set: two addresses that differ in IP and in port, of the same family."""
 
-    software: str | None = None  # None: no SOFTWARE attribute (amplification, REFERENCE.md)
+    software: str | None = None  # None: no SOFTWARE attribute (amplification, docs/security.md)
     primary: Address | None = None
     alternate: Address | None = None
     reason_phrases: bool = False  # False: error responses carry an empty reason phrase

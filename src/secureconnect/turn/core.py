@@ -12,7 +12,7 @@ here: they take :mod:`secureconnect.turn.relaypath`.
 Errors are raised as ``StunError`` wherever a guard fails and become an error response at one
 site, :meth:`TurnCore._error`; once a request has authenticated, its error responses carry
 MESSAGE-INTEGRITY too (RFC 8489 §9.2.4). Unauthenticated requests only ever get 400, 401 or 438,
-small and without SOFTWARE or reason phrases unless configured (amplification, REFERENCE.md).
+small and without SOFTWARE or reason phrases unless configured (amplification, docs/security.md).
 
 Every request on an allocation records its transaction id and response, so a retransmission
 (same 5-tuple, same transaction id, RFC 8656 §7.2 and §6.3) gets the same answer.
@@ -482,7 +482,7 @@ class TurnCore:
         # family (an IPv4-mapped IPv6 address is IPv6 here, and the peer policy refuses it).
         if (4 if value[1:2] == b"\x01" else 6) != allocation.family:
             raise StunError(ErrorCode.PEER_ADDRESS_FAMILY_MISMATCH)
-        # RFC 8656 §21.1.2 leaves which peers to serve to policy; REFERENCE.md's denylist: 403.
+        # RFC 8656 §21.1.2 leaves which peers to serve to policy; docs/security.md's denylist: 403.
         if not self.peers.permits(ip):
             self.counters.peers_refused += 1
             raise StunError(ErrorCode.FORBIDDEN)

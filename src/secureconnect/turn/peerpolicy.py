@@ -85,7 +85,7 @@ __all__ = [
     "loopback_ranges",
 ]
 
-#: The deny-by-default list of hardened public TURN configurations (see REFERENCE.md): "this
+#: The deny-by-default list of hardened public TURN configurations (docs/security.md): "this
 #: network", private, shared (CGNAT), loopback, link-local, IETF protocol assignments,
 #: documentation, benchmarking, multicast and reserved IPv4; unspecified, loopback, NAT64, discard,
 #: IETF protocol assignments (incl. Teredo), documentation, 6to4, segment routing, ULA, link-local

@@ -121,7 +121,7 @@ class UdpRelayBinder:
         sock = socket.socket(socket.AF_INET if family == 4 else socket.AF_INET6, socket.SOCK_DGRAM)
         try:
             if family == 6:
-                # An IPv6 relay never reaches IPv4 through mapped addresses (REFERENCE.md SSRF).
+                # An IPv6 relay never reaches IPv4 through mapped addresses (docs/security.md).
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             if dont_fragment:
                 # RFC 8656 §7.2 DONT-FRAGMENT: set DF on datagrams sent to peers.
