@@ -17,6 +17,8 @@ from secureconnect.stun import (
     StunMessage,
     decode_error_code_untrusted,
     decode_message_untrusted,
+    decode_u32_untrusted,
+    decode_xor_address_untrusted,
     encode_message,
     encode_xor_address,
     long_term_key,
@@ -219,3 +221,33 @@ def _append(data: bytes, attributes: list[tuple[int, bytes]]) -> bytes:
     )
     length = int.from_bytes(data[2:4], "big") + len(extra)
     return data[:2] + length.to_bytes(2, "big") + data[4:] + extra
+
+
+def client(
+    core: TurnCore,
+    five_tuple: tuple[str, Address, Address] | None = None,
+    user: str = "alice",
+    expiry: float = NOW + 3600,
+) -> Client:
+    """A client of ``core`` with a REST credential for ``user`` expiring at ``expiry``."""
+    username, password = rest_user(expiry, user)
+    c = Client(core, username, password)
+    if five_tuple is not None:
+        c.five_tuple = five_tuple
+    return c
+
+
+def relayed(response: StunMessage | None) -> Address:
+    """The XOR-RELAYED-ADDRESS of an Allocate success."""
+    assert response is not None
+    value = response.get(AttrType.XOR_RELAYED_ADDRESS)
+    assert value is not None
+    return decode_xor_address_untrusted(value, response.transaction_id)
+
+
+def lifetime(response: StunMessage | None) -> int:
+    """The LIFETIME of a success response."""
+    assert response is not None
+    value = response.get(AttrType.LIFETIME)
+    assert value is not None
+    return decode_u32_untrusted(value)

@@ -5,7 +5,7 @@ and 7)."""
 from __future__ import annotations
 
 import pytest
-from turnkit import NOW, SERVER, Client, error_code, make_core, rest_user
+from turnkit import NOW, SERVER, Client, client, error_code, make_core
 
 from secureconnect.stun import AttrType, Method
 from secureconnect.turn.allocation import source_key
@@ -15,11 +15,9 @@ A = AttrType
 RESERVE = (A.EVEN_PORT, b"\x80")
 
 
-def client(core: TurnCore, ip: str, port: int = 1, user: str = "alice") -> Client:
-    username, password = rest_user(NOW + 3600, user)
-    c = Client(core, username, password)
-    c.five_tuple = ("udp", (ip, port), SERVER)
-    return c
+def at(core: TurnCore, ip: str, port: int = 1, user: str = "alice") -> Client:
+    """A client of ``core`` from ``ip``:``port``."""
+    return client(core, ("udp", (ip, port), SERVER), user)
 
 
 @pytest.mark.parametrize(
@@ -39,24 +37,23 @@ def test_source_key_is_the_ipv4_address_or_the_ipv6_slash_64(ip: str, key: str) 
 def test_one_address_holds_at_most_ip_quota_whatever_the_user_names() -> None:
     core, _ = make_core(TurnSettings(ip_quota=3, user_quota=10))
     codes = [
-        error_code(client(core, "198.51.100.7", port, f"u{port}").allocate())
-        for port in range(1, 5)
+        error_code(at(core, "198.51.100.7", port, f"u{port}").allocate()) for port in range(1, 5)
     ]
     assert codes == [None, None, None, 486]
-    assert error_code(client(core, "198.51.100.8").allocate()) is None
+    assert error_code(at(core, "198.51.100.8").allocate()) is None
 
 
 def test_an_ipv6_host_cannot_escape_the_address_quota_by_changing_address() -> None:
     core, _ = make_core(TurnSettings(ip_quota=2, user_quota=10))
     ips = ["2001:db8::1", "2001:db8::2", "2001:db8::ffff"]
-    codes = [error_code(client(core, ip, 1, f"u{i}").allocate()) for i, ip in enumerate(ips)]
+    codes = [error_code(at(core, ip, 1, f"u{i}").allocate()) for i, ip in enumerate(ips)]
     assert codes == [None, None, 486]
-    assert error_code(client(core, "2001:db8:0:1::1", 1, "v").allocate()) is None
+    assert error_code(at(core, "2001:db8:0:1::1", 1, "v").allocate()) is None
 
 
 def test_a_reservation_needs_two_slots_and_keeps_one_after_the_allocation_goes() -> None:
     core, relays = make_core(TurnSettings(user_quota=3))
-    c = client(core, "198.51.100.7")
+    c = at(core, "198.51.100.7")
     assert error_code(c.allocate(RESERVE)) is None  # allocation + reservation: 2 of 3
     assert core.table.by_user == {"alice": 2}
     assert error_code(c.request(Method.REFRESH, [(A.LIFETIME, bytes(4))])) is None
@@ -73,10 +70,10 @@ def test_a_reservation_needs_two_slots_and_keeps_one_after_the_allocation_goes()
 
 def test_a_token_moves_the_slot_to_whoever_allocates_with_it() -> None:
     core, _ = make_core(TurnSettings(user_quota=2, ip_quota=10))
-    first = client(core, "198.51.100.7").allocate(RESERVE)
+    first = at(core, "198.51.100.7").allocate(RESERVE)
     token = first.get(A.RESERVATION_TOKEN)
     assert token is not None
-    other = client(core, "198.51.100.8", user="bob")
+    other = at(core, "198.51.100.8", user="bob")
     assert error_code(other.allocate((A.RESERVATION_TOKEN, token))) is None
     assert core.table.by_user == {"alice": 1, "bob": 1}
     assert core.table.by_source == {"198.51.100.7": 1, "198.51.100.8": 1}
@@ -87,20 +84,20 @@ def test_a_token_refused_for_quota_stays_reserved() -> None:
     """A quota refusal of an Allocate with a token gives the reservation back: the token can
     still be used by someone with room."""
     core, _ = make_core(TurnSettings(user_quota=2, ip_quota=10))
-    token = client(core, "198.51.100.7").allocate(RESERVE).get(A.RESERVATION_TOKEN)
+    token = at(core, "198.51.100.7").allocate(RESERVE).get(A.RESERVATION_TOKEN)
     assert token is not None
-    full = client(core, "198.51.100.8", user="bob")
+    full = at(core, "198.51.100.8", user="bob")
     for port in (2, 3):
-        assert error_code(client(core, "198.51.100.8", port, "bob").allocate()) is None
+        assert error_code(at(core, "198.51.100.8", port, "bob").allocate()) is None
     assert error_code(full.allocate((A.RESERVATION_TOKEN, token))) == 486
     assert token in core.table.reservations
     assert core.table.held() == 4
-    carol = client(core, "198.51.100.9", user="carol")
+    carol = at(core, "198.51.100.9", user="carol")
     assert error_code(carol.allocate((A.RESERVATION_TOKEN, token))) is None
 
 
 def test_total_quota_counts_reservations() -> None:
     core, _ = make_core(TurnSettings(total_quota=3, user_quota=10, ip_quota=10))
-    assert error_code(client(core, "198.51.100.7").allocate(RESERVE)) is None
-    assert error_code(client(core, "198.51.100.8", user="b").allocate()) is None
-    assert error_code(client(core, "198.51.100.9", user="c").allocate()) == 486
+    assert error_code(at(core, "198.51.100.7").allocate(RESERVE)) is None
+    assert error_code(at(core, "198.51.100.8", user="b").allocate()) is None
+    assert error_code(at(core, "198.51.100.9", user="c").allocate()) == 486
