@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
-import importlib
 import struct
-from collections.abc import Iterable
-from typing import Any
 
 import pytest
+from stunkit import (
+    ALTERNATE,
+    CLIENT,
+    FLAGS,
+    LOCAL_SOCKETS,
+    PRIMARY,
+    RFC5769_REQUEST,
+    RFC5780,
+    Address,
+    address_of,
+    error_code,
+    other_of,
+    reply_message,
+    request,
+)
 
 from secureconnect.stun import (
     AttrType,
@@ -15,12 +27,9 @@ from secureconnect.stun import (
     ErrorCode,
     MessageClass,
     Method,
-    Reply,
     ResponderConfig,
     StunCounters,
-    StunMessage,
     Via,
-    decode_address_untrusted,
     decode_error_code_untrusted,
     decode_message_untrusted,
     decode_unknown_attributes_untrusted,
@@ -30,86 +39,6 @@ from secureconnect.stun import (
     encode_u32,
     new_transaction_id,
 )
-
-Address = tuple[str, int]
-
-# pystun3, the classic RFC 3489 client, driven through a fake socket. Imported by name because
-# tests/stun would shadow the `stun` module for the type checker.
-pystun3: Any = importlib.import_module("stun")
-
-PRIMARY: Address = ("192.0.2.10", 3478)
-ALTERNATE: Address = ("192.0.2.20", 3479)
-RFC5780 = ResponderConfig(primary=PRIMARY, alternate=ALTERNATE)
-CLIENT: Address = ("203.0.113.5", 54321)
-
-RFC5769_REQUEST = bytes.fromhex(
-    "000100582112a442b7e7a701bc34d686fa87dfae"
-    "802200105354554e207465737420636c69656e74"
-    "002400046e0001ff"
-    "80290008932ff9b151263b36"
-    "000600096576746a3a68367659202020"
-    "000800149aeaa70cbfd8cb56781ef2b5b2d3f249c1b571a2"
-    "80280004e57a3bcf"
-)
-
-
-def request(
-    attributes: Iterable[tuple[int, bytes]] = (),
-    *,
-    fingerprint: bool = False,
-    tid: bytes | None = None,
-    method: int = Method.BINDING,
-    cls: int = MessageClass.REQUEST,
-) -> bytes:
-    return encode_message(
-        method, cls, tid or new_transaction_id(), attributes, fingerprint=fingerprint
-    )
-
-
-def classic_request(attributes: Iterable[tuple[int, bytes]] = ()) -> tuple[bytes, bytes]:
-    tid = bytes(range(1, 17))
-    return encode_message(Method.BINDING, MessageClass.REQUEST, tid, attributes), tid
-
-
-def reply_message(reply: Reply | None) -> StunMessage:
-    assert reply is not None
-    return decode_message_untrusted(reply.data)
-
-
-def error_code(msg: StunMessage) -> int:
-    assert msg.cls is MessageClass.ERROR
-    value = msg.get(AttrType.ERROR_CODE)
-    assert value is not None
-    return decode_error_code_untrusted(value)[0]
-
-
-def address_of(msg: StunMessage, attr: int) -> Address | None:
-    value = msg.get(attr)
-    return None if value is None else decode_address_untrusted(value)
-
-
-def classic_reply(reply: Reply | None) -> tuple[int, dict[int, bytes]]:
-    """Read a classic reply the way an RFC 3489 client (pystun3) does: the decoder accepts
-    classic messages only as requests. Values must be multiples of 4 (pystun3 skips no padding).
-    """
-    assert reply is not None
-    msg_type, length = struct.unpack_from(">HH", reply.data)
-    assert length == len(reply.data) - 20
-    attributes: dict[int, bytes] = {}
-    offset = 20
-    while offset < len(reply.data):
-        atype, alen = struct.unpack_from(">HH", reply.data, offset)
-        assert alen % 4 == 0
-        attributes.setdefault(atype, reply.data[offset + 4 : offset + 4 + alen])
-        offset += 4 + alen
-    return msg_type, attributes
-
-
-def other_of(local: Address) -> Address:
-    ip = ALTERNATE[0] if local[0] == PRIMARY[0] else PRIMARY[0]
-    port = ALTERNATE[1] if local[1] == PRIMARY[1] else PRIMARY[1]
-    return ip, port
-
 
 # ---------------------------------------------------------------------------------------------
 # Plain Binding
@@ -382,20 +311,6 @@ def test_malformed_change_request_gets_400() -> None:
         assert error_code(msg) == ErrorCode.BAD_REQUEST
 
 
-LOCAL_SOCKETS = [
-    PRIMARY,
-    (PRIMARY[0], ALTERNATE[1]),
-    (ALTERNATE[0], PRIMARY[1]),
-    ALTERNATE,
-]
-FLAGS = [
-    ((False, False), Via.SAME),
-    ((False, True), Via.CHANGE_PORT),
-    ((True, False), Via.CHANGE_IP),
-    ((True, True), Via.CHANGE_BOTH),
-]
-
-
 @pytest.mark.parametrize("local", LOCAL_SOCKETS)
 @pytest.mark.parametrize(("flags", "via"), FLAGS)
 def test_rfc5780_change_request_on_each_socket(
@@ -483,144 +398,6 @@ def test_ipv6_addresses_are_compared_canonically() -> None:
     )
     assert reply is not None
     assert reply.response_origin == (ALTERNATE[0], PRIMARY[1])
-
-
-# ---------------------------------------------------------------------------------------------
-# Classic RFC 3489
-
-
-def test_classic_request_gets_mapped_source_and_changed_address() -> None:
-    counters = StunCounters()
-    data, tid = classic_request()
-    reply = BindingResponder(RFC5780, counters).handle(data, CLIENT, PRIMARY)
-    assert reply is not None
-    assert reply.data[4:20] == tid  # no cookie: the 16-byte transaction id follows the length
-    msg_type, attributes = classic_reply(reply)
-    assert msg_type == 0x0101
-    assert list(attributes) == [
-        AttrType.MAPPED_ADDRESS,
-        AttrType.SOURCE_ADDRESS,
-        AttrType.CHANGED_ADDRESS,
-    ]
-    assert decode_address_untrusted(attributes[AttrType.MAPPED_ADDRESS]) == CLIENT
-    assert decode_address_untrusted(attributes[AttrType.SOURCE_ADDRESS]) == PRIMARY
-    assert decode_address_untrusted(attributes[AttrType.CHANGED_ADDRESS]) == ALTERNATE
-    assert counters.classic_requests == 1
-
-
-def test_classic_request_without_rfc5780_has_no_changed_address() -> None:
-    data, _ = classic_request()
-    reply = BindingResponder(ResponderConfig(software="x")).handle(data, CLIENT, PRIMARY)
-    _, attributes = classic_reply(reply)
-    assert list(attributes) == [AttrType.MAPPED_ADDRESS, AttrType.SOURCE_ADDRESS]
-
-
-@pytest.mark.parametrize(("flags", "via"), FLAGS)
-def test_classic_change_request_is_honoured(flags: tuple[bool, bool], via: Via) -> None:
-    data, _ = classic_request([(AttrType.CHANGE_REQUEST, encode_change_request(*flags))])
-    reply = BindingResponder(RFC5780).handle(data, CLIENT, ALTERNATE)
-    assert reply is not None
-    assert reply.via is via
-    _, attributes = classic_reply(reply)
-    source = decode_address_untrusted(attributes[AttrType.SOURCE_ADDRESS])
-    assert source == reply.response_origin
-    assert decode_address_untrusted(attributes[AttrType.CHANGED_ADDRESS]) == PRIMARY
-
-
-def test_classic_change_request_without_rfc5780_is_dropped() -> None:
-    counters = StunCounters()
-    data, _ = classic_request([(AttrType.CHANGE_REQUEST, encode_change_request(True, True))])
-    assert BindingResponder(ResponderConfig(), counters).handle(data, CLIENT, PRIMARY) is None
-    assert (counters.requests, counters.dropped_classic_change, counters.errors_sent) == (1, 1, 0)
-
-
-@pytest.mark.parametrize("reason_phrases", [False, True])
-def test_classic_unknown_attributes_get_a_classic_420(reason_phrases: bool) -> None:
-    data, tid = classic_request([(AttrType.RESPONSE_ADDRESS, bytes(8))])
-    config = ResponderConfig(
-        primary=PRIMARY, alternate=ALTERNATE, software="x", reason_phrases=reason_phrases
-    )
-    reply = BindingResponder(config).handle(data, CLIENT, PRIMARY)
-    assert reply is not None
-    assert reply.data[4:20] == tid
-    msg_type, attributes = classic_reply(reply)  # every value a multiple of 4 (RFC 3489)
-    assert msg_type == 0x0111
-    assert list(attributes) == [AttrType.ERROR_CODE, AttrType.UNKNOWN_ATTRIBUTES]
-    code, reason = decode_error_code_untrusted(attributes[AttrType.ERROR_CODE])
-    assert code == ErrorCode.UNKNOWN_ATTRIBUTE
-    assert reason.rstrip() == ("Unknown Attribute" if reason_phrases else "")
-    # RFC 3489 §11.2.10: an odd list repeats an entry to stay a multiple of 4 bytes.
-    assert attributes[AttrType.UNKNOWN_ATTRIBUTES] == b"\x00\x02\x00\x02"
-
-
-def test_malformed_classic_request_gets_a_classic_400() -> None:
-    data, tid = classic_request([(AttrType.SOFTWARE, b"abcd")])
-    overrun = data[:22] + b"\x00\x08" + data[24:]
-    reply = BindingResponder(ResponderConfig()).handle(overrun, CLIENT, PRIMARY)
-    assert reply is not None
-    assert reply.data[4:20] == tid
-    msg_type, attributes = classic_reply(reply)
-    assert msg_type == 0x0111
-    assert decode_error_code_untrusted(attributes[AttrType.ERROR_CODE])[0] == 400
-
-
-class FakeNat:
-    """pystun3's socket: `sendto` hands the request to the responder, as if through a NAT with
-    public address CLIENT; `recvfrom` returns replies that the NAT's filtering lets in."""
-
-    def __init__(self, responder: BindingResponder, filtering: str) -> None:
-        self.responder = responder
-        self.filtering = filtering  # "none", "address" or "address-and-port"
-        self.contacted: set[Address] = set()
-        self.inbox: list[tuple[bytes, Address]] = []
-
-    def sendto(self, data: bytes, address: Address) -> None:
-        self.contacted.add(address)
-        reply = self.responder.handle(data, CLIENT, address)
-        if reply is None or reply.response_origin is None:
-            return
-        origin = reply.response_origin
-        if self.filtering == "address" and origin[0] not in {ip for ip, _ in self.contacted}:
-            return
-        if self.filtering == "address-and-port" and origin not in self.contacted:
-            return
-        self.inbox.append((reply.data, origin))
-
-    def recvfrom(self, size: int) -> tuple[bytes, Address]:
-        if not self.inbox:
-            raise TimeoutError
-        return self.inbox.pop(0)
-
-
-@pytest.mark.parametrize(
-    ("filtering", "expected"),
-    [
-        ("none", pystun3.FullCone),
-        ("address", pystun3.RestricNAT),
-        ("address-and-port", pystun3.RestricPortNAT),
-    ],
-)
-def test_pystun3_classifies_nats_against_rfc5780(filtering: str, expected: str) -> None:
-    nat = FakeNat(BindingResponder(RFC5780), filtering)
-    nat_type, result = pystun3.get_nat_type(
-        nat, "10.0.0.2", 54320, stun_host=PRIMARY[0], stun_port=PRIMARY[1]
-    )
-    assert nat_type == expected
-    assert (result["ExternalIP"], result["ExternalPort"]) in {CLIENT, (None, None)}
-
-
-def test_pystun3_terminates_without_rfc5780() -> None:
-    """Without an alternate address pystun3's change test gets no answer (not an endless loop
-    of error responses) and its first test still reads MAPPED-ADDRESS."""
-    pystun3._initialize()
-    nat = FakeNat(BindingResponder(ResponderConfig()), "none")
-    first = pystun3.stun_test(nat, PRIMARY[0], PRIMARY[1], "10.0.0.2", 54320)
-    assert first["Resp"]
-    assert (first["ExternalIP"], first["ExternalPort"]) == CLIENT
-    assert (first["SourceIP"], first["SourcePort"]) == PRIMARY
-    change = "".join([pystun3.ChangeRequest, "0004", "00000006"])
-    second = pystun3.stun_test(nat, PRIMARY[0], PRIMARY[1], "10.0.0.2", 54320, change)
-    assert not second["Resp"]
 
 
 @pytest.mark.parametrize("software", [None, "sc 1.0"])
