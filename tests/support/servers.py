@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Iterator
@@ -20,7 +21,14 @@ from pathlib import Path
 
 from appliance import free_port, run_appliance, stop_process
 
+from secureconnect.credentials import CredentialMinter
+
 SECRET = "interop-secret"
+#: Both servers in the interop tests: a test that passes against the reference implementation
+#: shows that it checks real behaviour, not our own reading of the RFC.
+SERVERS = ("secureconnect", "coturn")
+#: RFC 8656 §5 / IANA: relay ports come from the dynamic range (coturn is configured the same way).
+RELAY_PORTS = range(49152, 65536)
 
 
 @dataclass(frozen=True)
@@ -151,3 +159,29 @@ def udp_echo_peer(port: int | None = None) -> Iterator[int]:
         yield port
     finally:
         stop_process(proc)
+
+
+@contextmanager
+def turn_server(kind: str, workdir: Path, *, tls: bool = False) -> Iterator[TurnTarget]:
+    """Our server or coturn, both handing relay ports out of `RELAY_PORTS`."""
+    if kind == "secureconnect":
+        with secureconnect_turn(workdir, tls=tls) as target:
+            yield target
+    else:
+        assert not tls, "the coturn helper runs without TLS"
+        # Later lines of coturn's config file override the helper's narrower test range.
+        with coturn(workdir, "min-port=49152", "max-port=65535") as target:
+            yield target
+
+
+def rest_credential(target: TurnTarget, user: str = "alice") -> tuple[str, str]:
+    """A TURN REST API (username, password) valid for ten minutes."""
+    cred = CredentialMinter((target.secret,)).mint(user, 600, time.time())
+    return cred.username, cred.password
+
+
+def self_signed_context(workdir: Path) -> ssl.SSLContext:
+    """A client context that trusts only the certificate our server generated in ``workdir``."""
+    certs = list((workdir / "state").rglob("selfsigned-cert.pem"))
+    assert len(certs) == 1, certs
+    return ssl.create_default_context(cafile=str(certs[0]))
