@@ -171,12 +171,15 @@ class Peer:
         self.welcome = await self.expect("welcome", room=room)
         return self.welcome
 
-    async def usable(self) -> None:
-        """A ping is answered: the connection is open and the server still serves it."""
+    async def usable(self, skip: tuple[str, ...] = ()) -> None:
+        """A ping is answered: the connection is open and the server still serves it. Messages
+        of a type in ``skip`` (room events such as ``peer-left``) may arrive first."""
         self._pings += 1
         ident = f"still-{self._pings}"
         await self.send({"type": "ping", "id": ident})
-        await self.expect("pong", id=ident)
+        while (message := await self.recv())["type"] in skip:
+            pass
+        assert message == {"type": "pong", "id": ident}, message
 
     def kill(self) -> None:
         """The TCP connection dies: no close frame, no FIN handshake wait."""

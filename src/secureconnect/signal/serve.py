@@ -67,13 +67,15 @@ class _Close:
 
 
 class _Outbox:
-    """A connection's queue of encoded frames, and how many bytes it holds."""
+    """A connection's queue of encoded frames, how many bytes it holds, and the connection's
+    byte stream (aborted when the client falls too far behind)."""
 
-    __slots__ = ("queued", "receive", "send")
+    __slots__ = ("queued", "receive", "send", "stream")
 
-    def __init__(self) -> None:
+    def __init__(self, stream: trio.abc.Stream) -> None:
         self.send, self.receive = trio.open_memory_channel[bytes | _Close](OUTBOX)
         self.queued = 0
+        self.stream = stream
 
     def drop(self) -> None:
         """Close both ends: the writer stops, what was queued is freed."""
@@ -206,7 +208,7 @@ class SignalServer:
     async def _connection(self, websocket: ServerConnection) -> None:
         conn = next(self._ids)
         ip = self._client_ip(websocket, websocket.request)
-        outbox = self._outboxes[conn] = _Outbox()
+        outbox = self._outboxes[conn] = _Outbox(websocket.stream)
         self.hub.open(conn, self.clock())
         try:
             async with trio.open_nursery() as nursery:
@@ -248,10 +250,15 @@ class SignalServer:
         for item in outbound:
             box = self._outboxes.get(item.conn)
             if box is not None and not self._queue(box, item):
-                # Too slow to keep up: end the connection (its session may resume).
+                # Too slow to keep up: end the connection (its session may resume). Its writer
+                # may be blocked in a send to a client that stopped reading, where neither a
+                # closed outbox nor websockets' keepalive (same send lock) would ever reach it:
+                # abort the stream itself, without a closing handshake nobody would read.
                 self.slow_closed += 1
                 box.drop()
                 self._outboxes.pop(item.conn, None)
+                if self._nursery is not None:
+                    self._nursery.start_soon(trio.aclose_forcefully, box.stream)
 
     def _queue(self, box: _Outbox, item: Outbound) -> bool:
         """Queue ``item``'s frame and close; False if the outbox is full (messages or bytes)."""

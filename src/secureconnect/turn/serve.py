@@ -349,30 +349,37 @@ class TurnServer(StreamComponent):
                 except Exception:  # a bug costs one datagram, never the component
                     self._packet_failed()
                     continue
-                if out is not None:
-                    deliver(out)
+                if out is not None and not deliver(out):
+                    # Not relayed after all (a full stream queue, a failed send): the counters
+                    # say what reached the client (issue #12's slow-reader fault test).
+                    counters.to_client_packets -= 1
+                    counters.to_client_bytes -= len(data)
 
         return drain
 
-    def _client_sender(self, allocation: Allocation) -> Callable[[bytes], None]:
+    def _client_sender(self, allocation: Allocation) -> Callable[[bytes], bool]:
         """How relayed data reaches this allocation's client: its stream's bounded queue, or
-        the UDP socket its requests arrived on."""
+        the UDP socket its requests arrived on. The sender says whether it went."""
         _, client, local = allocation.five_tuple
         outbox = self._streams.get(allocation.five_tuple)
         if outbox is not None:
 
-            def to_stream(out: bytes) -> None:
-                if not outbox.put(out):
-                    self.dropped_slow_client += 1
+            def to_stream(out: bytes) -> bool:
+                if outbox.put(out):
+                    return True
+                self.dropped_slow_client += 1
+                return False
 
             return to_stream
         sendto = self._udp[local].sendto
 
-        def to_udp(out: bytes) -> None:
+        def to_udp(out: bytes) -> bool:
             try:
                 sendto(out, client)
             except OSError:
                 self.send_errors += 1
+                return False
+            return True
 
         return to_udp
 
