@@ -11,8 +11,17 @@ command -v ip >/dev/null || need+=(iproute2)
 # turn on forwarding inside them.
 command -v nft >/dev/null || need+=(nftables)
 command -v sysctl >/dev/null || need+=(procps)
-# systemd-analyze verifies the unit files in systemd/ (tests/test_sdnotify.py); no init is started.
+# systemd-analyze verifies the unit files in systemd/ (tests/test_sdnotify.py); the fault tests
+# (tests/adversarial/test_systemd_faults.py) boot /lib/systemd/systemd as PID 1 of a private
+# PID/mount namespace (unshare, nsenter, setpriv: util-linux) and SIGKILL the units' processes.
 command -v systemd-analyze >/dev/null || need+=(systemd)
+[ -x /lib/systemd/systemd ] || need+=(systemd)
+for tool in unshare nsenter setpriv; do
+    command -v "$tool" >/dev/null || need+=(util-linux)
+done
+# A wall-clock step for the fault tests (tests/adversarial/test_faults.py): libfaketime moves
+# CLOCK_REALTIME of the appliance alone.
+compgen -G "/usr/lib/*/faketime/libfaketimeMT.so.1" >/dev/null || need+=(libfaketime)
 
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
