@@ -8,7 +8,9 @@ client.close()``) joins the room; ``client.send(to, data)`` routes ``data`` to a
 One reader task owns the WebSocket: it answers the client's own requests (``join``, ``ping``,
 ``ice``), keeps ``peers``, ``ice_servers`` and the resume secret current, and queues the rest in
 order (unbounded: the server rate-limits every sender). When the link drops without a final close
-code it reconnects (``retries`` attempts, exponential backoff with jitter) and re-joins with the
+code it reconnects (``retries`` attempts, exponential backoff with jitter: by default 10 over
+about 25 s, enough to outlast a restart of the server under systemd, ``RestartSec=2s`` plus its
+start-up, which six attempts over ~6 s barely did) and re-joins with the
 ``resume`` secret: same peer id, plus the ``signal`` messages sent meanwhile. The new ``welcome``
 is queued (``resumed`` false: the grace period had passed, ``peer`` is new), then the membership
 changes missed while away as ``peer-joined``/``peer-left`` marked ``"synthetic": true``. Close
@@ -72,7 +74,7 @@ class SignalClient:
         token: str | None = None,
         ssl: _ssl.SSLContext | None = None,
         origin: str | None = None,
-        retries: int = 6,
+        retries: int = 10,
         backoff: float = 0.1,
         max_backoff: float = 5.0,
         timeout: float = 10.0,
