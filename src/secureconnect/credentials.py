@@ -30,7 +30,8 @@ catches the common minting mistake of milliseconds instead of seconds, which wou
 yield a credential valid for fifty thousand years. The TURN component checks currency when an
 allocation is created, like coturn and LiveKit: an allocation that exists may keep refreshing past
 the expiry, since tearing down a live call because a page fetched its credentials long ago helps
-nobody (eturnal's strict option, ending sessions at expiry, can be added as a setting later).
+nobody; ``turn.strict_expiry`` checks it on every request and ends sessions at expiry
+(docs/security.md says why that is not the default).
 
 Static users
 ------------

@@ -76,6 +76,7 @@ def test_no_file_and_empty_file_give_the_defaults(tmp_path: Path) -> None:
         ),
         ("[turn]\nrelay_port_min = 80\n", "turn.relay_port_min", "0-1023"),
         ("[turn]\nusers = ['nocolon']\n", "turn.users", "user:password"),
+        ("[turn]\nusers = ['1700000000:pw']\n", "turn.users", "REST credential expiry"),
         ("[turn]\nallowed_peers = ['10.0.0.0/33']\n", "turn.allowed_peers", "CIDR"),
         ("[turn]\nloopback_peers = 'maybe'\n", "turn.loopback_peers", "one of"),
         (

@@ -3,6 +3,7 @@ policies, RFC 8489 password algorithms, and which clock each check uses."""
 
 from __future__ import annotations
 
+import pytest
 from turnkit import (
     NOW,
     REALM,
@@ -192,3 +193,16 @@ def test_timers_run_on_the_monotonic_clock_and_auth_on_the_wall_clock() -> None:
     assert relays.open() != []
     core.handle_timeout(mono + 600)  # the allocation's own lifetime still ends it
     assert len(core.table) == 0
+
+
+def test_an_expiry_in_milliseconds_is_refused_at_allocate() -> None:
+    """A REST username whose expiry is further ahead than the minter's max_ttl (a week) is not
+    current: milliseconds where seconds belong would make it good for fifty thousand years."""
+    core, _ = make_core()
+    assert error_code(client(core, expiry=NOW * 1000).allocate()) == 401
+    assert error_code(client(core, expiry=NOW + 6 * 86400, user="b").allocate()) is None
+
+
+def test_static_user_names_that_look_like_rest_usernames_are_refused() -> None:
+    with pytest.raises(ValueError, match="REST"):
+        make_core(static_users={"1700000000": "pw"})

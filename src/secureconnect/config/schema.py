@@ -204,6 +204,8 @@ def _user_list(values: tuple[str, ...]) -> str | None:
         name, colon, password = value.partition(":")
         if not colon or not name or not password:
             return 'entries must be "user:password"'
+        if name.isdigit():  # a bare Unix time is a TURN REST API username
+            return f"user name {name!r} looks like a REST credential expiry: add a letter"
     return None
 
 

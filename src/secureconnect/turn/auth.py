@@ -27,11 +27,17 @@ Every MAC comparison is constant-time (``hmac.compare_digest`` inside ``verify_i
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from secureconnect.credentials import CredentialMinter, NonceMint, nonce_features, parse_expiry
+from secureconnect.credentials import (
+    CredentialMinter,
+    NonceMint,
+    StaticUsers,
+    nonce_features,
+    parse_expiry,
+)
 from secureconnect.ratelimit import FailureBackoff, RateLimiter
 from secureconnect.stun import (
     AttrType,
@@ -145,7 +151,7 @@ class Authenticator:
         realm: str,
         minter: CredentialMinter,
         nonces: NonceMint,
-        static_users: dict[str, str] | None = None,
+        static_users: Mapping[str, str] | None = None,
         strict_expiry: bool = False,
         unauthorized: RateLimiter | None = None,
         sha256: bool = False,
@@ -154,7 +160,8 @@ class Authenticator:
         self.sha256 = sha256  # offer RFC 8489 password algorithms (SHA-256 integrity)
         self.minter = minter
         self.nonces = nonces
-        self.static_users = dict(static_users or {})
+        # Validated (no REST-looking names, no empty passwords) by StaticUsers.
+        self.static_users = StaticUsers(static_users or {})
         self.strict_expiry = strict_expiry
         self.unauthorized = unauthorized or RateLimiter(rate=20.0, burst=40.0)
         limit = self.unauthorized
@@ -222,8 +229,10 @@ class Authenticator:
         hash_key = _algorithm(msg, nonce)
         if expiry is not None:
             passwords = self.minter.passwords_for(username)
-            # Expiry of a REST credential: checked at Allocate, and always in strict mode.
-            if (check_expiry or self.strict_expiry) and expiry <= now:
+            # Expiry of a REST credential: checked at Allocate, and always in strict mode. An
+            # expiry more than CredentialMinter.max_ttl ahead is refused too: milliseconds
+            # where seconds belong would make a credential good for fifty thousand years.
+            if (check_expiry or self.strict_expiry) and not self.minter.is_current(username, now):
                 raise self.challenge(ErrorCode.UNAUTHORIZED, source_ip, now, username)
         else:
             static = self.static_users.get(username)
