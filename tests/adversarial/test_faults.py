@@ -52,6 +52,8 @@ from secureconnect.stun import (
     decode_message_untrusted,
 )
 
+pytestmark = pytest.mark.slow
+
 A = AttrType
 MIB = 1024  # in KiB, the unit of VmRSS
 FLOOD, DATAGRAM = 20_000, 1_000  # what the peer sends the slow TURN client

@@ -13,8 +13,11 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+import pytest
 from appliance import free_port, run_appliance
 from chromium import launch_chromium
+
+pytestmark = [pytest.mark.browser]
 
 PEERS = 9  # the other nine people of a 10-person mesh
 GATHER = """async ([peers, user]) => {

@@ -79,6 +79,8 @@ from secureconnect.stun import (
     new_transaction_id,
 )
 
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
 T = TypeVar("T")
 A = AttrType
 REPO = Path(__file__).resolve().parents[2]

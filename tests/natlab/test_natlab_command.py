@@ -21,6 +21,8 @@ from secureconnect.natlab.behaviours import ALL_BEHAVIOURS, Behaviour
 from secureconnect.natlab.runner import expected_route
 from secureconnect.natlab.topology import list_namespaces
 
+pytestmark = [pytest.mark.root, pytest.mark.coturn, pytest.mark.slow]
+
 NATLAB = [sys.executable, "-m", "secureconnect", "natlab"]
 MATRIX_TIMEOUT = 540  # the bound is 10 minutes on this 2-core machine
 

@@ -35,7 +35,7 @@ from secureconnect.natlab.peer import (
     ice_configuration,
 )
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.root, pytest.mark.slow]
 
 MODULE = "secureconnect.natlab.peer"
 KEYS = {

@@ -46,6 +46,8 @@ from secureconnect.natlab.topology import (
     require_root,
 )
 
+pytestmark = [pytest.mark.root, pytest.mark.coturn, pytest.mark.slow]
+
 SILENCE = 0.3  # seconds to wait for a packet that must not come
 ARRIVAL = 2.0  # seconds to wait for a packet that must come (no loss in the shared lab)
 STUN_CONFIG = """\

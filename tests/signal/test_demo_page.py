@@ -21,6 +21,8 @@ import pytest
 from appliance import ApplianceNotReady, Running, free_port, run_appliance
 from chromium import launch_chromium
 
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, ConsoleMessage, Error, Page
 

@@ -151,6 +151,7 @@ async def test_pystun3_without_rfc5780_is_not_told_it_is_on_the_open_internet() 
     assert server.counters.dropped_classic_change == 4  # pystun3 sends each test four times
 
 
+@pytest.mark.coturn
 async def test_turnutils_stunclient_reads_our_reflexive_address() -> None:
     """RFC 5780 off: one RFC 5389 Binding; coturn finds XOR-MAPPED-ADDRESS and, seeing no
     OTHER-ADDRESS, stops there. (With ``-f`` it would hang: our 420 to its CHANGE-REQUEST with
@@ -165,6 +166,7 @@ async def test_turnutils_stunclient_reads_our_reflexive_address() -> None:
     assert server.counters.responses == 1
 
 
+@pytest.mark.coturn
 @pytest.mark.parametrize("flags", [(), ("-f",)], ids=["discovered", "forced"])
 async def test_turnutils_stunclient_rfc5780(flags: tuple[str, ...]) -> None:
     """RFC 5780 on: coturn learns it from OTHER-ADDRESS (or is forced with ``-f``) and sends
@@ -192,6 +194,7 @@ async def test_turnutils_stunclient_rfc5780(flags: tuple[str, ...]) -> None:
     assert server.counters.errors_sent == 0
 
 
+@pytest.mark.coturn
 @pytest.mark.parametrize(
     "flags", [(), ("-P", "-L", "127.0.0.1")], ids=["plain", "padding-from-127.0.0.1"]
 )
@@ -239,6 +242,7 @@ def gather_with_aioice(stun_server: Address) -> list[Any]:
     return asyncio.run(gather())
 
 
+@pytest.mark.root
 def test_aioice_gathers_a_server_reflexive_candidate(tmp_path: Path) -> None:
     """In a namespace where ``lo`` has 127.0.0.1 and 127.0.0.2: the appliance (``secureconnect
     run stun``, so config and CLI are in the path) on 127.0.0.1:3478, aioice on its only usable

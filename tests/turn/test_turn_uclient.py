@@ -16,6 +16,8 @@ import pytest
 import servers
 from servers import SERVERS, turn_server
 
+pytestmark = [pytest.mark.coturn, pytest.mark.slow]
+
 # --------------------------------------------------------------------------------------------
 # 3. coturn's turnutils_uclient with turnutils_peer as the peer
 # --------------------------------------------------------------------------------------------
