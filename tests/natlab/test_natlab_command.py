@@ -95,8 +95,11 @@ def test_full_matrix_connects_every_pair_as_expected(tmp_path: Path) -> None:
 
 
 def _start_and_wait_for_lab(
-    tmp_path: Path, *, ignore_sigint: bool = False
+    tmp_path: Path, *, ignore_sigint: bool = False, until: str = "discovery "
 ) -> subprocess.Popen[str]:
+    """Start a two-behaviour lab and return once its log has a line with ``until``: by default
+    the first discovery result, which needs the appliance running inside the lab."""
+
     def ignore() -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
@@ -113,7 +116,7 @@ def _start_and_wait_for_lab(
     while time.monotonic() < deadline:
         line = proc.stderr.readline()
         seen.append(line)
-        if "starting the appliance" in line:
+        if until in line:
             return proc
         if not line and proc.poll() is not None:
             break
@@ -126,8 +129,7 @@ def test_ctrl_c_or_sigterm_tears_the_lab_down(tmp_path: Path, signum: signal.Sig
     """Also when started with SIGINT ignored (a background job of a non-interactive shell,
     as CI runs may be): the command installs its own handlers."""
     proc = _start_and_wait_for_lab(tmp_path, ignore_sigint=True)
-    assert lab_namespaces() != []
-    time.sleep(1.0)  # let the appliance start inside the lab, so there is a process to stop
+    assert lab_namespaces() != []  # and the appliance runs in it: there is a process to stop
     proc.send_signal(signum)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err[-2000:]
@@ -138,7 +140,6 @@ def test_a_run_after_a_crash_starts_clean(tmp_path: Path) -> None:
     """SIGKILL leaves namespaces and the appliance behind; ``--cleanup`` (and any new run)
     removes them, processes included."""
     proc = _start_and_wait_for_lab(tmp_path)
-    time.sleep(1.0)
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=30)
     left = lab_namespaces()

@@ -80,25 +80,38 @@ def test_handlers_run_with_the_lock_held_and_stop_ends_the_loop() -> None:
 
 
 def test_a_removed_socket_is_never_handled_again() -> None:
+    """A removed socket that still has a datagram waiting (level-triggered: epoll would report
+    it on every wait) is not handled, while a socket still registered is: the control shows the
+    loop ran past the removed one's data."""
     lock = threading.Lock()
     plane = EpollThread(lock, time.monotonic)
-    receiver, sender = udp_pair()
+    removed, removed_sender = udp_pair()
+    control, control_sender = udp_pair()
     calls: list[float] = []
+    seen = threading.Event()
+
+    def handle_control(now: float) -> None:
+        control.recv(64)
+        seen.set()
+
     with lock:
-        plane.add(receiver.fileno(), calls.append)
-        assert plane.remove(receiver.fileno()) is True
-        assert plane.remove(receiver.fileno()) is False  # not watched any more
-    receiver.close()
+        plane.add(removed.fileno(), calls.append)
+        plane.add(control.fileno(), handle_control)
+        assert plane.remove(removed.fileno()) is True
+        assert plane.remove(removed.fileno()) is False  # not watched any more
     thread, failures = start(plane)
     try:
-        sender.send(b"late")
-        time.sleep(0.1)
+        removed_sender.send(b"late")  # first: it is waiting when the control arrives
+        control_sender.send(b"control")
+        assert seen.wait(5)
         assert calls == []
+        assert removed.recv(64) == b"late"  # it was there to be read all along
     finally:
         plane.stop()
         thread.join(5)
         plane.close()
-        sender.close()
+        for sock in (removed, removed_sender, control, control_sender):
+            sock.close()
     assert failures == []
 
 
