@@ -64,7 +64,7 @@ import common  # noqa: F401 - first: it puts tests/support on sys.path
 from appliance import Running, free_port, run_appliance
 from attacker import SECRET
 from common import ROOT, process_cpu, raise_fd_limit, rss_kib
-from signalkit import Appliance
+from signal_peers import Appliance
 from soak_load import LIFETIME, Churn, EchoPeer, SoakError, signal_round
 
 MIB = 1024

@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 import common  # noqa: F401 - first: it puts tests/support on sys.path
 from attacker import UDP_TRANSPORT, WireClient, error_code
-from signalkit import Appliance
+from signal_peers import Appliance
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import WebSocketException

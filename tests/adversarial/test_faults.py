@@ -40,7 +40,7 @@ from typing import Any
 import pytest
 from appliance import appliance_env, free_port, run_appliance
 from attacker import SECRET, Bystander, Target, WireClient, echo_peer, error_code, open_client
-from signalkit import STEP, Appliance, Peer, dial, new_room, run
+from signal_peers import STEP, Appliance, Peer, dial, new_room, run
 from websockets.asyncio.client import connect as ws_connect
 
 from secureconnect.credentials import parse_expiry
@@ -419,7 +419,7 @@ def refresh_across_step(client: WireClient) -> list[int | None]:
 
 
 async def open_pair(app: Appliance) -> tuple[Peer, Peer]:
-    """Two peers joined to a fresh room (not signalkit.dial: they outlive one event loop run)."""
+    """Two peers joined to a fresh room (not signal_peers.dial: they outlive one event loop run)."""
     peers = []
     room = new_room()
     for _ in range(2):

@@ -33,7 +33,7 @@ from typing import Any, cast
 import pytest
 import trio.testing
 from appliance import Running, free_port, run_appliance
-from signalkit import (
+from signal_peers import (
     STEP,
     Appliance,
     Peer,

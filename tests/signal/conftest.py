@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from signalkit import (
+from signal_peers import (
     GRACE,
     ICE_TTL,
     ROOM_SECRET,

@@ -6,7 +6,7 @@ resume grace) and *token* (plain WS, ``auth = token``, ``ice_ttl = 6`` so that a
 comes within the test, three connections per client address, 127.0.0.2 a trusted proxy). Clients
 are the real ``websockets`` asyncio client, or our ``SignalClient``. Every wait is bounded; each
 test runs its scenario under ``asyncio.run`` with an overall timeout. The appliances are fixtures
-in ``conftest.py``, the helpers in ``tests/support/signalkit.py``; the HTTP side is in
+in ``conftest.py``, the helpers in ``tests/support/signal_peers.py``; the HTTP side is in
 ``test_signal_http.py``.
 """
 
@@ -18,7 +18,7 @@ import json
 import time
 
 import pytest
-from signalkit import (
+from signal_peers import (
     GRACE,
     PEER_ID,
     STEP,

@@ -1,6 +1,7 @@
 """The signaling endpoint's HTTP side and its neighbours against the real appliance: /healthz,
 /metrics, /ice (open and token mode), the origin allow-list, X-Forwarded-For, and the TURN
-credentials from welcome allocating on our TURN. Fixtures in conftest.py, helpers in signalkit."""
+credentials from welcome allocating on our TURN. Fixtures in conftest.py, helpers in
+signal_peers."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import pytest
 from aioice import stun
 from aioice.turn import create_turn_endpoint
 from prometheus_client.parser import text_string_to_metric_families
-from signalkit import (
+from signal_peers import (
     ICE_TTL,
     ROOM_SECRET,
     STEP,

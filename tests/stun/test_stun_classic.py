@@ -7,7 +7,7 @@ import importlib
 from typing import Any
 
 import pytest
-from stunkit import (
+from stun_requests import (
     ALTERNATE,
     CLIENT,
     FLAGS,

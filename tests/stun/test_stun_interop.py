@@ -6,9 +6,9 @@
   address, CHANGE-REQUEST with RESPONSE-PORT and PADDING, mapping and filtering discovery.
 * aioice, the ICE agent under aiortc: a server-reflexive candidate.
 
-The server runs in-process (``sctest.running_stun``) with 127.0.0.1 as its primary and 127.0.0.2
-as its RFC 5780 alternate address (Linux routes all of 127/8 to ``lo``); the clients run as
-subprocesses, each bounded by ``trio.fail_after``. aioice gathers host addresses from every
+The server runs in-process (``loopback_stun.running_stun``) with 127.0.0.1 as its primary and
+127.0.0.2 as its RFC 5780 alternate address (Linux routes all of 127/8 to ``lo``); the clients
+run as subprocesses, each bounded by ``trio.fail_after``. aioice gathers host addresses from every
 interface except exactly 127.0.0.1, so its test runs the appliance and aioice in a throwaway
 network namespace whose ``lo`` also carries 127.0.0.2/8. Nothing here leaves loopback.
 """
@@ -30,8 +30,8 @@ import aioice
 import pytest
 import trio
 from appliance import run_appliance
+from loopback_stun import bound, free_port_pair, running_stun
 from netns import call_in, exec_argv, netns
-from sctest import bound, free_port_pair, running_stun
 
 from secureconnect.stun.serve import StunServer
 

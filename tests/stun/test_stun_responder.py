@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 
 import pytest
-from stunkit import (
+from stun_requests import (
     ALTERNATE,
     CLIENT,
     FLAGS,

@@ -13,7 +13,7 @@ import pytest
 import trio
 import trio.testing
 import trustme
-from sctest import bound, free_port_pair, running_stun, server_context
+from loopback_stun import bound, free_port_pair, running_stun, server_context
 
 from secureconnect.stun import (
     AttrType,

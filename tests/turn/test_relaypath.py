@@ -6,7 +6,7 @@ import random
 
 from hypothesis import given
 from hypothesis import strategies as st
-from turnkit import PEER, Client, make_core, rest_user
+from turn_core_driver import PEER, Client, make_core, rest_user
 
 from secureconnect.stun import (
     AttrType,

@@ -4,7 +4,7 @@ policies, RFC 8489 password algorithms, and which clock each check uses."""
 from __future__ import annotations
 
 import pytest
-from turnkit import (
+from turn_core_driver import (
     NOW,
     REALM,
     SERVER,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
-from turnkit import (
+from turn_core_driver import (
     CLIENT,
     NOW,
     PEER,

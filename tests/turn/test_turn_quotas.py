@@ -5,7 +5,7 @@ and 7)."""
 from __future__ import annotations
 
 import pytest
-from turnkit import NOW, SERVER, Client, client, error_code, make_core
+from turn_core_driver import NOW, SERVER, Client, client, error_code, make_core
 
 from secureconnect.stun import AttrType, Method
 from secureconnect.turn.allocation import source_key

@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 import trio
 import trio.testing
 import trustme
-from sctest import server_context
+from loopback_stun import server_context
 
 from secureconnect.credentials import CredentialMinter, NonceMint, rest_password
 from secureconnect.stun import (

@@ -1,4 +1,5 @@
-"""Shared test helpers (on pytest's pythonpath as `sctest`): servers on real loopback sockets."""
+"""STUN servers on real loopback sockets for the tests, their TLS context and free port pairs
+(on pytest's pythonpath as ``loopback_stun``)."""
 
 from __future__ import annotations
 

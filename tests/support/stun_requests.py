@@ -1,5 +1,5 @@
 """Shared by the STUN responder tests: addresses, an RFC 5769 sample, request builders and
-readers of (classic) replies. On pytest's pythonpath as ``stunkit``."""
+readers of (classic) replies. On pytest's pythonpath as ``stun_requests``."""
 
 from __future__ import annotations
 

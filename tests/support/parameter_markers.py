@@ -1,4 +1,5 @@
-"""Markers that follow from a test's parameters: a case run against coturn needs coturn."""
+"""A pytest plugin (``-p parameter_markers`` in pyproject.toml): markers that follow from a
+test's parameters - a case run against coturn needs coturn."""
 
 from __future__ import annotations
 
