@@ -151,6 +151,26 @@ async def test_tls_binding_with_a_trustme_certificate() -> None:
             assert decode_xor_address_untrusted(xma, tid) == (local[0], local[1])
 
 
+async def test_a_tls_client_leaving_without_close_notify_is_no_handshake_failure() -> None:
+    """Found by the fuzzing campaign (issue #12): a client that completed its handshake, got
+    its answer and dropped the TCP connection without close_notify was counted as a failed
+    handshake."""
+    ca = trustme.CA()
+    context = server_context(ca)
+    async with running_stun(tls_context=lambda: context) as server:
+        client_context = ssl.create_default_context()
+        ca.configure_trust(client_context)
+        tcp = await trio.open_tcp_stream(*bound(server, "tls"))
+        stream = trio.SSLStream(tcp, client_context, server_hostname="localhost")
+        _, request = binding_request()
+        await stream_exchange(stream, request)
+        await tcp.aclose()  # under the TLS layer: no close_notify
+        with trio.fail_after(5):
+            await trio.testing.wait_all_tasks_blocked(0.05)  # the server has seen the EOF
+        assert server.stream_counters.open == 0
+    assert server.stream_counters.handshake_failed == 0
+
+
 async def test_garbage_on_a_stream_closes_only_that_connection() -> None:
     async with running_stun() as server:
         target = bound(server, "tcp")

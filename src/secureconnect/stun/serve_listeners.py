@@ -133,19 +133,24 @@ class StreamAcceptor:
     ) -> None:
         counters = self.counters
         stream: trio.abc.Stream = raw
+        handshaken = False
         try:
             if tls:
                 secured = await self._tls_handshake(raw)
                 if secured is None:
                     return
                 stream = secured
+            handshaken = True
             await self.handler(stream, source, local, "tls" if tls else "tcp")
         # except*: a handler that runs its own nursery (TURN's reader and writer) raises these
         # wrapped in an ExceptionGroup; none of them may escape and end the component.
         except* StunDecodeError:
             counters.framing_errors += 1
         except* (trio.BrokenResourceError, trio.ClosedResourceError) as group:
-            if tls and any(isinstance(e.__cause__, ssl.SSLError) for e in group.exceptions):
+            # A client that closes without close_notify after a good handshake is no failure.
+            if not handshaken and any(
+                isinstance(e.__cause__, ssl.SSLError) for e in group.exceptions
+            ):
                 counters.handshake_failed += 1
         except* OSError:
             pass  # peer reset: nothing to do but close
