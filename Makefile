@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test check lint typecheck system-deps bench bench-relay clean dist
+.PHONY: run test check lint typecheck system-deps bench bench-relay fuzz soak clean dist
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,18 @@ bench: $(VENV)/.test
 bench-relay: $(VENV)/.test
 	bash scripts/install-system-deps.sh
 	$(BIN)/python bench/turn_relay.py $(BENCH_ARGS)
+
+# Fuzzing campaign against the appliance on loopback, about 10 minutes (FUZZ_ARGS=--quick: under
+# one): writes bench/results/fuzz-latest.md and exits 1 when it found anything. Not part of
+# `make test`.
+fuzz: $(VENV)/.test
+	$(BIN)/python bench/fuzz.py $(FUZZ_ARGS)
+
+# Resource soak: 200,000 TURN allocations and 20,000 WSS connections against one appliance, its
+# descriptors and RSS at start, peak and after; writes bench/results/soak-latest.md (bench/soak.py).
+# Not part of `make test`. `make soak SOAK_ARGS=--quick` is the 1-2 minute version.
+soak: $(VENV)/.test
+	$(BIN)/python bench/soak.py $(SOAK_ARGS)
 
 # One executable file (shiv zipapp) for a machine with Python 3.11 but without the project.
 dist:
