@@ -5,14 +5,15 @@ checks that nobody else paid for it (no component restart, bystanders intact, no
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import time
 from pathlib import Path
 
 import pytest
-from attacker import Bystander, echo_peer, error_code, open_client, turn_target
+from attacker import Bystander, WireClient, echo_peer, error_code, open_client, turn_target
 
-from secureconnect.stun import AttrType
+from secureconnect.stun import AttrType, Method, new_transaction_id
 
 A = AttrType
 STREAMS = ["tcp", "tls"]
@@ -145,4 +146,35 @@ def test_idle_connections_on_one_transport_lock_out_neither_that_one_nor_the_oth
             conn.settimeout(2)
             assert conn.recv(1) == b""  # closed by the server
             conn.close()
+        target.assert_healthy()
+
+
+def test_an_ipv6_allocation_cannot_reach_our_own_port_through_a_mapped_address(
+    tmp_path: Path,
+) -> None:
+    """Finding 10: on an IPv6 allocation with loopback peers allowed, ChannelBind to
+    ``::ffff:127.0.0.1:<our own port>`` was accepted (TURN-in-TURN; nothing was delivered only
+    because the relay socket is IPv6-only). The own-port rule now reads the mapped form: 403.
+    A real loopback peer (``::1``) stays allowed."""
+    with turn_target(tmp_path, 'turn.listen=["127.0.0.1", "::1"]') as target:
+        client = WireClient("udp", target.port, server_ip="::1")
+        family_v6 = (A.REQUESTED_ADDRESS_FAMILY, b"\x02\x00\x00\x00")
+        reply = client.allocate(family_v6)
+        assert error_code(reply) is None, reply
+        # Written by hand: our codec would send the mapped address as IPv4 (family 0x01).
+        tid = new_transaction_id()
+        mapped = ipaddress.IPv6Address("::ffff:127.0.0.1").packed
+        key = (0x2112A442).to_bytes(4, "big") + tid
+        xor_peer = (
+            b"\x00\x02"
+            + (target.port ^ 0x2112).to_bytes(2, "big")
+            + bytes(a ^ b for a, b in zip(mapped, key, strict=True))
+        )
+        attributes = [(A.CHANNEL_NUMBER, b"\x40\x01\x00\x00"), (A.XOR_PEER_ADDRESS, xor_peer)]
+        own = client.call(client.build(Method.CHANNEL_BIND, attributes, tid=tid))
+        assert error_code(own) == 403
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as peer:
+            peer.bind(("::1", 0))
+            fine = client.call(client.channel_bind_bytes(0x4002, ("::1", peer.getsockname()[1])))
+            assert error_code(fine) is None
         target.assert_healthy()

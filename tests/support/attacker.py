@@ -114,7 +114,8 @@ class WireClient:
     ttl: int = 600
     password: str | None = None  # None: the REST password for ``username``
     timeout: float = 5.0
-    source_ip: str = "127.0.0.1"
+    source_ip: str = ""  # default: the server's loopback address family's own
+    server_ip: str = "127.0.0.1"
     sock: socket.socket = field(init=False)
     nonce: bytes = b""
     realm: str = REALM
@@ -125,10 +126,11 @@ class WireClient:
         if self.password is None:
             self.password = rest_password(SECRET, self.username)
         kind = socket.SOCK_DGRAM if self.transport == "udp" else socket.SOCK_STREAM
-        raw = socket.socket(socket.AF_INET, kind)
+        v6 = ":" in self.server_ip
+        raw = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, kind)
         raw.settimeout(self.timeout)
-        raw.bind((self.source_ip, 0))
-        raw.connect(("127.0.0.1", self.port))
+        raw.bind((self.source_ip or self.server_ip, 0))
+        raw.connect((self.server_ip, self.port))
         if self.transport == "tls":
             context = ssl.create_default_context()
             context.check_hostname = False
