@@ -170,7 +170,10 @@ def test_an_ipv6_allocation_cannot_reach_our_own_port_through_a_mapped_address(
             + (target.port ^ 0x2112).to_bytes(2, "big")
             + bytes(a ^ b for a, b in zip(mapped, key, strict=True))
         )
-        attributes = [(A.CHANNEL_NUMBER, b"\x40\x01\x00\x00"), (A.XOR_PEER_ADDRESS, xor_peer)]
+        attributes: list[tuple[int, bytes]] = [
+            (A.CHANNEL_NUMBER, b"\x40\x01\x00\x00"),
+            (A.XOR_PEER_ADDRESS, xor_peer),
+        ]
         own = client.call(client.build(Method.CHANNEL_BIND, attributes, tid=tid))
         assert error_code(own) == 403
         with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as peer:
