@@ -17,7 +17,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import turnwire
 from appliance import Running, free_port, run_appliance
+from turnwire import peer_attribute
 
 from secureconnect.credentials import rest_password
 from secureconnect.stun import (
@@ -29,9 +31,6 @@ from secureconnect.stun import (
     decode_error_code_untrusted,
     decode_message_untrusted,
     decode_xor_address_untrusted,
-    encode_message,
-    encode_xor_address,
-    long_term_key,
     new_transaction_id,
 )
 
@@ -139,9 +138,10 @@ class WireClient:
         self.sock = raw
 
     @property
-    def key(self) -> bytes:
+    def credential(self) -> turnwire.Credential:
+        """What the client authenticates with now (tests change username and password)."""
         assert self.password is not None
-        return long_term_key(self.username, self.realm, self.password)
+        return turnwire.Credential(self.username, self.password, self.realm)
 
     def close(self) -> None:
         self.sock.close()
@@ -157,18 +157,12 @@ class WireClient:
         cls: MessageClass = MessageClass.REQUEST,
         authenticate: bool = True,
     ) -> bytes:
-        """One request (or indication) with USERNAME, REALM, NONCE and MESSAGE-INTEGRITY."""
+        """One request with USERNAME, REALM, NONCE and MESSAGE-INTEGRITY (or an indication)."""
         tid = tid or new_transaction_id()
-        attrs = list(attributes or [])
-        key = None
-        if authenticate and cls is MessageClass.REQUEST:
-            attrs += [
-                (A.USERNAME, self.username.encode()),
-                (A.REALM, self.realm.encode()),
-                (A.NONCE, self.nonce),
-            ]
-            key = self.key
-        return encode_message(method, cls, tid, attrs, integrity_key=key)
+        if cls is MessageClass.INDICATION:
+            return turnwire.indication(method, tid, attributes or [])
+        credential = self.credential if authenticate else None
+        return turnwire.request(method, tid, attributes or [], credential, self.nonce)
 
     def allocate_bytes(self, *extra: tuple[int, bytes], tid: bytes | None = None) -> bytes:
         return self.build(
@@ -192,10 +186,9 @@ class WireClient:
         attrs = [peer_attribute(peer, tid), (A.DATA, data)]
         return self.build(Method.SEND, attrs, tid=tid, cls=MessageClass.INDICATION)
 
-    @staticmethod
-    def channel_data(number: int, data: bytes, pad: bool = True) -> bytes:
-        frame = number.to_bytes(2, "big") + len(data).to_bytes(2, "big") + data
-        return frame + bytes(-len(frame) & 3) if pad else frame
+    def channel_data(self, number: int, data: bytes) -> bytes:
+        """ChannelData, padded on streams (RFC 8656 §12.5)."""
+        return turnwire.channel_data(number, data, stream=self.transport != "udp")
 
     # -- wire -----------------------------------------------------------------------------
 
@@ -254,10 +247,6 @@ class WireClient:
         value = reply.get(A.XOR_RELAYED_ADDRESS)
         assert value is not None, reply
         return decode_xor_address_untrusted(value, reply.transaction_id)
-
-
-def peer_attribute(peer: Address, tid: bytes) -> tuple[int, bytes]:
-    return (A.XOR_PEER_ADDRESS, encode_xor_address(peer[0], peer[1], tid))
 
 
 def open_client(transport: str, target: Target, **kwargs: object) -> WireClient:
