@@ -170,21 +170,6 @@ class StunMessage:
         return tuple(unknown)
 
 
-def looks_like_stun(data: bytes) -> bool:
-    """A cheap demultiplexing test: could `data` be a STUN message?
-
-    True when it is at least a header long, the two top bits of the type are zero (ChannelData
-    starts 0b01, RFC 8656 §12), the length is a multiple of 4, and it has the magic cookie or is
-    a plausible classic Binding request. `decode_message_untrusted` does the full check.
-    """
-    if len(data) < HEADER_LENGTH:
-        return False
-    msg_type, length, cookie = _HEADER.unpack_from(data)
-    if msg_type & 0xC000 or length & 3:
-        return False
-    return bool(cookie == MAGIC_COOKIE or msg_type == _CLASSIC_BINDING_REQUEST)
-
-
 def decode_header_untrusted(data: bytes) -> StunHeader:
     """Decode and validate the 20-byte header of a whole message (datagram or stream frame).
 

@@ -82,7 +82,6 @@ __all__ = [
     "PeerPolicy",
     "Refusal",
     "embedded_ipv4",
-    "loopback_ranges",
 ]
 
 #: The deny-by-default list of hardened public TURN configurations (docs/security.md): "this
@@ -123,11 +122,6 @@ DEFAULT_DENY: Final[tuple[str, ...]] = (
 #: The allow entries that let a relay reach loopback peers (a test echo peer, coturn's
 #: ``allow-loopback-peers``). ``0.0.0.0`` and ``::`` stay refused: they are not loopback ranges.
 LOOPBACK_RANGES: Final[tuple[str, ...]] = ("127.0.0.0/8", "::1/128")
-
-
-def loopback_ranges() -> tuple[str, ...]:
-    """The allow entries for loopback peers: ``PeerPolicy(allow=loopback_ranges())``."""
-    return LOOPBACK_RANGES
 
 
 _U32: Final = 0xFFFFFFFF
@@ -299,11 +293,6 @@ class PeerPolicy:
     def permits(self, ip: str | _Address) -> bool:
         """True when the relay may send to ``ip`` (text from the wire, or an address object)."""
         return self.refusal(ip) is None
-
-    def refusal_reason(self, ip: str | _Address) -> str | None:
-        """A one-line reason ``ip`` is refused, or None when it is permitted."""
-        found = self.refusal(ip)
-        return None if found is None else str(found)
 
     def refusal(self, ip: str | _Address) -> Refusal | None:
         """Why ``ip`` is refused, or None when it is permitted; never raises."""
