@@ -34,7 +34,9 @@ The unit copies differ from the shipped files only where this machine forces it:
   ``/usr/bin/secureconnect``, which a development machine does not have;
 - when that interpreter lives under a home directory (pyenv in ``/root``), ``ProtectHome=yes``
   would hide it (203/EXEC), so it becomes ``ProtectHome=tmpfs`` (home still hidden) plus
-  ``BindReadOnlyPaths=`` of the interpreter's own directories.
+  ``BindReadOnlyPaths=`` of the interpreter's own directories;
+- when those directories lie in ``/tmp`` (a CI checkout), ``PrivateTmp=`` would hide them: the
+  lab keeps them visible and the units get ``BindReadOnlyPaths=`` for them.
 
 Everything else is as shipped: ``Type=notify``, the watchdog, ``DynamicUser=``,
 ``StateDirectory=``, ``LoadCredential=`` of every secret file, the capability sets,
@@ -105,10 +107,23 @@ SIGNAL_RETRIES = 10
 # -- the units and the config ----------------------------------------------------------------------
 
 
+#: The interpreter's directories (a venv, its base, the source tree of an editable install).
+INTERPRETER_PATHS = sorted(
+    {sys.prefix, sys.base_prefix, str(Path(secureconnect.__file__).parents[1])}
+)
+#: Where the lab mounts its own empty file systems, and so does PrivateTmp= in the units.
+PRIVATE_ROOTS = ("/tmp/", "/var/", "/run/")  # noqa: S108 - compared against, never written
+
+
 def _home_paths() -> list[str]:
     """The interpreter's directories that lie under a home directory (hidden by ProtectHome)."""
-    candidates = {sys.prefix, sys.base_prefix, str(Path(secureconnect.__file__).parents[1])}
-    return sorted(p for p in candidates if p.startswith(tuple(h + "/" for h in HOMES)))
+    return [p for p in INTERPRETER_PATHS if p.startswith(tuple(h + "/" for h in HOMES))]
+
+
+def _private_paths() -> list[str]:
+    """The interpreter's directories in /tmp, /var or /run (a CI checkout in /tmp): the lab
+    keeps them visible, and the units bind them in over their PrivateTmp."""
+    return [p for p in INTERPRETER_PATHS if p.startswith(PRIVATE_ROOTS)]
 
 
 def unit_copy(component: str) -> str:
@@ -124,6 +139,10 @@ def unit_copy(component: str) -> str:
         assert "ProtectHome=yes\n" in text, "the shipped unit changed: no ProtectHome=yes"
         binds = "".join(f"BindReadOnlyPaths={path}\n" for path in hidden)
         text = text.replace("ProtectHome=yes\n", f"ProtectHome=tmpfs\n{binds}")
+    private = _private_paths()
+    if private:
+        binds = "".join(f"BindReadOnlyPaths={path}\n" for path in private)
+        text = text.replace("[Service]\n", f"[Service]\n{binds}", 1)
     return text
 
 
@@ -442,7 +461,7 @@ def lab_or_fail(tmp_path: Path, etc: Path) -> Iterator[Systemd]:
     units = {f"secureconnect-{c}.service": unit_copy(c) for c in ("stun", "turn", "signal")}
     units[TARGET] = (SHIPPED / TARGET).read_text()
     try:
-        with systemd_lab(tmp_path, units, etc=etc) as lab:
+        with systemd_lab(tmp_path, units, etc=etc, keep=_private_paths()) as lab:
             yield lab
     except LabUnavailable as exc:
         pytest.fail(f"no real systemd for this test: {exc}", pytrace=False)

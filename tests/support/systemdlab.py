@@ -33,7 +33,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,7 +65,13 @@ _POLL = 0.05
 # becomes systemd. Order matters: the lab directory lives under /tmp, so /tmp is hidden last.
 BOOT_SCRIPT = r"""set -eu
 lab=$1; unit=$2; stage=$lab/ns
+shift 2  # the rest: host directories under /tmp, /var or /run to keep visible (a venv in /tmp)
 mount --make-rprivate /
+mount -t tmpfs -o mode=0755 lab-keep /mnt
+i=0
+for path in "$@"; do
+  i=$((i + 1)); mkdir "/mnt/$i"; mount --bind "$path" "/mnt/$i"
+done
 mount -t tmpfs -o mode=0700 lab-stage "$stage"
 mkdir "$stage/etc-upper" "$stage/etc-work" "$stage/dev" "$stage/sys"
 mount -t overlay lab-etc -o "lowerdir=/etc,upperdir=$stage/etc-upper,workdir=$stage/etc-work" /etc
@@ -107,6 +113,11 @@ if [ -e /proc/sysrq-trigger ]; then
   mount -o remount,bind,ro /proc/sysrq-trigger
 fi
 mount -t tmpfs -o mode=1777,nosuid,nodev lab-tmp /tmp
+i=0
+for path in "$@"; do
+  i=$((i + 1)); mkdir -p "$path"; mount --move "/mnt/$i" "$path"
+done
+umount /mnt
 # In a container systemd leaves mount propagation as it finds it, and LoadCredential= needs /
 # shared (it mounts the credentials from a child namespace). New peer groups: the host's mounts
 # were made private above, so nothing propagates back to it.
@@ -278,6 +289,7 @@ def systemd_lab(
     units: Mapping[str, str],
     *,
     etc: Path | None = None,
+    keep: Sequence[str] = (),
     boot_timeout: float = 20.0,
 ) -> Iterator[Systemd]:
     """Boot a lab in ``workdir`` and yield it once systemd runs; kill it when the block ends.
@@ -287,6 +299,8 @@ def systemd_lab(
       boot (:data:`LAB_TARGET` pulls in ``basic.target`` only): ``systemctl start`` them.
     - ``etc`` is a directory whose contents are copied over the lab's ``/etc`` (an overlay: the
       host's ``/etc`` stays as it is), owners and modes kept.
+    - ``keep`` names host directories under ``/tmp``, ``/var`` or ``/run`` that stay visible in
+      the lab (a checkout or a virtual environment in ``/tmp``, as CI may have).
     """
     problems = missing_prerequisites()
     if problems:
@@ -316,7 +330,7 @@ def systemd_lab(
     proc: subprocess.Popen[bytes] | None = None
     init_pid = 0
     try:
-        proc = _launch(lab, cgroup)
+        proc = _launch(lab, cgroup, keep)
         init_pid = _wait_init(proc, lab, boot_timeout)
         systemd = Systemd(lab, init_pid, proc, cgroup)
         _wait_booted(systemd, boot_timeout)
@@ -325,7 +339,7 @@ def systemd_lab(
         _tear_down(proc, init_pid, cgroup)
 
 
-def _launch(lab: Path, cgroup: Path) -> subprocess.Popen[bytes]:
+def _launch(lab: Path, cgroup: Path, keep: Sequence[str]) -> subprocess.Popen[bytes]:
     """Start the lab: a shell moves itself into ``cgroup``, then becomes ``unshare``, whose child
     (PID 1 of the new namespaces, root of the cgroup namespace) runs the boot script and becomes
     systemd. Its output (the boot script's errors) goes to ``boot.log``.
@@ -334,13 +348,14 @@ def _launch(lab: Path, cgroup: Path) -> subprocess.Popen[bytes]:
     --pdeathsig`` kills ``unshare`` when its parent (the caller) goes, and ``--kill-child`` kills
     the namespace's PID 1, and with it everything inside, when ``unshare`` goes."""
     wrapper = (
-        'echo $$ > "$1/cgroup.procs" && exec setpriv --pdeathsig KILL -- unshare --pid '
+        'echo $$ > "$1/cgroup.procs" && lab=$2 && unit=$3 && shift 3 && '
+        "exec setpriv --pdeathsig KILL -- unshare --pid "
         "--fork --kill-child=KILL --mount --cgroup --uts --ipc --mount-proc "
-        '/bin/sh "$2/boot.sh" "$2" "$3"'
+        '/bin/sh "$lab/boot.sh" "$lab" "$unit" "$@"'
     )
     with (lab / "boot.log").open("wb") as boot_log:
         return subprocess.Popen(
-            ["/bin/sh", "-c", wrapper, "sh", str(cgroup), str(lab), LAB_TARGET],
+            ["/bin/sh", "-c", wrapper, "sh", str(cgroup), str(lab), LAB_TARGET, *keep],
             stdin=subprocess.DEVNULL,
             stdout=boot_log,
             stderr=subprocess.STDOUT,
