@@ -49,6 +49,7 @@ from secureconnect.stun.responder import (
     ResponderConfig,
     StunCounters,
     Via,
+    unknown_attributes_error,
 )
 
 __all__ = [
@@ -90,6 +91,7 @@ __all__ = [
     "long_term_key",
     "long_term_key_sha256",
     "new_transaction_id",
+    "unknown_attributes_error",
     "verify_integrity",
     "verify_integrity_sha256",
 ]

@@ -68,6 +68,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -251,10 +252,11 @@ def _scan_binding_attributes(
     return asks
 
 
-def _unknown_attributes_error(unknown: list[int], *, classic: bool) -> StunError:
+def unknown_attributes_error(unknown: Sequence[int], *, classic: bool = False) -> StunError:
     """RFC 8489 §6.3.1: unknown comprehension-required attributes get 420 with
-    UNKNOWN-ATTRIBUTES listing them. RFC 3489 §11.2.10: a classic list of odd length repeats
-    one type so that the value is a multiple of 4 bytes."""
+    UNKNOWN-ATTRIBUTES listing them (the one builder, for the responder and TURN). RFC 3489
+    §11.2.10: a classic list of odd length repeats one type so that the value is a multiple of
+    4 bytes."""
     if classic and len(unknown) & 1:
         unknown = [*unknown, unknown[0]]
     return StunError(
@@ -401,7 +403,7 @@ class BindingResponder:
                 # (Unknown Attribute) to any Request with a CHANGE-REQUEST attribute".
                 unknown.insert(0, _CHANGE_REQUEST)
         if unknown:
-            raise _unknown_attributes_error(unknown, classic=header.classic)
+            raise unknown_attributes_error(unknown, classic=header.classic)
         if stream and (changing or asks.response_port is not None or asks.padding is not None):
             # A reply cannot leave a TCP/TLS connection from another address or go to another
             # port; RFC 5780 §4.4 filtering tests and §7.5/§7.6 are for UDP.

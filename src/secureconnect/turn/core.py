@@ -44,6 +44,7 @@ from secureconnect.stun import (
     encode_message,
     encode_u32,
     encode_xor_address,
+    unknown_attributes_error,
 )
 from secureconnect.stun.constants import REASON_PHRASES
 from secureconnect.turn.allocation import (
@@ -74,7 +75,6 @@ from secureconnect.turn.requests import (
     NO_INTEGRITY_CODES,
     allocate_asks,
     desired_lifetime,
-    unknown_attributes_error,
 )
 from secureconnect.turn.settings import ToPeer, TurnCounters, TurnSettings, counter_samples
 

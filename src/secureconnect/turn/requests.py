@@ -18,7 +18,6 @@ from secureconnect.stun import (
     StunError,
     StunMessage,
     decode_u32_untrusted,
-    encode_unknown_attributes,
 )
 
 UDP_PROTOCOL: Final = 17  # RFC 8656 §18.8: REQUESTED-TRANSPORT carries an IANA protocol number
@@ -109,14 +108,6 @@ def allocate_asks(msg: StunMessage) -> AllocateAsks:
         reserve=even_port is not None and bool(even_port[0] & 0x80),
         dont_fragment=msg.get(A.DONT_FRAGMENT) is not None,
         additional=additional is not None,
-    )
-
-
-def unknown_attributes_error(types: tuple[int, ...]) -> StunError:
-    """RFC 8489 §6.3.1: 420 with UNKNOWN-ATTRIBUTES listing them."""
-    return StunError(
-        ErrorCode.UNKNOWN_ATTRIBUTE,
-        attributes=((A.UNKNOWN_ATTRIBUTES, encode_unknown_attributes(types)),),
     )
 
 
