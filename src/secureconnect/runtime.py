@@ -48,8 +48,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("secureconnect.runtime")
 
-COMPONENT_NAMES = ("stun", "turn", "signal")
-
 
 @dataclass
 class StatusBoard:
@@ -213,14 +211,12 @@ def build_components(runtime: Runtime, names: Sequence[str]) -> list[Component]:
     listener answers Binding on that port itself (as coturn does).
     """
     config = runtime.config
-    wanted = list(names) or [n for n in COMPONENT_NAMES if n in BUILDERS]
+    wanted = list(names) or list(COMPONENT_NAMES)
     for name in wanted:
-        if name not in COMPONENT_NAMES:
+        if name not in BUILDERS:
             raise ConfigError(
                 "<command line>", name, f"unknown component (known: {', '.join(COMPONENT_NAMES)})"
             )
-        if name not in BUILDERS:
-            raise ConfigError("<command line>", name, "this component is not available yet")
     if not names and "turn" in wanted and config.turn.enabled and stun_served_by_turn(config):
         log.info("stun-served-by-turn", extra=fields(port=config.turn.port))
         wanted.remove("stun")
@@ -500,3 +496,5 @@ BUILDERS: dict[str, Callable[[Runtime], Component]] = {
     "turn": build_turn,
     "signal": build_signal,
 }
+#: The components, in start order (the names ``secureconnect run`` takes).
+COMPONENT_NAMES = tuple(BUILDERS)
