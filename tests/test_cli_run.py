@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from appliance import appliance_env, run_appliance
+from appliance import PYTHON_M, appliance_env, run_appliance
 
 from secureconnect.credentials import rest_password
 from secureconnect.stun import (
@@ -92,6 +92,35 @@ def test_without_tls_no_certificate_is_made_and_cryptography_stays_unloaded(
     state = tmp_path / "state" / "secureconnect"
     assert (state / "turn-secret").exists()
     assert not (state / "selfsigned-cert.pem").exists()
+
+
+def test_a_signaling_port_in_use_on_the_second_address_is_named(tmp_path: Path) -> None:
+    """The signaling bind error names the address that failed, not the first one (it goes
+    through the shared transport now, issue #13)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.2", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [
+                *PYTHON_M,
+                "run",
+                "signal",
+                "--set",
+                'signal.listen=["127.0.0.1", "127.0.0.2"]',
+                "--set",
+                f"signal.port={port}",
+                "--set",
+                "signal.tls=false",
+            ],
+            capture_output=True,
+            text=True,
+            env=clean_env(tmp_path),
+            timeout=30,
+            check=False,
+        )
+    assert result.returncode == 1, result.stderr
+    assert f"cannot listen on tcp 127.0.0.2:{port}" in result.stderr, result.stderr
 
 
 def test_a_port_in_use_is_fatal_with_a_clear_message(tmp_path: Path) -> None:

@@ -58,7 +58,7 @@ REQUESTED_UDP = bytes((17, 0, 0, 0))  # RFC 8656 §18.8: protocol 17, three RFFU
 REALM = "secureconnect"  # the appliance's default realm
 RECV = 65536
 #: log events of a component that died (supervisor.py) and of failures the server caught and
-#: logged with a traceback (serve_listeners.py, turn/serve.py): each one is a bug.
+#: logged with a traceback (transport/listeners.py, turn/serve.py): each one is a bug.
 CRASH_EVENTS = ("event=component-crashed", "event=component-exited")
 FAILURE_EVENTS = ("event=connection-handler-failed", "event=packet-handling-failed")
 

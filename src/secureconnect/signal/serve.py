@@ -49,6 +49,7 @@ from secureconnect.signal.serve_admission import (
     GuardedConnection,
     GuardedListener,
 )
+from secureconnect.transport import open_tcp_listeners
 
 log = logging.getLogger("secureconnect.signal")
 OUTBOX = 256  # messages queued for one connection before it counts as too slow
@@ -119,15 +120,7 @@ class SignalServer:
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Listen, report started, serve until cancelled."""
         self.hub.wall_offset = time.time() - self.clock()
-        listeners: list[trio.SocketListener] = []
-        try:
-            for ip in self.addresses:
-                listeners += await trio.open_tcp_listeners(self.port, host=ip)
-        except OSError as exc:
-            for listener in listeners:
-                await listener.aclose()
-            where = f"{self.addresses[0]}:{self.port}"
-            raise OSError(exc.errno, f"cannot listen on tcp {where}: {exc.strerror}") from exc
+        listeners = await open_tcp_listeners(self.addresses, self.port)
         scheme = "tls" if self.tls_context is not None else "tcp"
         self.bound[:] = [(scheme, *lst.socket.getsockname()[:2]) for lst in listeners]
         wrapped = [GuardedListener(lst, self.admission, self.tls_context) for lst in listeners]

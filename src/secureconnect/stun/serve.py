@@ -24,11 +24,9 @@ from dataclasses import dataclass
 import trio
 
 from secureconnect.stun.framing import StreamFramer
+from secureconnect.stun.message import StunDecodeError
 from secureconnect.stun.responder import BindingResponder, StunCounters
-from secureconnect.stun.serve_listeners import (
-    ListeningSockets,
-    StreamComponent,
-)
+from secureconnect.transport import ListeningSockets, StreamComponent
 
 Address = tuple[str, int]
 UDP_BATCH = 256  # datagrams handled per readiness wake-up before yielding to other tasks
@@ -51,6 +49,7 @@ class StunEndpoints:
 class StunServer(StreamComponent):
     """The STUN component's I/O: see the module docstring."""
 
+    framing_error = StunDecodeError
     responder: BindingResponder
     endpoints: StunEndpoints
     name: str = "stun"

@@ -1,7 +1,7 @@
 """Thin trio I/O around :class:`~secureconnect.turn.core.TurnCore`.
 
 One :class:`TurnServer` owns the TURN component's sockets: UDP listening sockets, TCP and TLS
-listeners (through :class:`~secureconnect.stun.serve_listeners.StreamAcceptor`) and one UDP relay
+listeners (through :class:`~secureconnect.transport.StreamAcceptor`) and one UDP relay
 socket per allocation (bound through :class:`UdpRelayBinder`, which the core calls).
 
 The UDP data plane - the UDP listening sockets and the relay sockets of UDP clients' allocations -
@@ -38,8 +38,9 @@ from dataclasses import dataclass, field
 
 import trio
 
+from secureconnect.stun import StunDecodeError
 from secureconnect.stun.framing import StreamFramer
-from secureconnect.stun.serve_listeners import ListeningSockets, StreamComponent
+from secureconnect.transport import ListeningSockets, StreamComponent
 from secureconnect.turn.allocation import Address, Allocation, FiveTuple, RelayEndpoint
 from secureconnect.turn.core import ToPeer, TurnCore
 from secureconnect.turn.dataplane import EpollThread
@@ -164,6 +165,7 @@ def _as_socket(endpoint: RelayEndpoint) -> socket.socket:
 class TurnServer(StreamComponent):
     """The TURN component's I/O; see the module docstring."""
 
+    framing_error = StunDecodeError
     core: TurnCore
     endpoints: TurnEndpoints
     idle_timeout: float = field(default=300.0, kw_only=True)  # TURN sessions idle longer

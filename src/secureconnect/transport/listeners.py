@@ -1,4 +1,5 @@
-"""Listening sockets shared by the STUN and TURN components (thin trio I/O).
+"""Listening sockets shared by the STUN and TURN components (thin trio I/O; the first part of
+the transport layer every component will share, issue #13).
 
 :func:`udp_socket` binds a non-blocking UDP socket or raises :class:`BindError`.
 
@@ -9,10 +10,11 @@ separately (``max_connections`` and ``max_per_ip`` apply to each), so filling on
 leaves the other - TURN over TLS on 443 is the last resort of firewalled users - available.
 
 Resource handling: every accepted stream is closed when its handler returns, however it returns;
-``open_listeners`` closes what it opened if a later bind fails, and raises :class:`BindError`
-naming the address.
+:func:`open_tcp_listeners` closes what it opened if a later bind fails, and raises
+:class:`BindError` naming the address.
 
-Error handling: a peer that resets, sends bytes that cannot be framed (``StunDecodeError``),
+Error handling: a peer that resets, sends bytes that cannot be framed (the component's
+``framing_error``, e.g. ``StunDecodeError``),
 stalls its TLS handshake or fails it is counted and closed; nothing propagates to other
 connections or to the accept loop. Out of descriptors, the accept loop backs off instead of
 spinning.
@@ -27,10 +29,9 @@ import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from typing import ClassVar
 
 import trio
-
-from secureconnect.stun.message import StunDecodeError
 
 log = logging.getLogger("secureconnect.listeners")
 Address = tuple[str, int]
@@ -67,30 +68,12 @@ class StreamAcceptor:
     #: ``max_connections`` (TURN over TLS on 443 is the last resort of firewalled users)
     max_per_ip: int = 0  # 0: no per-address cap
     handshake_timeout: float = 10.0
+    #: what the handler raises for bytes it cannot frame: counted, and only that one closes
+    framing_error: type[Exception] = ValueError
     counters: StreamCounters = field(default_factory=StreamCounters)
     #: connections open per transport (False: TCP, True: TLS) and per (transport, client IP)
     _open: dict[bool, int] = field(default_factory=lambda: {False: 0, True: 0})
     _per_ip: dict[tuple[bool, str], int] = field(default_factory=dict)
-
-    async def open_listeners(
-        self, addresses: Sequence[str], port: int
-    ) -> list[trio.SocketListener]:
-        """TCP listeners on ``port`` of every address (all or none)."""
-        listeners: list[trio.SocketListener] = []
-        try:
-            for ip in addresses:
-                try:
-                    listeners += await trio.open_tcp_listeners(port, host=ip)
-                except OSError as exc:
-                    raise BindError(
-                        exc.errno,
-                        f"cannot listen on tcp {format_address(ip, port)}: {exc.strerror}",
-                    ) from exc
-        except BaseException:
-            for listener in listeners:
-                await trio.aclose_forcefully(listener)
-            raise
-        return listeners
 
     async def accept_loop(
         self, listener: trio.SocketListener, tls: bool, connections: trio.Nursery
@@ -144,7 +127,7 @@ class StreamAcceptor:
             await self.handler(stream, source, local, "tls" if tls else "tcp")
         # except*: a handler that runs its own nursery (TURN's reader and writer) raises these
         # wrapped in an ExceptionGroup; none of them may escape and end the component.
-        except* StunDecodeError:
+        except* self.framing_error:
             counters.framing_errors += 1
         except* (trio.BrokenResourceError, trio.ClosedResourceError) as group:
             # A client that closes without close_notify after a good handshake is no failure.
@@ -196,6 +179,24 @@ def format_address(ip: str, port: int) -> str:
     return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
+async def open_tcp_listeners(addresses: Sequence[str], port: int) -> list[trio.SocketListener]:
+    """TCP listeners on ``port`` of every address, all or none; :class:`BindError` names the
+    address that failed."""
+    listeners: list[trio.SocketListener] = []
+    try:
+        for ip in addresses:
+            try:
+                listeners += await trio.open_tcp_listeners(port, host=ip)
+            except OSError as exc:
+                where = format_address(ip, port)
+                raise BindError(exc.errno, f"cannot listen on tcp {where}: {exc.strerror}") from exc
+    except BaseException:
+        for listener in listeners:
+            await trio.aclose_forcefully(listener)
+        raise
+    return listeners
+
+
 def udp_socket(ip: str, port: int) -> socket.socket:
     """A non-blocking UDP socket bound to (ip, port); IPv6 sockets are IPv6-only."""
     family = socket.AF_INET6 if ":" in ip else socket.AF_INET
@@ -224,6 +225,8 @@ class StreamComponent:
     idle_timeout: float = 30.0
     handshake_timeout: float = 10.0
     bound: list[tuple[str, str, int]] = field(default_factory=list)  # (transport, ip, port)
+    #: the handler's error for bytes that cannot be framed (STUN/TURN: ``StunDecodeError``)
+    framing_error: ClassVar[type[Exception]] = ValueError
     _accept_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     _acceptor: StreamAcceptor = field(init=False)
 
@@ -234,6 +237,7 @@ class StreamComponent:
             max_connections=self.max_connections,
             max_per_ip=self.max_connections_per_ip,
             handshake_timeout=self.handshake_timeout,
+            framing_error=self.framing_error,
         )
 
     @property
@@ -289,9 +293,9 @@ class ListeningSockets:
                 sock = udp_socket(ip, port)
                 opened.udp[sock.getsockname()[:2]] = sock
             if tcp_port is not None:
-                opened.tcp = await acceptor.open_listeners(addresses, tcp_port)
+                opened.tcp = await open_tcp_listeners(addresses, tcp_port)
             if tls_port is not None and acceptor.tls_context is not None:
-                opened.tls = await acceptor.open_listeners(addresses, tls_port)
+                opened.tls = await open_tcp_listeners(addresses, tls_port)
         except BaseException:
             await opened.aclose()
             raise
