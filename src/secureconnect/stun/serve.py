@@ -53,6 +53,7 @@ class StunServer(StreamComponent):
     responder: BindingResponder
     endpoints: StunEndpoints
     name: str = "stun"
+    udp_send_errors: int = 0  # failed UDP sends (ICMP errors queued on the socket, full buffers)
 
     @property
     def counters(self) -> StunCounters:
@@ -88,6 +89,7 @@ class StunServer(StreamComponent):
         samples: dict[str, float] = {
             f"stun_{name}_total": value for name, value in dataclasses.asdict(self.counters).items()
         }
+        samples["stun_udp_send_errors_total"] = self.udp_send_errors
         streams = dataclasses.asdict(self.stream_counters)
         samples["stun_stream_connections"] = streams.pop("open")
         samples.update({f"stun_stream_{name}_total": value for name, value in streams.items()})
@@ -136,7 +138,7 @@ class StunServer(StreamComponent):
                 try:
                     out.sendto(reply.data, reply.destination or source)
                 except OSError:
-                    self.stream_counters.udp_send_errors += 1
+                    self.udp_send_errors += 1
 
     # -- TCP and TLS ---------------------------------------------------------------------------
 

@@ -52,7 +52,6 @@ class StreamCounters:
     idle_closed: int = 0
     handshake_failed: int = 0
     framing_errors: int = 0
-    udp_send_errors: int = 0
     handler_failures: int = 0
     open: int = 0
 
@@ -246,7 +245,9 @@ class StreamComponent:
         return self._acceptor.counters
 
     def begin_drain(self) -> None:
-        """Stop serving UDP and accepting streams; open connections finish or time out."""
+        """Stop accepting connections (and whatever the component runs inside the accept scope:
+        STUN's UDP loops; TURN's data plane keeps relaying); open connections finish or time
+        out."""
         self._accept_scope.cancel()
 
     async def handle_stream(
