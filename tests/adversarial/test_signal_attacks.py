@@ -518,13 +518,13 @@ def _join_cost(rooms: int, joins: int = 300) -> float:
     hub.rng = random.Random(1)
     for conn in range(rooms):
         hub.open(conn, 0.0)
-        hub.receive(conn, json.dumps({"type": "join", "room": f"r{conn}"}), 0.0)
+        hub.receive(conn, json.dumps({"type": "join", "room": f"r{conn}"}), 0.0, 0.0)
     frames = [json.dumps({"type": "join", "room": f"new{n}"}) for n in range(joins)]
     for n in range(joins):
         hub.open(rooms + n, 0.0)
     started = time.perf_counter()
     for n, frame in enumerate(frames):
-        hub.receive(rooms + n, frame, 0.0)
+        hub.receive(rooms + n, frame, 0.0, 0.0)
     return time.perf_counter() - started
 
 
@@ -569,7 +569,7 @@ async def test_an_unencodable_message_is_dropped_and_the_recipient_kept(
     assert server.metrics()["signal_messages_unencodable_total"] == 4
     assert len([r for r in caplog.records if "unencodable" in r.getMessage()]) == 1
     # An away peer's buffer: dropped and counted, not raised on the sender's path.
-    hub.receive(1, json.dumps({"type": "join", "room": "r"}), 0.0)
+    hub.receive(1, json.dumps({"type": "join", "room": "r"}), 0.0, 0.0)
     session = next(iter(hub.rooms["r"].values()))
     hub.closed(1, 1.0)
     assert hub._deliver(session, bad[0]) == []

@@ -67,7 +67,7 @@ class Harness:
 
     def send(self, conn: int, message: Message | str, now: float = T0) -> dict[int, list[Message]]:
         frame = message if isinstance(message, str) else json.dumps(message)
-        return self.collect(self.hub.receive(conn, frame, now))
+        return self.collect(self.hub.receive(conn, frame, now, now))
 
     def join(self, conn: int, room: str = "r", now: float = T0, **extra: Any) -> Message:
         out = self.send(conn, {"type": "join", "room": room, **extra}, now)
@@ -83,7 +83,7 @@ class Harness:
         return self.send(conn, {"type": "signal", "to": to, "data": data}, now)
 
     def tick(self, now: float) -> dict[int, list[Message]]:
-        return self.collect(self.hub.handle_timeout(now))
+        return self.collect(self.hub.handle_timeout(now, now))
 
 
 def error_code(out: dict[int, list[Message]], conn: int) -> str:
@@ -400,7 +400,7 @@ def test_metrics(h: Harness) -> None:
 
 
 def test_frames_of_unknown_connections_are_ignored(h: Harness) -> None:
-    assert h.hub.receive(99, '{"type": "ping", "id": 1}', T0) == []
+    assert h.hub.receive(99, '{"type": "ping", "id": 1}', T0, T0) == []
     assert h.hub.closed(99, T0) == []
 
 
@@ -420,7 +420,7 @@ def test_frames_of_unknown_connections_are_ignored(h: Harness) -> None:
 )
 def test_malformed_frames(h: Harness, frame: str | bytes, code: str) -> None:
     h.open(1)
-    (error,) = h.collect(h.hub.receive(1, frame, T0))[1]
+    (error,) = h.collect(h.hub.receive(1, frame, T0, T0))[1]
     assert error["code"] == code
     assert h.hub.counters.errors == {code: 1}
 
@@ -433,20 +433,22 @@ def test_away_buffers_are_bounded_in_bytes_per_session_and_in_total() -> None:
     hub.open(1, 0.0)
     hub.open(2, 0.0)
     hub.open(3, 0.0)
-    joined = [hub.receive(c, json.dumps({"type": "join", "room": "r"}), 0.0)[0] for c in (1, 2, 3)]
+    joined = [
+        hub.receive(c, json.dumps({"type": "join", "room": "r"}), 0.0, 0.0)[0] for c in (1, 2, 3)
+    ]
     _a, b, c = (w.message["peer"] for w in joined if w.message is not None)
     hub.closed(2, 1.0)
     hub.closed(3, 1.0)
     chunk = "x" * 400
     for _ in range(3):  # ~430 bytes each: the third pushes the first out of B's 1000 bytes
-        hub.receive(1, json.dumps({"type": "signal", "to": b, "data": chunk}), 2.0)
+        hub.receive(1, json.dumps({"type": "signal", "to": b, "data": chunk}), 2.0, 2.0)
     assert hub.counters.buffer_dropped == 1
     for _ in range(2):  # C may take one more before the 1500-byte total is reached
-        hub.receive(1, json.dumps({"type": "signal", "to": c, "data": chunk}), 2.0)
+        hub.receive(1, json.dumps({"type": "signal", "to": c, "data": chunk}), 2.0, 2.0)
     assert hub.counters.buffer_dropped == 2
     hub.open(4, 3.0)
     resume = next(s for room in hub.rooms.values() for s in room.values() if s.peer == b).resume
-    out = hub.receive(4, json.dumps({"type": "join", "room": "r", "resume": resume}), 3.0)
+    out = hub.receive(4, json.dumps({"type": "join", "room": "r", "resume": resume}), 3.0, 3.0)
     assert [o.message["type"] for o in out if o.message is not None] == [
         "welcome",
         "signal",

@@ -139,12 +139,16 @@ class Client:
         *,
         transaction_id: bytes | None = None,
         now: float = NOW,
+        wall_now: float | None = None,
         authenticate: bool = True,
         trailer: list[tuple[int, bytes]] | None = None,
     ) -> StunMessage | None:
-        """Send one request (learning the nonce from a 401 first) and decode the answer."""
+        """Send one request (learning the nonce from a 401 first) and decode the answer;
+        ``wall_now`` is the core's Unix time (None: ``now`` is Unix time)."""
         if authenticate and not self.nonce:
-            first = self.raw(method, attributes or [], now=now, authenticate=False)
+            first = self.raw(
+                method, attributes or [], now=now, wall_now=wall_now, authenticate=False
+            )
             assert first is not None
             self.nonce = _text(first, AttrType.NONCE)
         return self.raw(
@@ -152,6 +156,7 @@ class Client:
             attributes or [],
             transaction_id=transaction_id,
             now=now,
+            wall_now=wall_now,
             authenticate=authenticate,
             trailer=trailer,
         )
@@ -163,6 +168,7 @@ class Client:
         *,
         transaction_id: bytes | None = None,
         now: float = NOW,
+        wall_now: float | None = None,
         authenticate: bool = True,
         trailer: list[tuple[int, bytes]] | None = None,
     ) -> StunMessage | None:
@@ -179,15 +185,22 @@ class Client:
         data = encode_message(method, MessageClass.REQUEST, tid, attrs, integrity_key=key)
         if trailer:
             data = _append(data, trailer)
-        out = self.core.handle_stun(data, self.five_tuple, now)
+        out = self.core.handle_stun(
+            data, self.five_tuple, now, now if wall_now is None else wall_now
+        )
         if out is None:
             return None
         assert isinstance(out, bytes), out
         return decode_message_untrusted(out)
 
-    def allocate(self, *extra: tuple[int, bytes], now: float = NOW) -> StunMessage:
+    def allocate(
+        self, *extra: tuple[int, bytes], now: float = NOW, wall_now: float | None = None
+    ) -> StunMessage:
         response = self.request(
-            Method.ALLOCATE, [(AttrType.REQUESTED_TRANSPORT, bytes((17, 0, 0, 0))), *extra], now=now
+            Method.ALLOCATE,
+            [(AttrType.REQUESTED_TRANSPORT, bytes((17, 0, 0, 0))), *extra],
+            now=now,
+            wall_now=wall_now,
         )
         assert response is not None
         return response

@@ -74,7 +74,7 @@ def test_missing_username_realm_or_nonce_with_integrity_is_400() -> None:
     data = encode_message(
         Method.ALLOCATE, MessageClass.REQUEST, new_transaction_id(), [UDP], integrity_key=key
     )
-    out = core.handle_stun(data, c.five_tuple, NOW)
+    out = core.handle_stun(data, c.five_tuple, NOW, NOW)
     assert isinstance(out, bytes)
     assert error_code(decode_message_untrusted(out)) == ErrorCode.BAD_REQUEST
 
@@ -143,7 +143,7 @@ def _sha256_allocate(
     data = encode_message(
         Method.ALLOCATE, MessageClass.REQUEST, new_transaction_id(), attrs, integrity_sha256_key=key
     )
-    out = core.handle_stun(data, c.five_tuple, NOW)
+    out = core.handle_stun(data, c.five_tuple, NOW, NOW)
     assert isinstance(out, bytes)
     response = decode_message_untrusted(out)
     if response.cls is MessageClass.SUCCESS:
@@ -180,18 +180,40 @@ def test_stale_nonce_answers_are_rate_limited_like_401s() -> None:
 
 
 def test_timers_run_on_the_monotonic_clock_and_auth_on_the_wall_clock() -> None:
-    """The I/O layer passes a monotonic ``now`` and keeps ``wall_offset`` = Unix time - now: a
-    wall-clock step (NTP, a resumed VM) moves REST expiry checks but expires no allocation."""
+    """The I/O layer passes a monotonic ``now`` and Unix time as ``wall_now``: a wall-clock step
+    (NTP, a resumed VM) moves REST expiry checks but expires no allocation."""
     core, relays = make_core()
     mono = 1000.0
-    core.wall_offset = NOW - mono
     c = client(core)
-    assert error_code(c.allocate(now=mono)) is None  # REST expiry NOW + 3600 checked on Unix time
-    core.wall_offset += 7200  # the wall clock jumps two hours ahead
-    core.handle_timeout(mono + 1)
+    # REST expiry NOW + 3600 checked on Unix time, the lifetime on the monotonic clock
+    assert error_code(c.allocate(now=mono, wall_now=NOW)) is None
+    core.handle_timeout(mono + 1)  # the wall clock may jump as it likes: nothing expires
     assert len(core.table) == 1
     assert relays.open() != []
     core.handle_timeout(mono + 600)  # the allocation's own lifetime still ends it
+    assert len(core.table) == 0
+
+
+def test_strict_expiry_follows_a_wall_clock_step_at_the_next_request() -> None:
+    """Strict expiry judges every request on the wall time of that request: after a step of two
+    hours the next Refresh gets 438 (the nonce carries the old time), then 401 (the credential
+    expired by the new wall time); no timer moved with the step."""
+    core, _ = make_core(strict_expiry=True)
+    mono = 1000.0
+    c = client(core)
+    assert error_code(c.allocate(now=mono, wall_now=NOW)) is None
+    now, wall_now = mono + 10, NOW + 10 + 7200
+    stale = c.request(Method.REFRESH, now=now, wall_now=wall_now)  # the nonce's time is old
+    assert error_code(stale) == 438
+    assert stale is not None
+    nonce = stale.get(A.NONCE)
+    assert nonce is not None
+    c.nonce = nonce.decode()
+    # Expired by the new wall time, though its lifetime has not run out:
+    assert error_code(c.request(Method.REFRESH, now=now, wall_now=wall_now)) == 401
+    core.handle_timeout(mono + 599)  # no timer moved: the lifetime ends it as it would have
+    assert len(core.table) == 1
+    core.handle_timeout(mono + 600)
     assert len(core.table) == 0
 
 

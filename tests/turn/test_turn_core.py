@@ -367,7 +367,7 @@ def _send(c: Client, peer: tuple[str, int], payload: bytes, now: float = NOW) ->
     data = encode_message(
         Method.SEND, MessageClass.INDICATION, tid, [c.peer_attr(peer, tid), (A.DATA, payload)]
     )
-    return c.core.handle_stun(data, c.five_tuple, now)
+    return c.core.handle_stun(data, c.five_tuple, now, now)
 
 
 def test_send_indication_needs_a_permission() -> None:
@@ -424,16 +424,16 @@ def test_binding_garbage_and_malformed_requests() -> None:
     core.binding = BindingResponder(ResponderConfig())
     tid = new_transaction_id()
     out = core.handle_stun(
-        encode_message(Method.BINDING, MessageClass.REQUEST, tid), ("udp", CLIENT, SERVER), NOW
+        encode_message(Method.BINDING, MessageClass.REQUEST, tid), ("udp", CLIENT, SERVER), NOW, NOW
     )
     assert isinstance(out, bytes)
     assert decode_message_untrusted(out).cls is MessageClass.SUCCESS
-    assert core.handle_stun(b"\xff" * 30, ("udp", CLIENT, SERVER), NOW) is None
+    assert core.handle_stun(b"\xff" * 30, ("udp", CLIENT, SERVER), NOW, NOW) is None
     assert core.counters.dropped_not_stun == 1
     # An attribute that overruns the message: recognisably STUN, but malformed.
     head = encode_message(Method.ALLOCATE, MessageClass.REQUEST, tid)
     broken = head[:2] + (8).to_bytes(2, "big") + head[4:] + bytes((0, 0x19, 0, 100, 17, 0, 0, 0))
-    out = core.handle_stun(broken, ("udp", CLIENT, SERVER), NOW)
+    out = core.handle_stun(broken, ("udp", CLIENT, SERVER), NOW, NOW)
     assert isinstance(out, bytes)
     assert error_code(decode_message_untrusted(out)) == ErrorCode.BAD_REQUEST
 

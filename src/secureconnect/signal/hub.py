@@ -155,9 +155,6 @@ class SignalHub:
         self._by_resume: dict[str, Session] = {}
         self._peer_ids: set[str] = set()  # of every session in every room: O(1) fresh ids
         self._buffered_bytes = 0  # across every away session
-        #: Unix time minus ``now``: grace periods, rate limits and ICE schedules run on the
-        #: caller's (monotonic) ``now``; minted credentials and room-token expiry need Unix time.
-        self.wall_offset = 0.0
 
     # -- connection events -------------------------------------------------------------------
 
@@ -173,8 +170,11 @@ class SignalHub:
             state.session.detached_at = now
         return []
 
-    def receive(self, conn: int, frame: str | bytes, now: float) -> list[Outbound]:
-        """One frame from ``conn``: the messages to send in answer (the one error site)."""
+    def receive(self, conn: int, frame: str | bytes, now: float, wall_now: float) -> list[Outbound]:
+        """One frame from ``conn``: the messages to send in answer (the one error site).
+
+        Grace periods, rate limits and ICE schedules run on ``now`` (the caller's monotonic
+        clock); minted credentials and room-token expiry need Unix time, ``wall_now``."""
         state = self.connections.get(conn)
         if state is None or state.closing:
             return []
@@ -182,7 +182,7 @@ class SignalHub:
         try:
             self._rate_limit(state, now)
             message = parse_client_message(frame, self.settings.max_message_bytes)
-            return self._dispatch(conn, state, message, now)
+            return self._dispatch(conn, state, message, now, wall_now)
         except _Abusive:
             state.closing = True
             self.counters.abusive_closed += 1
@@ -192,8 +192,9 @@ class SignalHub:
             errors[exc.code] = errors.get(exc.code, 0) + 1
             return [Outbound(conn, exc.to_message())]
 
-    def handle_timeout(self, now: float) -> list[Outbound]:
-        """End sessions whose grace period passed; push ICE servers that are about to expire."""
+    def handle_timeout(self, now: float, wall_now: float) -> list[Outbound]:
+        """End sessions whose grace period passed; push ICE servers that are about to expire
+        (``now`` and ``wall_now`` as for :meth:`receive`)."""
         out: list[Outbound] = []
         grace = self.settings.resume_grace
         for room in list(self.rooms.values()):
@@ -203,18 +204,18 @@ class SignalHub:
                         self.counters.sessions_expired += 1
                         out += self._remove(session)
                 elif session.ice_due <= now:
-                    out.append(Outbound(session.conn, self._ice_message(session, now)))
+                    out.append(Outbound(session.conn, self._ice_message(session, now, wall_now)))
         return out
 
     # -- messages ----------------------------------------------------------------------------
 
     def _dispatch(
-        self, conn: int, state: Connection, message: ClientMessage, now: float
+        self, conn: int, state: Connection, message: ClientMessage, now: float, wall: float
     ) -> list[Outbound]:
         if isinstance(message, Ping):
             return [Outbound(conn, {"type": "pong", "id": message.id})]
         if isinstance(message, Join):
-            return self._join(conn, state, message, now)
+            return self._join(conn, state, message, now, wall)
         session = state.session
         if session is None:
             kind = type(message).__name__.lower().replace("icerequest", "ice")
@@ -225,15 +226,16 @@ class SignalHub:
             state.session = None
             return self._remove(session)
         if isinstance(message, IceRequest):
-            return [Outbound(conn, self._ice_message(session, now))]
+            return [Outbound(conn, self._ice_message(session, now, wall))]
         raise SignalError("unknown-type", "unhandled message")  # pragma: no cover
 
-    def _join(self, conn: int, state: Connection, join: Join, now: float) -> list[Outbound]:
+    def _join(
+        self, conn: int, state: Connection, join: Join, now: float, wall: float
+    ) -> list[Outbound]:
         if state.session is not None:
             raise SignalError("already-joined", "leave the current room first", ref="join")
         if self.settings.require_tokens and (
-            self.tokens is None
-            or not self.tokens.check(join.token, join.room, now + self.wall_offset)
+            self.tokens is None or not self.tokens.check(join.token, join.room, wall)
         ):
             raise SignalError("unauthorized", "a valid token for this room is required", "join")
         out: list[Outbound] = []
@@ -248,7 +250,7 @@ class SignalHub:
             session.conn = conn
             state.session = session
             self.counters.resumes += 1
-            out.append(Outbound(conn, self._welcome(session, now, resumed=True)))
+            out.append(Outbound(conn, self._welcome(session, now, wall, resumed=True)))
             out += [Outbound(conn, json.loads(text)) for text in session.buffer]
             self._drop_buffer(session)
             return out
@@ -264,7 +266,7 @@ class SignalHub:
             conn,
             self.settings.resume_buffer,
         )
-        out.append(Outbound(conn, self._welcome(session, now, resumed=False)))
+        out.append(Outbound(conn, self._welcome(session, now, wall, resumed=False)))
         joined = {"type": "peer-joined", "peer": session.peer}
         out += self._broadcast(room, joined)
         room[session.peer] = session
@@ -328,8 +330,8 @@ class SignalHub:
             return []
         return self._broadcast(room, {"type": "peer-left", "peer": session.peer})
 
-    def _welcome(self, session: Session, now: float, *, resumed: bool) -> Message:
-        servers, ttl = self.ice(session.peer, now + self.wall_offset)
+    def _welcome(self, session: Session, now: float, wall: float, *, resumed: bool) -> Message:
+        servers, ttl = self.ice(session.peer, wall)
         session.ice_due = now + ttl * 0.8
         peers = [p for p in self.rooms.get(session.room, {}) if p != session.peer]
         return {
@@ -344,8 +346,8 @@ class SignalHub:
             "resumed": resumed,
         }
 
-    def _ice_message(self, session: Session, now: float) -> Message:
-        servers, ttl = self.ice(session.peer, now + self.wall_offset)
+    def _ice_message(self, session: Session, now: float, wall: float) -> Message:
+        servers, ttl = self.ice(session.peer, wall)
         session.ice_due = now + ttl * 0.8
         return {"type": "ice", "iceServers": servers, "iceTtl": ttl}
 

@@ -97,7 +97,10 @@ class SignalServer:
     ping_interval: float = 20.0
     max_connections_per_ip: int = 64
     trusted_proxies: tuple[str, ...] = ()
-    clock: Callable[[], float] = time.monotonic  # the hub adds wall_offset where Unix time counts
+    clock: Callable[[], float] = time.monotonic  # timers; wall time only for tokens and ICE
+    #: Unix time minus ``clock()``, refreshed every tick (follows NTP steps): the hub gets
+    #: ``now + wall_offset`` as ``wall_now``
+    wall_offset: float = 0.0
     name: str = "signal"
     bound: list[tuple[str, str, int]] = field(default_factory=list)
     _outboxes: dict[int, _Outbox] = field(default_factory=dict)
@@ -119,7 +122,7 @@ class SignalServer:
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Listen, report started, serve until cancelled."""
-        self.hub.wall_offset = time.time() - self.clock()
+        self.wall_offset = time.time() - self.clock()
         listeners = await open_tcp_listeners(self.addresses, self.port)
         scheme = "tls" if self.tls_context is not None else "tcp"
         self.bound[:] = [(scheme, *lst.socket.getsockname()[:2]) for lst in listeners]
@@ -208,7 +211,9 @@ class SignalServer:
                 nursery.start_soon(self._write, websocket, outbox)
                 try:
                     async for frame in websocket:
-                        self._dispatch(self.hub.receive(conn, frame, self.clock()))
+                        now = self.clock()
+                        received = self.hub.receive(conn, frame, now, now + self.wall_offset)
+                        self._dispatch(received)
                 except ConnectionClosed:
                     pass
                 nursery.cancel_scope.cancel()
@@ -285,8 +290,9 @@ class SignalServer:
     async def _tick_loop(self) -> None:
         while True:
             await trio.sleep(TICK)
-            self.hub.wall_offset = time.time() - self.clock()
-            self._dispatch(self.hub.handle_timeout(self.clock()))
+            self.wall_offset = time.time() - self.clock()
+            now = self.clock()
+            self._dispatch(self.hub.handle_timeout(now, now + self.wall_offset))
 
 
 def _response(

@@ -20,7 +20,8 @@ Passwords come from two places:
 * Static users from the config (username -> password), for labs and legacy clients.
 
 ``now`` is Unix time in seconds here, because REST usernames carry a Unix expiry and nonces
-carry their issue time (the core passes its monotonic ``now`` plus ``wall_offset``).
+carry their issue time (the core passes the ``wall_now`` its caller gave it, and turns the
+credential's expiry into a deadline on its own clock).
 
 Every MAC comparison is constant-time (``hmac.compare_digest`` inside ``verify_integrity``).
 """

@@ -23,6 +23,7 @@ refills bandwidth budgets; the I/O layer calls it about once a second.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import secrets
 from collections.abc import Callable
@@ -117,9 +118,6 @@ class TurnCore:
             ((A.SOFTWARE, settings.software.encode()),) if settings.software else ()
         )
         self._last_tick: float | None = None
-        #: Unix time - ``now``: timers run on the caller's (monotonic) ``now``, so a wall-clock
-        #: step expires nothing; nonces and REST expiries use ``now + wall_offset``.
-        self.wall_offset = 0.0
         self._handlers: dict[
             int, Callable[[StunMessage, Allocation, Authenticated, float], list[tuple[int, bytes]]]
         ] = {
@@ -130,8 +128,14 @@ class TurnCore:
 
     # -- entry points ----------------------------------------------------------------------
 
-    def handle_stun(self, data: bytes, five_tuple: FiveTuple, now: float) -> bytes | ToPeer | None:
-        """One STUN message from a client; see the module docstring."""
+    def handle_stun(
+        self, data: bytes, five_tuple: FiveTuple, now: float, wall_now: float
+    ) -> bytes | ToPeer | None:
+        """One STUN message from a client; see the module docstring.
+
+        ``now`` is the caller's clock for every timer (monotonic in the server, so a wall-clock
+        step expires nothing); ``wall_now`` is Unix time, for what carries Unix time: nonces and
+        REST credential expiries."""
         if data[:2] == _BINDING_REQUEST:
             # Binding goes to the responder whole: it answers bare requests without the codec.
             reply = self.binding.handle(
@@ -154,10 +158,10 @@ class TurnCore:
                 )
             self.counters.dropped_not_stun += 1
             return None
-        return self.handle_message(msg, five_tuple, now)
+        return self.handle_message(msg, five_tuple, now, wall_now)
 
     def handle_message(
-        self, msg: StunMessage, five_tuple: FiveTuple, now: float
+        self, msg: StunMessage, five_tuple: FiveTuple, now: float, wall_now: float
     ) -> bytes | ToPeer | None:
         """A decoded message; Binding goes to the embedded responder."""
         method, cls = msg.method, msg.cls
@@ -172,10 +176,13 @@ class TurnCore:
         if cls is not MessageClass.REQUEST or msg.header.classic:
             self.counters.dropped_indications += 1
             return None
-        return self._request(msg, five_tuple, now)
+        return self._request(msg, five_tuple, now, wall_now)
 
-    def _request(self, msg: StunMessage, five_tuple: FiveTuple, now: float) -> bytes | None:
-        """A TURN request: authenticate, then dispatch; errors become responses here."""
+    def _request(
+        self, msg: StunMessage, five_tuple: FiveTuple, now: float, wall_now: float
+    ) -> bytes | None:
+        """A TURN request: authenticate, then dispatch; errors become responses here. Wall time
+        stops here: a credential's expiry goes on as a deadline on the ``now`` clock."""
         self.counters.requests += 1
         known = KNOWN.get(msg.method)
         if known is None:
@@ -185,7 +192,7 @@ class TurnCore:
             identity = self.auth.authenticate(
                 msg,
                 five_tuple[1][0],
-                now + self.wall_offset,  # nonces and REST expiries are Unix times
+                wall_now,  # nonces and REST expiries are Unix times
                 check_expiry=msg.method == Method.ALLOCATE,
             )
         except Silent as silent:
@@ -196,6 +203,9 @@ class TurnCore:
             return None
         except StunError as exc:
             return self._error(msg, exc, None)
+        if identity.credential_expiry is not None:
+            expiry = identity.credential_expiry + now - wall_now
+            identity = dataclasses.replace(identity, credential_expiry=expiry)
         try:
             return self._dispatch(msg, five_tuple, identity, known, now)
         except StunError as exc:
@@ -227,6 +237,9 @@ class TurnCore:
                 raise StunError(ErrorCode.WRONG_CREDENTIALS)
             if msg.transaction_id == allocation.last_transaction:
                 return allocation.last_response
+            # The same username, so the same Unix expiry: re-read on the ``now`` clock, which
+            # follows a wall-clock step that happened since (strict expiry, docs/security.md).
+            allocation.credential_expiry = identity.credential_expiry
             attributes = self._handlers[msg.method](msg, allocation, identity, now)
         response = self._success(msg, attributes, identity)
         if self.table.get(five_tuple) is allocation:
@@ -243,7 +256,7 @@ class TurnCore:
             credential_over = (
                 self.auth.strict_expiry
                 and allocation.credential_expiry is not None
-                and allocation.credential_expiry <= now + self.wall_offset
+                and allocation.credential_expiry <= now
             )
             if allocation.lifetime_expires <= now or credential_over:
                 self.counters.allocations_expired += 1
@@ -490,10 +503,10 @@ class TurnCore:
 
     def _lifetime(self, msg: StunMessage, identity: Authenticated, now: float) -> int:
         """The granted lifetime (``requests.desired_lifetime``); strict expiry caps it at the
-        credential's expiry (Unix time, hence ``wall_offset``)."""
+        credential's expiry (a deadline on the ``now`` clock, see ``_request``)."""
         cap = None
         if self.auth.strict_expiry and identity.credential_expiry is not None:
-            cap = identity.credential_expiry - (now + self.wall_offset)
+            cap = identity.credential_expiry - now
         return desired_lifetime(
             msg, self.settings.default_lifetime, self.settings.max_lifetime, cap
         )

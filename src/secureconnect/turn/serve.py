@@ -172,7 +172,10 @@ class TurnServer(StreamComponent):
     #: silence allowed to a TCP/TLS connection that holds no allocation: a connection slot is
     #: for relaying, and idle ones held by a few addresses once locked everyone out
     unallocated_timeout: float = field(default=10.0, kw_only=True)
-    clock: Callable[[], float] = time.monotonic  # timers; the core adds wall_offset for auth
+    clock: Callable[[], float] = time.monotonic  # timers; wall time only for auth
+    #: Unix time minus ``clock()``, refreshed every tick (follows NTP steps): the core gets
+    #: ``now + wall_offset`` as ``wall_now`` for nonces and REST expiries
+    wall_offset: float = 0.0
     name: str = "turn"
     #: UDP endpoints of the process's other services (the STUN component): never relayed to
     other_services: tuple[Address, ...] = ()
@@ -197,7 +200,7 @@ class TurnServer(StreamComponent):
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Bind everything, report started, serve until cancelled."""
         self._accept_scope = trio.CancelScope()
-        self.core.wall_offset = time.time() - self.clock()
+        self.wall_offset = time.time() - self.clock()
         endpoints = self.endpoints
         sockets = await ListeningSockets.open(
             self._acceptor,
@@ -408,7 +411,7 @@ class TurnServer(StreamComponent):
         while True:
             with self.lock:
                 # Follow the wall clock (NTP steps) for auth, without moving any timer.
-                self.core.wall_offset = time.time() - self.clock()
+                self.wall_offset = time.time() - self.clock()
                 try:
                     self.core.handle_timeout(self.clock())
                 except Exception:  # a bug costs one tick, never every allocation
@@ -430,6 +433,7 @@ class TurnServer(StreamComponent):
         v6 = sock.family == socket.AF_INET6
 
         def drain(now: float) -> None:
+            wall_now = now + self.wall_offset
             for _ in range(BATCH):
                 try:
                     size, source = recvfrom_into(buffer)
@@ -444,7 +448,7 @@ class TurnServer(StreamComponent):
                     if data and data[0] >> 6 == 1:  # ChannelData (RFC 8656 §12)
                         forward(allocations.get(source), data, now)
                         continue
-                    out = core.handle_stun(data, ("udp", source, local), now)
+                    out = core.handle_stun(data, ("udp", source, local), now, wall_now)
                 except Exception:  # a bug costs one datagram, never the component
                     self._packet_failed()
                     continue
@@ -497,7 +501,7 @@ class TurnServer(StreamComponent):
                     if frame[0] & 0x40:  # the framer passes STUN (0b00) and ChannelData (0b01)
                         self._forward_channel_data(core.table.get(five_tuple), frame, now)
                         continue
-                    out = core.handle_stun(frame, five_tuple, now)
+                    out = core.handle_stun(frame, five_tuple, now, now + self.wall_offset)
                     if type(out) is bytes:
                         if not outbox.put(out):
                             self.dropped_slow_client += 1
