@@ -189,6 +189,7 @@ class TurnServer(StreamComponent):
     lock: threading.Lock = field(default_factory=threading.Lock)
     plane: EpollThread | None = None
     _token: trio.lowlevel.TrioToken | None = None
+    _trio_thread: int = 0  # threading.get_ident() of trio's thread, set by serve
     #: one receive buffer for every drain (they run one at a time, under ``lock``):
     #: ``recvfrom_into`` saves the 64 KiB allocation ``recvfrom`` makes per datagram
     _buffer: bytearray = field(default_factory=lambda: bytearray(RECV_SIZE))
@@ -226,6 +227,7 @@ class TurnServer(StreamComponent):
             ],
         )
         self._token = trio.lowlevel.current_trio_token()
+        self._trio_thread = threading.get_ident()
         plane = self.plane = EpollThread(self.lock, self.clock)
         for local, sock in sockets.udp.items():
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
@@ -272,12 +274,9 @@ class TurnServer(StreamComponent):
             trio.lowlevel.notify_closing(sock)
             sock.close()
 
-        try:
-            trio.lowlevel.current_trio_token()
-        except RuntimeError:  # the data-plane thread: hand it to trio's
-            if self._token is not None:
-                self._token.run_sync_soon(close)
-                return
+        if self._token is not None and threading.get_ident() != self._trio_thread:
+            self._token.run_sync_soon(close)  # the data-plane thread: trio's thread closes it
+            return
         close()
 
     def metrics(self) -> dict[str, float]:
