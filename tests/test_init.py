@@ -26,15 +26,15 @@ from secureconnect.cli import main
 from secureconnect.config import load_config
 from secureconnect.credentials import rest_password
 from secureconnect.initcmd import (
-    CERT_NAME,
     CONFIG_NAME,
-    KEY_NAME,
     ROOM_SECRET_NAME,
+    TLS_CERT_NAME,
+    TLS_KEY_NAME,
     TURN_SECRET_NAME,
 )
 
 BASE = ["--domain", "turn.example.test", "--external-ip", "203.0.113.10"]
-ALL_FILES = (CONFIG_NAME, TURN_SECRET_NAME, ROOM_SECRET_NAME, CERT_NAME, KEY_NAME)
+ALL_FILES = (CONFIG_NAME, TURN_SECRET_NAME, ROOM_SECRET_NAME, TLS_CERT_NAME, TLS_KEY_NAME)
 
 
 def secureconnect(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -60,8 +60,8 @@ def test_init_writes_a_production_config_that_check_config_accepts(tmp_path: Pat
         CONFIG_NAME: 0o644,  # no secret in it: the dynamic service user must read it
         TURN_SECRET_NAME: 0o600,
         ROOM_SECRET_NAME: 0o600,
-        CERT_NAME: 0o644,
-        KEY_NAME: 0o600,
+        TLS_CERT_NAME: 0o644,
+        TLS_KEY_NAME: 0o600,
     }
     assert state.stat().st_mode & 0o777 == 0o700
     turn_secret = (etc / TURN_SECRET_NAME).read_text().strip()
@@ -70,7 +70,7 @@ def test_init_writes_a_production_config_that_check_config_accepts(tmp_path: Pat
     assert turn_secret != room_secret
     assert turn_secret not in (etc / CONFIG_NAME).read_text()
 
-    cert = x509.load_pem_x509_certificate((etc / CERT_NAME).read_bytes())
+    cert = x509.load_pem_x509_certificate((etc / TLS_CERT_NAME).read_bytes())
     key = cert.public_key()
     assert isinstance(key, ec.EllipticCurvePublicKey)
     assert key.curve.name == "secp256r1"
@@ -125,10 +125,10 @@ def test_init_refuses_to_overwrite_and_names_the_file(
 def test_one_existing_file_stops_init_before_it_writes_anything(tmp_path: Path) -> None:
     etc = tmp_path / "etc"
     etc.mkdir()
-    (etc / KEY_NAME).write_text("an operator's key\n")
+    (etc / TLS_KEY_NAME).write_text("an operator's key\n")
     assert main(["init", *BASE, "--config-dir", str(etc)]) == 1
-    assert sorted(p.name for p in etc.iterdir()) == [KEY_NAME]
-    assert (etc / KEY_NAME).read_text() == "an operator's key\n"
+    assert sorted(p.name for p in etc.iterdir()) == [TLS_KEY_NAME]
+    assert (etc / TLS_KEY_NAME).read_text() == "an operator's key\n"
 
 
 def test_existing_certificate_is_linked_not_copied(tmp_path: Path) -> None:
@@ -143,8 +143,8 @@ def test_existing_certificate_is_linked_not_copied(tmp_path: Path) -> None:
     result = secureconnect(tmp_path, *args, *certs)
     assert result.returncode == 0, result.stderr
     # Links to the live/ names (which certbot repoints at renewal), not to what they resolve to.
-    assert os.readlink(etc / CERT_NAME) == str(live / "fullchain.pem")
-    assert os.readlink(etc / KEY_NAME) == str(live / "privkey.pem")
+    assert os.readlink(etc / TLS_CERT_NAME) == str(live / "fullchain.pem")
+    assert os.readlink(etc / TLS_KEY_NAME) == str(live / "privkey.pem")
     assert load_config(etc / CONFIG_NAME).signal.auth == "open"
     assert secureconnect(tmp_path, "check-config", str(etc / CONFIG_NAME)).returncode == 0
     assert "systemctl restart secureconnect" in result.stdout
@@ -216,14 +216,14 @@ def test_generated_config_runs_with_secrets_from_a_credentials_directory(tmp_pat
     ]
     assert secureconnect(tmp_path, *init).returncode == 0
     creds.mkdir()
-    for name in (TURN_SECRET_NAME, ROOM_SECRET_NAME, CERT_NAME, KEY_NAME):
+    for name in (TURN_SECRET_NAME, ROOM_SECRET_NAME, TLS_CERT_NAME, TLS_KEY_NAME):
         shutil.move(etc / name, creds / name)
     env = {"CREDENTIALS_DIRECTORY": str(creds)}
     config = str(etc / CONFIG_NAME)
     with run_appliance(
         tmp_path, extra_args=("-c", config), env=appliance_env(tmp_path / "home", **env)
     ) as app:
-        context = ssl.create_default_context(cafile=str(creds / CERT_NAME))
+        context = ssl.create_default_context(cafile=str(creds / TLS_CERT_NAME))
         with (
             socket.create_connection(("127.0.0.1", sig), timeout=5) as raw,
             context.wrap_socket(raw, server_hostname="localhost") as tls,
@@ -247,7 +247,7 @@ def test_force_keeps_the_secrets_clients_already_hold(tmp_path: Path) -> None:
     assert main(["init", *BASE, "--config-dir", str(etc)]) == 0
     names = (TURN_SECRET_NAME, "room-token-secret")
     before = {name: (etc / name).read_bytes() for name in names}
-    cert = (etc / CERT_NAME).read_bytes()
+    cert = (etc / TLS_CERT_NAME).read_bytes()
     assert main(["init", *BASE, "--config-dir", str(etc), "--force"]) == 0
     assert {name: (etc / name).read_bytes() for name in names} == before
-    assert (etc / CERT_NAME).read_bytes() != cert  # a new self-signed certificate
+    assert (etc / TLS_CERT_NAME).read_bytes() != cert  # a new self-signed certificate

@@ -27,7 +27,7 @@ from servers import require_tool
 
 from secureconnect.cli import build_parser, main
 from secureconnect.config import load_config
-from secureconnect.initcmd import CONFIG_NAME, KEY_NAME
+from secureconnect.initcmd import CONFIG_NAME, TLS_KEY_NAME
 from secureconnect.sdnotify import Notifier, monotonic_usec, socket_address, watchdog_interval
 from secureconnect.stun import MessageClass, Method, decode_message_untrusted, encode_message
 from secureconnect.supervisor import Supervisor
@@ -496,7 +496,7 @@ def test_units_agree_with_the_cli_and_with_init(tmp_path: Path, unit: Path) -> N
     credentials = {v.split(":")[0]: v.split(":")[1] for v in unit_values(unit, "LoadCredential")}
     assert set(credentials) == named
     assert all(credentials[n] == f"/etc/secureconnect/{n}" for n in named)
-    assert KEY_NAME in named
+    assert TLS_KEY_NAME in named
     caps = unit_values(unit, "AmbientCapabilities")
     components = args.components or ["stun", "turn", "signal"]
     assert caps == ([] if components == ["stun"] else ["CAP_NET_BIND_SERVICE"])

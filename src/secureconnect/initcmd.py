@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import json
 import os
 import secrets
 import ssl
@@ -39,15 +38,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from secureconnect.config import ConfigError, load_config
+from secureconnect.config import ConfigError, load_config, toml_value
 from secureconnect.statedir import ensure_dir, make_self_signed, write_private
 
 DEFAULT_CONFIG_DIR = Path("/etc/secureconnect")
 CONFIG_NAME = "config.toml"
 TURN_SECRET_NAME = "turn-secret"  # noqa: S105 (file names, which the units' LoadCredential= use)
 ROOM_SECRET_NAME = "room-token-secret"  # noqa: S105
-CERT_NAME = "tls-cert.pem"
-KEY_NAME = "tls-key.pem"
+TLS_CERT_NAME = "tls-cert.pem"
+TLS_KEY_NAME = "tls-key.pem"
 
 
 class InitError(Exception):
@@ -228,11 +227,6 @@ def _check_pair(cert: Path, key: Path) -> None:
         raise InitError(f"cannot read {missing}: {exc.strerror or exc}") from exc
 
 
-def _toml(value: str | int | tuple[str, ...]) -> str:
-    """A TOML value (JSON strings and arrays of strings are valid TOML)."""
-    return json.dumps(list(value) if isinstance(value, tuple) else value)
-
-
 def render_config(options: InitOptions) -> str:
     """The config text: every choice ``init`` made, with the reason next to it."""
     o = options
@@ -246,7 +240,7 @@ def render_config(options: InitOptions) -> str:
         'log_level = "info"',
     ]
     if o.state_dir is not None:
-        lines.append(f"state_dir = {_toml(str(o.state_dir))}")
+        lines.append(f"state_dir = {toml_value(str(o.state_dir))}")
     else:
         lines.append("# state_dir: unset, so systemd's StateDirectory= (/var/lib/secureconnect)")
     served = o.stun_port == o.turn_port
@@ -255,8 +249,8 @@ def render_config(options: InitOptions) -> str:
         "[tls]",
         "# Shared by TURN over TLS and WSS. SIGHUP (systemctl reload) re-reads both files; under",
         "# the units that is the copy LoadCredential= took at start (systemd/README.md).",
-        f"cert_file = {_toml(CERT_NAME)}",
-        f"key_file = {_toml(KEY_NAME)}",
+        f"cert_file = {toml_value(TLS_CERT_NAME)}",
+        f"key_file = {toml_value(TLS_KEY_NAME)}",
         "",
         "[stun]",
         *(
@@ -267,29 +261,29 @@ def render_config(options: InitOptions) -> str:
                 "# its own so that secureconnect-stun.service can run beside the TURN service.",
             ]
         ),
-        f"listen = {_toml(o.listen)}",
+        f"listen = {toml_value(o.listen)}",
         f"port = {o.stun_port}",
         "tls = false  # STUN over TLS: the TURN TLS port answers Binding",
         "",
         "[turn]",
-        f"listen = {_toml(o.listen)}",
+        f"listen = {toml_value(o.listen)}",
         f"port = {o.turn_port}",
         f"tls_port = {o.turns_port}",
         "# The public address(es) put in XOR-RELAYED-ADDRESS (1:1 NAT, cloud).",
-        f"external_addresses = {_toml(o.external_ips)}",
+        f"external_addresses = {toml_value(o.external_ips)}",
         "# Each allocation holds one UDP port: the units' LimitNOFILE= covers this range.",
         f"relay_port_min = {o.relay_ports[0]}",
         f"relay_port_max = {o.relay_ports[1]}",
-        f"realm = {_toml(o.domain)}",
-        f"secret_file = {_toml(TURN_SECRET_NAME)}",
+        f"realm = {toml_value(o.domain)}",
+        f"secret_file = {toml_value(TURN_SECRET_NAME)}",
         "",
         "[signal]",
-        f"listen = {_toml(o.listen)}",
+        f"listen = {toml_value(o.listen)}",
         f"port = {o.signal_port}",
         "# The name in the turn:/turns: URLs handed to browsers: it matches the certificate.",
-        f"ice_host = {_toml(o.domain)}",
-        f"auth = {_toml('token' if o.room_tokens else 'open')}",
-        f"token_secret_file = {_toml(ROOM_SECRET_NAME)}",
+        f"ice_host = {toml_value(o.domain)}",
+        f"auth = {toml_value('token' if o.room_tokens else 'open')}",
+        f"token_secret_file = {toml_value(ROOM_SECRET_NAME)}",
     ]
     return "\n".join(lines) + "\n"
 
@@ -310,16 +304,16 @@ def plan_files(options: InitOptions) -> list[PlannedFile]:
     ]
     if options.cert is not None and options.key is not None:
         for name, target, what in (
-            (CERT_NAME, options.cert, "certificate (link)"),
-            (KEY_NAME, options.key, "private key (link)"),
+            (TLS_CERT_NAME, options.cert, "certificate (link)"),
+            (TLS_KEY_NAME, options.key, "private key (link)"),
         ):
             if target != directory / name:  # already in place: nothing to link
                 plan.append(PlannedFile(directory / name, what, link_to=target))
     else:
         cert_pem, key_pem = make_self_signed([options.domain, *options.external_ips])
         plan += [
-            PlannedFile(directory / CERT_NAME, "self-signed certificate", cert_pem, 0o644),
-            PlannedFile(directory / KEY_NAME, "private key", key_pem),
+            PlannedFile(directory / TLS_CERT_NAME, "self-signed certificate", cert_pem, 0o644),
+            PlannedFile(directory / TLS_KEY_NAME, "private key", key_pem),
         ]
     return plan
 
@@ -385,7 +379,8 @@ def next_steps(options: InitOptions) -> str:
         ]
     else:
         lines += [
-            f"  3. {o.config_dir / CERT_NAME} and {KEY_NAME} link to your certificate. The units",
+            f"  3. {o.config_dir / TLS_CERT_NAME} and {TLS_KEY_NAME} link to your certificate."
+            " The units",
             "     load it with LoadCredential= at start, so after a renewal restart (systemd < 259",
             "     does not refresh credentials on reload):",
             "       certbot renew --deploy-hook 'systemctl restart secureconnect'",

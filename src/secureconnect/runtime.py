@@ -23,7 +23,7 @@ from secureconnect.logs import fields
 from secureconnect.ratelimit import RateLimiter
 from secureconnect.signal.tokens import RoomTokens
 from secureconnect.statedir import (
-    CERT_NAME,
+    SELF_SIGNED_CERT,
     ensure_self_signed,
     ensure_turn_secret,
     read_secret_lines,
@@ -154,7 +154,7 @@ def prepare_runtime(config: Config, config_path: Path | None, *, tls: bool = Tru
     certificates = _certificates(config, config_path, state_dir) if tls else None
     runtime = Runtime(config, config_path, state_dir, certificates, CredentialMinter(secrets))
     if certificates is not None and not config.tls.cert_file:
-        runtime.renew_at = renewal_time(state_dir / CERT_NAME)
+        runtime.renew_at = renewal_time(state_dir / SELF_SIGNED_CERT)
     if config.signal.auth == "token":
         runtime.room_tokens = RoomTokens(load_room_secrets(config, config_path))
     return runtime

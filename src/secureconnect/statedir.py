@@ -18,8 +18,8 @@ import secrets
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-CERT_NAME = "selfsigned-cert.pem"
-KEY_NAME = "selfsigned-key.pem"
+SELF_SIGNED_CERT = "selfsigned-cert.pem"
+SELF_SIGNED_KEY = "selfsigned-key.pem"
 SECRET_NAME = "turn-secret"  # noqa: S105 (a file name, not a secret)
 CERT_DAYS = 365
 RENEW_BEFORE = datetime.timedelta(days=7)
@@ -76,7 +76,7 @@ def ensure_self_signed(state_dir: Path, names: Sequence[str]) -> tuple[Path, Pat
     """Return (cert, key) paths of a self-signed certificate for ``names``, creating it if it is
     missing, unreadable, expiring within a week, or made for other names."""
     ensure_dir(state_dir)
-    cert_path, key_path = state_dir / CERT_NAME, state_dir / KEY_NAME
+    cert_path, key_path = state_dir / SELF_SIGNED_CERT, state_dir / SELF_SIGNED_KEY
     if _usable(cert_path, key_path, names):
         keep_private(key_path)
         return cert_path, key_path

@@ -17,6 +17,7 @@ from secureconnect.config import (
     parse_override,
     render_effective,
     render_example,
+    render_sections,
 )
 from secureconnect.runtime import load_turn_secrets
 from secureconnect.statedir import resolve_secret_file
@@ -199,3 +200,14 @@ def test_secrets_stay_out_of_reprs() -> None:
     text = repr(config)
     for secret in ("TOPSECRET", "pw1", "ROOMSECRET"):
         assert secret not in text
+
+
+def test_render_sections_writes_toml_that_reads_back() -> None:
+    """The one TOML writer (init, the NAT lab and check-config use its toml_value)."""
+    sections = {
+        "general": {"state_dir": '/var/lib/a "quoted" dir', "drain_timeout": 0.5},
+        "turn": {"listen": ["127.0.0.1", "::1"], "port": 3478, "tls": False},
+    }
+    text = render_sections(sections, header="line one\n\nline three")
+    assert text.startswith("# line one\n#\n# line three\n")
+    assert tomllib.loads(text) == sections

@@ -9,9 +9,9 @@ from pathlib import Path
 from secureconnect.config import load_config
 from secureconnect.runtime import prepare_runtime
 from secureconnect.statedir import (
-    CERT_NAME,
-    KEY_NAME,
     SECRET_NAME,
+    SELF_SIGNED_CERT,
+    SELF_SIGNED_KEY,
     ensure_self_signed,
     ensure_turn_secret,
     keep_private,
@@ -46,7 +46,7 @@ def test_a_loose_secret_or_key_is_narrowed_when_reused(tmp_path: Path) -> None:
     assert ensure_turn_secret(state) == secret
     ensure_self_signed(state, ["localhost"])
     assert mode(state / SECRET_NAME) == 0o600
-    assert mode(state / KEY_NAME) == 0o600
+    assert mode(state / SELF_SIGNED_KEY) == 0o600
     assert keep_private(state / SECRET_NAME) is False  # already private: untouched
     assert keep_private(tmp_path / "missing") is False
 
@@ -62,10 +62,10 @@ def test_a_generated_certificate_is_renewed_before_it_expires(tmp_path: Path) ->
     first = runtime.tls_context()
     # Three days left: inside the renewal week (a certificate made that way by hand).
     cert_pem, key_pem = make_self_signed(list(config.tls.server_names), days=3)
-    write_private(state / KEY_NAME, key_pem)
-    write_private(state / CERT_NAME, cert_pem, mode=0o644)
+    write_private(state / SELF_SIGNED_KEY, key_pem)
+    write_private(state / SELF_SIGNED_CERT, cert_pem, mode=0o644)
     runtime.reload_tls()  # SIGHUP
-    assert (state / CERT_NAME).read_bytes() != cert_pem  # replaced, not just re-read
+    assert (state / SELF_SIGNED_CERT).read_bytes() != cert_pem  # replaced, not just re-read
     renewed = runtime.tls_context()
     assert renewed is not first
     assert runtime.renew_at > time.time() + 300 * 86400

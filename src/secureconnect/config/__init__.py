@@ -1,7 +1,12 @@
 """Configuration: one TOML file loaded into frozen, typed objects (see ``schema``)."""
 
 from secureconnect.config.loader import ConfigError, load_config, parse_override
-from secureconnect.config.render import render_effective, render_example
+from secureconnect.config.render import (
+    render_effective,
+    render_example,
+    render_sections,
+    toml_value,
+)
 from secureconnect.config.schema import Config, GeneralConfig, StunConfig, TlsConfig, TurnConfig
 
 __all__ = [
@@ -15,4 +20,6 @@ __all__ = [
     "parse_override",
     "render_effective",
     "render_example",
+    "render_sections",
+    "toml_value",
 ]

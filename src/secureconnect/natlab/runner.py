@@ -41,10 +41,12 @@ from dataclasses import dataclass, field
 from itertools import combinations_with_replacement
 from pathlib import Path
 
+from secureconnect.config import render_sections
 from secureconnect.natlab.behaviours import ALL_BEHAVIOURS, Behaviour
 from secureconnect.natlab.discovery import Discovery, discover
 from secureconnect.natlab.report import PairResult
 from secureconnect.natlab.topology import Lab, LabClient, LabError, Netem
+from secureconnect.statedir import SELF_SIGNED_CERT
 
 STUN_PORT = 3479  # RFC 5780 needs the STUN component on its own port next to TURN's 3478
 STUN_ALTERNATE_PORT = 3480
@@ -111,31 +113,27 @@ class LabOutcome:
 def appliance_config(lab: Lab, state_dir: Path) -> str:
     """The appliance's TOML for the lab: everything on the lab's public addresses."""
     primary, alternate = lab.server_addresses
-    return f"""\
-# Written by `secureconnect natlab` for one run; deleted with it.
-[general]
-state_dir = {json.dumps(str(state_dir))}
-
-[tls]
-server_names = [{json.dumps(primary)}]
-
-[stun]
-listen = [{json.dumps(primary)}]
-port = {STUN_PORT}
-tls = false
-alternate_address = {json.dumps(alternate)}
-alternate_port = {STUN_ALTERNATE_PORT}
-
-[turn]
-listen = [{json.dumps(primary)}]
-port = {TURN_PORT}
-tls_port = {TURN_TLS_PORT}
-allowed_peers = [{json.dumps(lab.public_network)}]
-
-[signal]
-listen = [{json.dumps(primary)}]
-port = {SIGNAL_PORT}
-"""
+    return render_sections(
+        {
+            "general": {"state_dir": str(state_dir)},
+            "tls": {"server_names": [primary]},
+            "stun": {
+                "listen": [primary],
+                "port": STUN_PORT,
+                "tls": False,
+                "alternate_address": alternate,
+                "alternate_port": STUN_ALTERNATE_PORT,
+            },
+            "turn": {
+                "listen": [primary],
+                "port": TURN_PORT,
+                "tls_port": TURN_TLS_PORT,
+                "allowed_peers": [lab.public_network],
+            },
+            "signal": {"listen": [primary], "port": SIGNAL_PORT},
+        },
+        header="Written by `secureconnect natlab` for one run; deleted with it.",
+    )
 
 
 @dataclass(frozen=True)
@@ -173,7 +171,7 @@ def run_appliance(lab: Lab, workdir: Path) -> Iterator[LabAppliance]:
             primary = lab.server_addresses[0]
             yield LabAppliance(
                 url=f"wss://{primary}:{SIGNAL_PORT}/ws",
-                cafile=state_dir / "selfsigned-cert.pem",
+                cafile=state_dir / SELF_SIGNED_CERT,
                 log=log_path,
                 pid=proc.pid,
             )
