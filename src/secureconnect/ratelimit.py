@@ -10,6 +10,15 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+#: Every rate the appliance limits (401s, /ice, signaling messages) allows a burst of this many
+#: seconds' worth: room for a page load or an ICE restart, nothing like a flood.
+BURST_SECONDS = 2.0
+
+
+def burst_for(rate: float) -> float:
+    """The burst that goes with ``rate`` (:data:`BURST_SECONDS` of it)."""
+    return BURST_SECONDS * rate
+
 
 class RateLimiter:
     """Token buckets per source IP, bounded in size: the oldest entries are forgotten first, so a
@@ -22,6 +31,11 @@ class RateLimiter:
         self.burst = burst
         self.max_sources = max_sources
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    @classmethod
+    def per_second(cls, rate: float) -> RateLimiter:
+        """A limiter of ``rate`` per second per source, with the usual burst (``burst_for``)."""
+        return cls(rate, burst_for(rate))
 
     def allow(self, source_ip: str, now: float) -> bool:
         """Take one token for ``source_ip``; False when its bucket is empty."""

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
-from secureconnect.config import Config, ConfigError
+from secureconnect.config import Config, ConfigError, TurnConfig
 from secureconnect.credentials import CredentialMinter, NonceMint
 from secureconnect.logs import fields
-from secureconnect.ratelimit import RateLimiter
+from secureconnect.ratelimit import RateLimiter, burst_for
 from secureconnect.signal.tokens import RoomTokens
 from secureconnect.statedir import (
     SELF_SIGNED_CERT,
@@ -287,12 +287,12 @@ def peer_policy(config: Config) -> PeerPolicy:
     return PeerPolicy(deny=(*DEFAULT_DENY, *turn.denied_peers), allow=allow)
 
 
-def build_turn(runtime: Runtime) -> TurnServer:
-    """The TURN component from ``[turn]``; it also answers STUN Binding on its ports."""
-    turn = runtime.config.turn
+def turn_settings(turn: TurnConfig) -> TurnSettings:
+    """``[turn]`` as the core's parameters: the one mapping from the schema (where every
+    default lives) to :class:`TurnSettings`."""
     relay = _per_family(turn.relay_addresses or turn.listen)
     external = _per_family(turn.external_addresses)
-    settings = TurnSettings(
+    return TurnSettings(
         relay_ipv4=relay.get(4),
         relay_ipv6=relay.get(6),
         external_ipv4=external.get(4),
@@ -309,6 +309,12 @@ def build_turn(runtime: Runtime) -> TurnServer:
         software=turn.software or None,
         reason_phrases=bool(turn.software),
     )
+
+
+def build_turn(runtime: Runtime) -> TurnServer:
+    """The TURN component from ``[turn]``; it also answers STUN Binding on its ports."""
+    turn = runtime.config.turn
+    settings = turn_settings(turn)
     users = dict(user.split(":", 1) for user in turn.users)
     auth = Authenticator(
         realm=turn.realm,
@@ -317,7 +323,7 @@ def build_turn(runtime: Runtime) -> TurnServer:
         static_users=users,
         strict_expiry=turn.strict_expiry,
         sha256=turn.sha256_integrity,
-        unauthorized=RateLimiter(rate=turn.unauthorized_rate, burst=2 * turn.unauthorized_rate),
+        unauthorized=RateLimiter.per_second(turn.unauthorized_rate),
     )
     core = TurnCore(
         settings,
@@ -454,7 +460,7 @@ def build_signal(runtime: Runtime) -> SignalServer:
             max_room_size=sig.max_room_size,
             max_message_bytes=sig.max_message_bytes,
             rate_limit=sig.rate_limit,
-            rate_burst=2 * sig.rate_limit,
+            rate_burst=burst_for(sig.rate_limit),
             abuse_strikes=int(10 * sig.rate_limit),
             resume_grace=sig.resume_grace,
             resume_buffer=sig.resume_buffer,
@@ -470,7 +476,7 @@ def build_signal(runtime: Runtime) -> SignalServer:
         tokens=runtime.room_tokens,
         allowed_origins=sig.allowed_origins,
         metrics_from=tuple(ipaddress.ip_network(n, strict=False) for n in sig.metrics_from),
-        ice_limiter=RateLimiter(sig.rate_limit, 2 * sig.rate_limit),
+        ice_limiter=RateLimiter.per_second(sig.rate_limit),
     )
     return SignalServer(
         hub,

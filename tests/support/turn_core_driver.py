@@ -6,10 +6,13 @@ endpoints that record what they send, so tests see exactly what the core asked t
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
+from secureconnect.config import TurnConfig
 from secureconnect.credentials import CredentialMinter, NonceMint, rest_password
 from secureconnect.ratelimit import RateLimiter
+from secureconnect.runtime import turn_settings
 from secureconnect.stun import (
     AttrType,
     MessageClass,
@@ -82,8 +85,14 @@ class MemoryRelays:
         return [e for e in self.bound if not e.closed]
 
 
+def settings(**changes: object) -> TurnSettings:
+    """The core's parameters as the schema's defaults make them (``runtime.turn_settings``),
+    with ``changes``: tests run the core a user runs."""
+    return dataclasses.replace(turn_settings(TurnConfig()), **changes)  # type: ignore[arg-type]
+
+
 def make_core(
-    settings: TurnSettings | None = None,
+    parameters: TurnSettings | None = None,
     *,
     peers: PeerPolicy | None = None,
     strict_expiry: bool = False,
@@ -104,7 +113,7 @@ def make_core(
         else RateLimiter(0.0, 0.0),
     )
     core = TurnCore(
-        settings or TurnSettings(relay_ipv4="192.0.2.1", relay_ipv6="2001:db8::1"),
+        parameters or settings(relay_ipv4="192.0.2.1", relay_ipv6="2001:db8::1"),
         auth=auth,
         binder=relays,
         peers=peers or PeerPolicy(),

@@ -6,7 +6,7 @@ import random
 
 from hypothesis import given
 from hypothesis import strategies as st
-from turn_core_driver import PEER, Client, make_core, rest_user
+from turn_core_driver import PEER, Client, make_core, rest_user, settings
 
 from secureconnect.stun import (
     AttrType,
@@ -34,9 +34,9 @@ RNG = random.Random(7)
 
 
 def allocated(
-    settings: TurnSettings | None = None, five_tuple: tuple[str, object, object] | None = None
+    parameters: TurnSettings | None = None, five_tuple: tuple[str, object, object] | None = None
 ) -> tuple[TurnCore, Client, Allocation]:
-    core, _ = make_core(settings)
+    core, _ = make_core(parameters)
     username, password = rest_user()
     c = Client(core, username, password)
     if five_tuple is not None:
@@ -138,7 +138,7 @@ def test_ipv6_data_indications_decode() -> None:
 
 
 def test_bandwidth_cap_drops_and_refills_on_the_tick() -> None:
-    core, c, allocation = allocated(TurnSettings(relay_ipv4="192.0.2.1", bandwidth=1000))
+    core, c, allocation = allocated(settings(relay_ipv4="192.0.2.1", bandwidth=1000))
     counters = RelayCounters()
     bind(c, 0x4001, PEER)
     core.handle_timeout(NOW)

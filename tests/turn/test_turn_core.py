@@ -17,6 +17,7 @@ from turn_core_driver import (
     lifetime,
     make_core,
     relayed,
+    settings,
 )
 
 from secureconnect.stun import (
@@ -34,7 +35,7 @@ from secureconnect.stun import (
     new_transaction_id,
     verify_integrity,
 )
-from secureconnect.turn.core import ToPeer, TurnSettings
+from secureconnect.turn.core import ToPeer
 from secureconnect.turn.peerpolicy import OwnEndpoints
 
 A = AttrType
@@ -120,7 +121,7 @@ def test_ipv6_relay_and_missing_family() -> None:
     core, _ = make_core()
     response = client(core).allocate((A.REQUESTED_ADDRESS_FAMILY, bytes((2, 0, 0, 0))))
     assert relayed(response)[0] == "2001:db8::1"
-    core4, _ = make_core(TurnSettings(relay_ipv4="192.0.2.1", relay_ipv6=None))
+    core4, _ = make_core(settings(relay_ipv4="192.0.2.1", relay_ipv6=None))
     response = client(core4).allocate((A.REQUESTED_ADDRESS_FAMILY, bytes((2, 0, 0, 0))))
     assert error_code(response) == ErrorCode.ADDRESS_FAMILY_NOT_SUPPORTED
 
@@ -146,7 +147,7 @@ def test_additional_address_family() -> None:
 
 
 def test_external_address_is_advertised_behind_a_1to1_nat() -> None:
-    core, _ = make_core(TurnSettings(relay_ipv4="10.0.0.5", external_ipv4="203.0.113.9"))
+    core, _ = make_core(settings(relay_ipv4="10.0.0.5", external_ipv4="203.0.113.9"))
     assert relayed(client(core).allocate())[0] == "203.0.113.9"
 
 
@@ -264,7 +265,7 @@ def test_create_permission_installs_several_or_none() -> None:
 
 
 def test_permission_cap_is_508_and_permissions_expire() -> None:
-    core, _ = make_core(TurnSettings(max_permissions=2))
+    core, _ = make_core(settings(max_permissions=2))
     c = client(core)
     c.allocate()
     assert _permission(c, ("8.8.8.8", 1), ("8.8.4.4", 1)) is None
@@ -333,7 +334,7 @@ def test_denylisted_ipv6_peer_forms_are_refused(peer: str) -> None:
 
 
 def test_channel_bind_rules() -> None:
-    core, _ = make_core(TurnSettings(max_channels=2))
+    core, _ = make_core(settings(max_channels=2))
     c = client(core)
     c.allocate((A.LIFETIME, encode_u32(3600)))
     assert _bind(c, 0x3FFF, PEER) == ErrorCode.BAD_REQUEST
@@ -448,7 +449,7 @@ def test_closing_a_stream_ends_its_allocation() -> None:
 
 
 def test_quotas_give_486() -> None:
-    core, _ = make_core(TurnSettings(user_quota=2, total_quota=3))
+    core, _ = make_core(settings(user_quota=2, total_quota=3))
     for i in range(2):
         assert error_code(client(core, ("udp", ("198.51.100.1", i + 1), SERVER)).allocate()) is None
     third = client(core, ("udp", ("198.51.100.1", 3), SERVER))
@@ -493,7 +494,7 @@ def test_failed_allocates_leave_no_relay_socket_behind() -> None:
 
 
 def test_user_quota_counts_the_rest_user_not_each_minted_username() -> None:
-    core, _ = make_core(TurnSettings(user_quota=2))
+    core, _ = make_core(settings(user_quota=2))
     for i in range(2):
         c = client(core, ("udp", ("198.51.100.60", i + 1), SERVER), expiry=NOW + 3600 + i)
         assert error_code(c.allocate()) is None

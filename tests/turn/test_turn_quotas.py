@@ -5,11 +5,11 @@ and 7)."""
 from __future__ import annotations
 
 import pytest
-from turn_core_driver import NOW, SERVER, Client, client, error_code, make_core
+from turn_core_driver import NOW, SERVER, Client, client, error_code, make_core, settings
 
 from secureconnect.stun import AttrType, Method
 from secureconnect.turn.allocation import source_key
-from secureconnect.turn.core import TurnCore, TurnSettings
+from secureconnect.turn.core import TurnCore
 
 A = AttrType
 RESERVE = (A.EVEN_PORT, b"\x80")
@@ -35,7 +35,7 @@ def test_source_key_is_the_ipv4_address_or_the_ipv6_slash_64(ip: str, key: str) 
 
 
 def test_one_address_holds_at_most_ip_quota_whatever_the_user_names() -> None:
-    core, _ = make_core(TurnSettings(ip_quota=3, user_quota=10))
+    core, _ = make_core(settings(ip_quota=3, user_quota=10))
     codes = [
         error_code(at(core, "198.51.100.7", port, f"u{port}").allocate()) for port in range(1, 5)
     ]
@@ -44,7 +44,7 @@ def test_one_address_holds_at_most_ip_quota_whatever_the_user_names() -> None:
 
 
 def test_an_ipv6_host_cannot_escape_the_address_quota_by_changing_address() -> None:
-    core, _ = make_core(TurnSettings(ip_quota=2, user_quota=10))
+    core, _ = make_core(settings(ip_quota=2, user_quota=10))
     ips = ["2001:db8::1", "2001:db8::2", "2001:db8::ffff"]
     codes = [error_code(at(core, ip, 1, f"u{i}").allocate()) for i, ip in enumerate(ips)]
     assert codes == [None, None, 486]
@@ -52,7 +52,7 @@ def test_an_ipv6_host_cannot_escape_the_address_quota_by_changing_address() -> N
 
 
 def test_a_reservation_needs_two_slots_and_keeps_one_after_the_allocation_goes() -> None:
-    core, relays = make_core(TurnSettings(user_quota=3))
+    core, relays = make_core(settings(user_quota=3))
     c = at(core, "198.51.100.7")
     assert error_code(c.allocate(RESERVE)) is None  # allocation + reservation: 2 of 3
     assert core.table.by_user == {"alice": 2}
@@ -69,7 +69,7 @@ def test_a_reservation_needs_two_slots_and_keeps_one_after_the_allocation_goes()
 
 
 def test_a_token_moves_the_slot_to_whoever_allocates_with_it() -> None:
-    core, _ = make_core(TurnSettings(user_quota=2, ip_quota=10))
+    core, _ = make_core(settings(user_quota=2, ip_quota=10))
     first = at(core, "198.51.100.7").allocate(RESERVE)
     token = first.get(A.RESERVATION_TOKEN)
     assert token is not None
@@ -83,7 +83,7 @@ def test_a_token_moves_the_slot_to_whoever_allocates_with_it() -> None:
 def test_a_token_refused_for_quota_stays_reserved() -> None:
     """A quota refusal of an Allocate with a token gives the reservation back: the token can
     still be used by someone with room."""
-    core, _ = make_core(TurnSettings(user_quota=2, ip_quota=10))
+    core, _ = make_core(settings(user_quota=2, ip_quota=10))
     token = at(core, "198.51.100.7").allocate(RESERVE).get(A.RESERVATION_TOKEN)
     assert token is not None
     full = at(core, "198.51.100.8", user="bob")
@@ -97,7 +97,7 @@ def test_a_token_refused_for_quota_stays_reserved() -> None:
 
 
 def test_total_quota_counts_reservations() -> None:
-    core, _ = make_core(TurnSettings(total_quota=3, user_quota=10, ip_quota=10))
+    core, _ = make_core(settings(total_quota=3, user_quota=10, ip_quota=10))
     assert error_code(at(core, "198.51.100.7").allocate(RESERVE)) is None
     assert error_code(at(core, "198.51.100.8", user="b").allocate()) is None
     assert error_code(at(core, "198.51.100.9", user="c").allocate()) == 486

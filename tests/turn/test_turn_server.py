@@ -13,6 +13,7 @@ import trio
 import trio.testing
 import trustme
 from loopback_stun import server_context
+from turn_core_driver import settings
 
 from secureconnect.credentials import CredentialMinter, NonceMint, rest_password
 from secureconnect.stun import (
@@ -29,7 +30,7 @@ from secureconnect.stun import (
     new_transaction_id,
 )
 from secureconnect.turn.auth import Authenticator
-from secureconnect.turn.core import TurnCore, TurnSettings
+from secureconnect.turn.core import TurnCore
 from secureconnect.turn.peerpolicy import LOOPBACK_RANGES, PeerPolicy
 from secureconnect.turn.serve import StreamOutbox, TurnEndpoints, TurnServer
 
@@ -43,7 +44,7 @@ Address = tuple[str, int]
 async def running_turn(ca: trustme.CA | None = None) -> AsyncIterator[TurnServer]:
     """A TurnServer on 127.0.0.1 ephemeral ports, loopback peers allowed."""
     core = TurnCore(
-        TurnSettings(relay_ipv4="127.0.0.1"),
+        settings(relay_ipv4="127.0.0.1", relay_ipv6=None),
         auth=Authenticator(
             realm=REALM, minter=CredentialMinter((SECRET,)), nonces=NonceMint.random()
         ),

@@ -164,7 +164,7 @@ class Authenticator:
         # Validated (no REST-looking names, no empty passwords) by StaticUsers.
         self.static_users = StaticUsers(static_users or {})
         self.strict_expiry = strict_expiry
-        self.unauthorized = unauthorized or RateLimiter(rate=20.0, burst=40.0)
+        self.unauthorized = unauthorized or RateLimiter.per_second(20.0)
         limit = self.unauthorized
         self.named = RateLimiter(5 * limit.rate, 5 * limit.burst, limit.max_sources)
         self.guesses = GuessThrottle()

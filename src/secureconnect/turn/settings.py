@@ -1,4 +1,4 @@
-"""The TURN core's parameters, outputs and counters (plain data, no behaviour)."""
+"""The TURN core's parameters, outputs and counters, and their names as Prometheus samples."""
 
 from __future__ import annotations
 
@@ -10,26 +10,28 @@ from secureconnect.turn.relaypath import RelayCounters
 
 @dataclass(frozen=True, slots=True)
 class TurnSettings:
-    """The TURN core's parameters (plain values; the runtime maps the config onto them)."""
+    """The TURN core's parameters. Those an operator sets have no default here: their one home
+    is ``config/schema.py``, and ``runtime.turn_settings`` maps ``[turn]`` onto them (tests start
+    from the same mapping of the schema's defaults). The RFC's fixed lifetimes keep theirs."""
 
-    relay_ipv4: str | None = "127.0.0.1"  # local address relay sockets bind to; None: no IPv4
-    relay_ipv6: str | None = None
-    external_ipv4: str | None = None  # advertised instead of relay_ipv4 (1:1 NAT, Docker)
-    external_ipv6: str | None = None
-    default_lifetime: int = 600  # RFC 8656 §3.2: allocations last 10 minutes by default
-    max_lifetime: int = 3600
+    relay_ipv4: str | None  # local address relay sockets bind to; None: no IPv4
+    relay_ipv6: str | None
+    external_ipv4: str | None  # advertised instead of relay_ipv4 (1:1 NAT, Docker)
+    external_ipv6: str | None
+    default_lifetime: int
+    max_lifetime: int
+    user_quota: int
+    ip_quota: int
+    total_quota: int
+    max_permissions: int
+    max_channels: int
+    bandwidth: int  # bytes/s relayed per allocation, both directions; 0: unlimited
+    rfc5766_channels: bool  # accept channel numbers up to 0x7FFF (RFC 5766 §11)
+    software: str | None
+    reason_phrases: bool
     permission_lifetime: int = 300  # RFC 8656 §9: 300 seconds
     channel_lifetime: int = 600  # RFC 8656 §12: 10 minutes
     reservation_lifetime: int = 30  # RFC 8656 §7.2: "approximately 30 seconds"
-    user_quota: int = 32
-    ip_quota: int = 128
-    total_quota: int = 1000
-    max_permissions: int = 64
-    max_channels: int = 64
-    bandwidth: int = 0  # bytes/s relayed per allocation, both directions; 0: unlimited
-    rfc5766_channels: bool = False  # accept channel numbers up to 0x7FFF (RFC 5766 §11)
-    software: str | None = None
-    reason_phrases: bool = False
 
     def relay_ip(self, family: int) -> str | None:
         """The local relay address for IP version ``family`` (None: not served)."""
