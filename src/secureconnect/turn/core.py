@@ -51,18 +51,16 @@ from secureconnect.stun.constants import REASON_PHRASES
 from secureconnect.turn.allocation import (
     Address,
     Allocation,
-    AllocationTable,
     Channel,
     FiveTuple,
-    NoRelays,
     RelayBinder,
-    RelayEndpoint,
     RelayPortPool,
     Reservation,
     quota_key,
     source_key,
 )
 from secureconnect.turn.auth import Authenticated, Authenticator, Silent
+from secureconnect.turn.manager import AllocationManager
 from secureconnect.turn.peerpolicy import OwnEndpoints, PeerPolicy
 from secureconnect.turn.relaypath import (
     spend_to_peer,
@@ -103,16 +101,16 @@ class TurnCore:
     ) -> None:
         self.settings = settings
         self.auth = auth
-        # The I/O layer installs its binder (TurnServer does); without one nothing can bind.
-        self.binder: RelayBinder = binder or NoRelays()
         self.peers = peers
         #: the server's own service endpoints (the I/O layer fills them in once bound)
         self.own_endpoints = OwnEndpoints()
-        self.ports = ports or RelayPortPool()
+        self.allocations = AllocationManager(
+            reservation_lifetime=settings.reservation_lifetime, binder=binder, ports=ports
+        )
         # A TURN server is a STUN server: it answers Binding on its ports (keepalives, RFC 8656).
         self.binding = binding or BindingResponder(ResponderConfig())
         self.counters = counters or TurnCounters()
-        self.table = AllocationTable()
+        self.table = self.allocations.table
         self.rng = rng or random.Random(secrets.randbits(64))
         self._software: tuple[tuple[int, bytes], ...] = (
             ((A.SOFTWARE, settings.software.encode()),) if settings.software else ()
@@ -125,6 +123,19 @@ class TurnCore:
             Method.CREATE_PERMISSION: self._create_permission,
             Method.CHANNEL_BIND: self._channel_bind,
         }
+
+    @property
+    def binder(self) -> RelayBinder:
+        """The I/O layer's relay sockets (held by the allocation manager)."""
+        return self.allocations.binder
+
+    @binder.setter
+    def binder(self, binder: RelayBinder) -> None:
+        self.allocations.binder = binder
+
+    @property
+    def ports(self) -> RelayPortPool:
+        return self.allocations.ports
 
     # -- entry points ----------------------------------------------------------------------
 
@@ -260,13 +271,12 @@ class TurnCore:
             )
             if allocation.lifetime_expires <= now or credential_over:
                 self.counters.allocations_expired += 1
-                self._delete(allocation)
+                self.allocations.delete(allocation)
                 continue
             allocation.expire(now)
             if rate:
                 allocation.budget = min(float(rate), allocation.budget + rate * elapsed)
-        for reservation in self.table.take_expired_reservations(now):
-            self._release_reservation(reservation)
+        self.allocations.expire_reservations(now)
 
     def metrics(self) -> dict[str, float]:
         """Counters and gauges for the /metrics endpoint (see ``counter_samples``)."""
@@ -277,14 +287,13 @@ class TurnCore:
         allocation = self.table.get(five_tuple)
         if allocation is not None:
             self.counters.allocations_deleted += 1
-            self._delete(allocation)
+            self.allocations.delete(allocation)
 
     def close_all(self) -> None:
         """Release every relay socket (shutdown)."""
         for allocation in self.table:
-            self._delete(allocation)
-        for reservation in self.table.take_expired_reservations(None):
-            self._release_reservation(reservation)
+            self.allocations.delete(allocation)
+        self.allocations.expire_reservations(None)
 
     # -- requests --------------------------------------------------------------------------
 
@@ -312,7 +321,7 @@ class TurnCore:
             # "If the token is not valid, the server MUST reject with 508" (RFC 8656 §7.2).
             reservation = self.table.take_reservation(asks.token)
             if reservation is not None and reservation.expires <= now:
-                self._release_reservation(reservation)
+                self.allocations.release_reservation(reservation)
                 reservation = None
             if reservation is None:
                 raise StunError(ErrorCode.INSUFFICIENT_CAPACITY)
@@ -333,7 +342,7 @@ class TurnCore:
         if reservation is not None:
             endpoint, port, family = reservation.endpoint, reservation.port, reservation.family
         else:
-            endpoint, port, reserved_token = self._bind_relay(
+            endpoint, port, reserved_token = self.allocations.bind_relay(
                 family,
                 even=asks.even,
                 reserve=(user, source) if asks.reserve else None,
@@ -352,7 +361,7 @@ class TurnCore:
             credential_expiry=identity.credential_expiry,
         )
         self.table.add(allocation)
-        self.binder.activate(endpoint, allocation)
+        self.allocations.binder.activate(endpoint, allocation)
         self.counters.allocations_created += 1
         tid = msg.transaction_id
         attributes: list[tuple[int, bytes]] = [
@@ -386,7 +395,7 @@ class TurnCore:
             # "If the 'desired lifetime' is zero, then the request succeeds and the allocation
             # is deleted."
             self.counters.allocations_deleted += 1
-            self._delete(allocation)
+            self.allocations.delete(allocation)
         else:
             allocation.lifetime_expires = now + lifetime
         return [(A.LIFETIME, encode_u32(lifetime))]
@@ -510,48 +519,6 @@ class TurnCore:
         return desired_lifetime(
             msg, self.settings.default_lifetime, self.settings.max_lifetime, cap
         )
-
-    def _bind_relay(
-        self, family: int, *, even: bool, reserve: tuple[str, str] | None, now: float, df: bool
-    ) -> tuple[RelayEndpoint, int, bytes]:
-        """Bind a relay socket from the pool; with ``reserve`` (the user's and the client
-        address's quota keys) also hold port+1 for a later Allocate with the returned
-        RESERVATION-TOKEN (RFC 8656 §7.2, EVEN-PORT R bit), counted against those quotas."""
-        ports = self.ports
-        binder = self.binder
-        for port in ports.candidates(family, even=even or reserve is not None):
-            if reserve is not None and port + 1 > ports.high:
-                continue
-            try:
-                endpoint = binder.bind(family, port, df)
-            except OSError:
-                continue
-            if reserve is None:
-                ports.take(family, port)
-                return endpoint, port, b""
-            try:
-                held = binder.bind(family, port + 1, df)
-            except OSError:
-                binder.close(endpoint)
-                continue
-            ports.take(family, port)
-            ports.take(family, port + 1)
-            token = secrets.token_bytes(8)
-            expires = now + self.settings.reservation_lifetime
-            user, source = reserve
-            self.table.reserve(token, Reservation(held, port + 1, expires, family, user, source))
-            return endpoint, port, token
-        # RFC 8656 §7.2: no port that satisfies the request: 508 (Insufficient Capacity).
-        raise StunError(ErrorCode.INSUFFICIENT_CAPACITY)
-
-    def _release_reservation(self, reservation: Reservation) -> None:
-        self.binder.close(reservation.endpoint)
-        self.ports.release(reservation.family, reservation.port)
-
-    def _delete(self, allocation: Allocation) -> None:
-        self.table.remove(allocation)
-        self.binder.close(allocation.relay)
-        self.ports.release(allocation.family, allocation.relayed[1])
 
     def _success(
         self, msg: StunMessage, attributes: list[tuple[int, bytes]], identity: Authenticated

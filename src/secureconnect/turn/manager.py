@@ -1,0 +1,93 @@
+"""The lifecycle of allocations, reservations and relay ports in one place (pion/turn's model).
+
+:class:`AllocationManager` owns the :class:`~secureconnect.turn.allocation.AllocationTable`, the
+:class:`~secureconnect.turn.allocation.RelayPortPool` and the I/O layer's
+:class:`~secureconnect.turn.allocation.RelayBinder`: it binds relay sockets (with an EVEN-PORT
+reservation when asked, RFC 8656 §7.2), and releases socket and port together whenever an
+allocation or a reservation ends. :class:`~secureconnect.turn.core.TurnCore` decides *whether*
+(authentication, quotas, the RFC's checks); this decides nothing, it keeps the books straight.
+Sans-IO like the core: times are the caller's ``now``.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+from secureconnect.stun import ErrorCode, StunError
+from secureconnect.turn.allocation import (
+    Allocation,
+    AllocationTable,
+    NoRelays,
+    RelayBinder,
+    RelayEndpoint,
+    RelayPortPool,
+    Reservation,
+)
+
+
+class AllocationManager:
+    """Relay sockets and ports for allocations and reservations; see the module docstring."""
+
+    __slots__ = ("binder", "ports", "reservation_lifetime", "table")
+
+    def __init__(
+        self,
+        *,
+        reservation_lifetime: float,
+        binder: RelayBinder | None = None,
+        ports: RelayPortPool | None = None,
+    ) -> None:
+        # The I/O layer installs its binder (TurnServer does); without one nothing can bind.
+        self.binder: RelayBinder = binder or NoRelays()
+        self.ports = ports or RelayPortPool()
+        self.table = AllocationTable()
+        self.reservation_lifetime = reservation_lifetime
+
+    def bind_relay(
+        self, family: int, *, even: bool, reserve: tuple[str, str] | None, now: float, df: bool
+    ) -> tuple[RelayEndpoint, int, bytes]:
+        """Bind a relay socket from the pool; with ``reserve`` (the user's and the client
+        address's quota keys) also hold port+1 for a later Allocate with the returned
+        RESERVATION-TOKEN (RFC 8656 §7.2, EVEN-PORT R bit), counted against those quotas."""
+        ports = self.ports
+        binder = self.binder
+        for port in ports.candidates(family, even=even or reserve is not None):
+            if reserve is not None and port + 1 > ports.high:
+                continue
+            try:
+                endpoint = binder.bind(family, port, df)
+            except OSError:
+                continue
+            if reserve is None:
+                ports.take(family, port)
+                return endpoint, port, b""
+            try:
+                held = binder.bind(family, port + 1, df)
+            except OSError:
+                binder.close(endpoint)
+                continue
+            ports.take(family, port)
+            ports.take(family, port + 1)
+            token = secrets.token_bytes(8)
+            expires = now + self.reservation_lifetime
+            user, source = reserve
+            self.table.reserve(token, Reservation(held, port + 1, expires, family, user, source))
+            return endpoint, port, token
+        # RFC 8656 §7.2: no port that satisfies the request: 508 (Insufficient Capacity).
+        raise StunError(ErrorCode.INSUFFICIENT_CAPACITY)
+
+    def release_reservation(self, reservation: Reservation) -> None:
+        """A reservation ended (expired, or its token was found stale): socket and port go."""
+        self.binder.close(reservation.endpoint)
+        self.ports.release(reservation.family, reservation.port)
+
+    def delete(self, allocation: Allocation) -> None:
+        """An allocation ended: out of the table, its socket closed, its port free."""
+        self.table.remove(allocation)
+        self.binder.close(allocation.relay)
+        self.ports.release(allocation.family, allocation.relayed[1])
+
+    def expire_reservations(self, now: float | None) -> None:
+        """Release the reservations expired by ``now`` (every one when None)."""
+        for reservation in self.table.take_expired_reservations(now):
+            self.release_reservation(reservation)

@@ -1,0 +1,287 @@
+"""The TURN server's UDP data plane, without trio: what a worker thread or process needs to relay.
+
+:class:`UdpDataPlane` owns the UDP side of one TURN server: its listening sockets, the relay
+sockets of allocations (it is the core's :class:`~secureconnect.turn.allocation.RelayBinder`),
+and the :class:`~secureconnect.turn.dataplane.EpollThread` that drains them. It calls the
+sans-IO :class:`~secureconnect.turn.core.TurnCore` with ``lock`` held, and imports nothing of
+trio: ``turn.serve`` composes it with the trio side (TCP/TLS clients, timers), and anything else
+can drive it from a plain thread (``tests/turn/test_udpplane.py`` does, in a process without
+trio) - the seam for worker processes (issue #14).
+
+Theory of operation:
+
+- A listening socket's drain reads up to ``BATCH`` datagrams per wake-up: ChannelData takes the
+  fast path straight to the allocation's relay socket; anything else goes to the core, whose
+  answer goes back to the client (or, for a Send indication, to the peer).
+- A relay socket's drain wraps each peer datagram (``relaypath.wrap_peer_data``) and hands it to
+  the allocation's ``deliver``: back through the listening socket for a UDP client; for a
+  TCP/TLS client, whatever ``stream_relay`` arranged (the trio side queues it on the stream).
+- Sockets leave the epoll set before they close. A relay socket not in the set (a TCP/TLS
+  client's, waited on by trio) is closed by ``close_elsewhere``.
+- Failures: a send error is counted (``send_errors``); a datagram whose handling raises costs
+  that datagram only (``packet_errors``, the first traceback logged).
+
+Wall time: the core wants Unix time for nonces and REST expiries; ``wall_offset`` (Unix time
+minus ``clock()``) is kept current by whoever runs the timers, and each drain passes
+``now + wall_offset`` along.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+from secureconnect.turn.allocation import Address, Allocation, RelayEndpoint
+from secureconnect.turn.core import ToPeer, TurnCore
+from secureconnect.turn.dataplane import EpollThread, Handler
+from secureconnect.turn.relaypath import route_channel_data, wrap_peer_data
+
+log = logging.getLogger("secureconnect.turn")
+# Linux values (typeshed lacks the names): IP_MTU_DISCOVER/IPV6_MTU_DISCOVER and "always DF".
+IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)
+IPV6_MTU_DISCOVER = getattr(socket, "IPV6_MTU_DISCOVER", 23)
+IP_PMTUDISC_DO = getattr(socket, "IP_PMTUDISC_DO", 2)
+BATCH = 256  # datagrams handled per readiness wake-up before the next socket's turn
+RECV_SIZE = 65536  # a relayed UDP datagram may be up to 64 KiB
+#: UDP receive buffers: the kernel default (~208 KiB) overflows under bursts; coturn uses 4 MiB.
+#: Linux caps the request at net.core.rmem_max.
+RCVBUF = 4 * 1024 * 1024
+#: how relayed data reaches a client; False when it could not (counted by the caller)
+Deliver = Callable[[bytes], bool]
+
+
+class UdpDataPlane:
+    """The UDP side of a TURN server; see the module docstring."""
+
+    def __init__(
+        self,
+        core: TurnCore,
+        *,
+        lock: threading.Lock | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.core = core
+        self.lock = lock or threading.Lock()
+        self.clock = clock
+        self.wall_offset = time.time() - clock()
+        #: the epoll loop, between :meth:`open` and :meth:`shutdown` (a restarted component
+        #: opens a new one; counters carry on)
+        self.epoll: EpollThread | None = None
+        self.listeners: dict[Address, socket.socket] = {}
+        self.relay_sockets: set[socket.socket] = set()
+        self.send_errors = 0
+        self.packet_errors = 0
+        #: called (lock held) for a TCP/TLS client's relay socket: the stream side delivers
+        self.stream_relay: Callable[[socket.socket, Allocation], None] | None = None
+        #: closes a relay socket that is not in the epoll set (a TCP/TLS client's)
+        self.close_elsewhere: Callable[[socket.socket], None] = socket.socket.close
+        #: one receive buffer for every drain (they run one at a time, under ``lock``):
+        #: ``recvfrom_into`` saves the 64 KiB allocation ``recvfrom`` makes per datagram
+        self._buffer = bytearray(RECV_SIZE)
+        self._view = memoryview(self._buffer)
+
+    # -- running -----------------------------------------------------------------------------
+
+    def open(self, listeners: dict[Address, socket.socket]) -> EpollThread:
+        """Start serving UDP clients on ``listeners`` (local address -> bound socket); the
+        epoll loop to :meth:`~EpollThread.run` in a thread of its own."""
+        epoll = self.epoll = EpollThread(self.lock, self.clock)
+        with self.lock:
+            for local, sock in listeners.items():
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+                self.listeners[local] = sock
+                epoll.add(sock.fileno(), self._listener_drain(sock, local))
+        return epoll
+
+    def stop(self) -> None:
+        """Make the epoll loop return soon (from any thread)."""
+        if self.epoll is not None:
+            self.epoll.stop()
+
+    def shutdown(self) -> None:
+        """Release every relay socket the core holds and the epoll, once the loop has returned
+        (after :meth:`stop` and joining its thread; the listening sockets belong to whoever
+        bound them)."""
+        epoll = self.epoll
+        if epoll is None:
+            return
+        with self.lock:
+            self.core.close_all()
+            self.epoll = None
+            self.listeners.clear()
+        epoll.close()
+
+    # -- the core's RelayBinder ----------------------------------------------------------------
+
+    def bind(self, family: int, port: int, dont_fragment: bool) -> RelayEndpoint:
+        settings = self.core.settings
+        ip = settings.relay_ipv4 if family == 4 else settings.relay_ipv6
+        sock = socket.socket(socket.AF_INET if family == 4 else socket.AF_INET6, socket.SOCK_DGRAM)
+        try:
+            if family == 6:
+                # An IPv6 relay never reaches IPv4 through mapped addresses (docs/security.md).
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if dont_fragment:
+                # RFC 8656 §7.2 DONT-FRAGMENT: set DF on datagrams sent to peers.
+                if family == 4:
+                    sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
+                else:
+                    sock.setsockopt(socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER, IP_PMTUDISC_DO)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+            sock.setblocking(False)
+            sock.bind((ip, port))
+        except BaseException:
+            sock.close()
+            raise
+        self.relay_sockets.add(sock)
+        return sock
+
+    def activate(self, endpoint: RelayEndpoint, allocation: Allocation) -> None:
+        """Deliver ``endpoint``'s datagrams to ``allocation``'s client (lock held)."""
+        sock = _as_socket(endpoint)
+        if allocation.five_tuple[0] == "udp":
+            if self.epoll is None:  # pragma: no cover - UDP clients reach a running plane only
+                raise RuntimeError("the UDP data plane is not open")
+            deliver = self.to_udp(allocation)
+            self.epoll.add(sock.fileno(), self.relay_drain(sock, allocation, deliver))
+        elif self.stream_relay is not None:
+            self.stream_relay(sock, allocation)
+        else:  # pragma: no cover - a TCP/TLS allocation needs a stream side
+            raise RuntimeError("no stream side to deliver a TCP/TLS client's relayed data")
+
+    def close(self, endpoint: RelayEndpoint) -> None:
+        """Release a relay socket (lock held, from either thread)."""
+        sock = _as_socket(endpoint)
+        if sock not in self.relay_sockets:
+            return
+        self.relay_sockets.discard(sock)
+        if self.epoll is not None and self.epoll.remove(sock.fileno()):
+            sock.close()  # out of the epoll set first: no event can name it any more
+        else:
+            self.close_elsewhere(sock)
+
+    # -- drains ----------------------------------------------------------------------------------
+
+    def relay_drain(self, sock: socket.socket, allocation: Allocation, deliver: Deliver) -> Handler:
+        """Peer -> client: read up to BATCH datagrams from a relay socket (lock held)."""
+        counters = self.core.counters.relay
+        rng = self.core.rng
+        recvfrom_into = sock.recvfrom_into
+        buffer, view = self._buffer, self._view
+
+        def drain(now: float) -> None:
+            for _ in range(BATCH):
+                try:
+                    size, peer = recvfrom_into(buffer)
+                    data = bytes(view[:size])
+                except BlockingIOError:
+                    return
+                except OSError:
+                    if sock.fileno() < 0:
+                        return
+                    continue  # a queued ICMP error from an earlier send
+                if len(peer) > 2:
+                    peer = peer[:2]  # IPv6: drop flow info and scope id
+                try:
+                    out = wrap_peer_data(allocation, data, peer, now, counters, rng=rng)
+                except Exception:  # a bug costs one datagram, never the component
+                    self.packet_failed()
+                    continue
+                if out is not None and not deliver(out):
+                    # Not relayed after all (a full stream queue, a failed send): the counters
+                    # say what reached the client.
+                    counters.to_client_packets -= 1
+                    counters.to_client_bytes -= len(data)
+
+        return drain
+
+    def to_udp(self, allocation: Allocation) -> Deliver:
+        """Relayed data to a UDP client: out of the listening socket its requests came to."""
+        _, client, local = allocation.five_tuple
+        sendto = self.listeners[local].sendto
+
+        def deliver(out: bytes) -> bool:
+            try:
+                sendto(out, client)
+            except OSError:
+                self.send_errors += 1
+                return False
+            return True
+
+        return deliver
+
+    def forward_channel_data(self, allocation: Allocation | None, data: bytes, now: float) -> None:
+        """Client -> peer: a ChannelData message out of its allocation's relay socket."""
+        counters = self.core.counters.relay
+        if allocation is None:
+            counters.dropped_no_allocation += 1
+            return
+        channel = route_channel_data(allocation, data, now, counters)
+        if channel is not None:
+            try:
+                allocation.relay.sendto(data[4 : 4 + ((data[2] << 8) | data[3])], channel.peer)
+            except OSError:
+                self.send_errors += 1
+
+    def send_to_peer(self, out: ToPeer) -> None:
+        """A Send indication's payload, out of the allocation's relay socket."""
+        try:
+            out.relay.sendto(out.data, out.peer)
+        except OSError:
+            self.send_errors += 1
+
+    def packet_failed(self) -> None:
+        """Count a datagram whose handling raised; log the first traceback only."""
+        self.packet_errors += 1
+        if self.packet_errors == 1:
+            log.exception("packet-handling-failed")
+
+    def _listener_drain(self, sock: socket.socket, local: Address) -> Handler:
+        """Client -> server over UDP (lock held): ChannelData takes the fast path, the rest the
+        core."""
+        core = self.core
+        allocations = core.table.udp_by_local.setdefault(local, {})
+        recvfrom_into = sock.recvfrom_into
+        buffer, view = self._buffer, self._view
+        sendto = sock.sendto
+        forward = self.forward_channel_data
+        v6 = sock.family == socket.AF_INET6
+
+        def drain(now: float) -> None:
+            wall_now = now + self.wall_offset
+            for _ in range(BATCH):
+                try:
+                    size, source = recvfrom_into(buffer)
+                    data = bytes(view[:size])
+                except BlockingIOError:
+                    return
+                except OSError:
+                    continue  # e.g. a queued ICMP error; never fatal for a UDP server
+                if v6:
+                    source = source[:2]
+                try:
+                    if data and data[0] >> 6 == 1:  # ChannelData (RFC 8656 §12)
+                        forward(allocations.get(source), data, now)
+                        continue
+                    out = core.handle_stun(data, ("udp", source, local), now, wall_now)
+                except Exception:  # a bug costs one datagram, never the component
+                    self.packet_failed()
+                    continue
+                if type(out) is bytes:
+                    try:
+                        sendto(out, source)
+                    except OSError:
+                        self.send_errors += 1
+                elif isinstance(out, ToPeer):
+                    self.send_to_peer(out)
+
+        return drain
+
+
+def _as_socket(endpoint: RelayEndpoint) -> socket.socket:
+    if not isinstance(endpoint, socket.socket):  # pragma: no cover - the binder made it
+        raise TypeError("relay endpoint is not a socket")
+    return endpoint
