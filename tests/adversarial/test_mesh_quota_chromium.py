@@ -10,11 +10,10 @@ got none.
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
-from appliance import free_port, run_appliance
+from appliance import AllInOnePorts, run_appliance
 from chromium import launch_chromium
 
 pytestmark = [pytest.mark.browser]
@@ -49,22 +48,14 @@ GATHER = """async ([peers, user]) => {
 def test_one_browser_peer_of_a_ten_person_mesh_gets_every_relay_candidate(
     tmp_path: Path,
 ) -> None:
-    turn, tls, wss = free_port(), free_port(socket.SOCK_STREAM), free_port(socket.SOCK_STREAM)
-    settings = (
-        f"turn.port={turn}",
-        f"turn.tls_port={tls}",
-        f"stun.port={turn}",
-        f"stun.tls_port={tls}",
-        f"signal.port={wss}",
-        "general.drain_timeout=0.5",
-    )
+    ports = AllInOnePorts.free()
     with (
-        run_appliance(tmp_path, state_dir=tmp_path / "state", settings=settings),
+        run_appliance(tmp_path, state_dir=tmp_path / "state", settings=ports.settings()),
         launch_chromium(["--ignore-certificate-errors"]) as browser,  # turns: self-signed
     ):
         context = browser.new_context(ignore_https_errors=True)
         page = context.new_page()
-        page.goto(f"https://127.0.0.1:{wss}/healthz")
+        page.goto(f"https://127.0.0.1:{ports.wss}/healthz")
         results = page.evaluate(GATHER, [PEERS, "meshpeer"])
         context.close()
         # One relayed address per TURN URL per connection, all different: 27 allocations.

@@ -8,7 +8,6 @@ A missing browser or Playwright package fails the test with the install hint; it
 
 from __future__ import annotations
 
-import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from appliance import ApplianceNotReady, Running, free_port, run_appliance
+from appliance import AllInOnePorts, ApplianceNotReady, Running, run_appliance
 from chromium import launch_chromium
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -72,32 +71,17 @@ class DemoPage:
         self.console.append(f"uncaught {error}")
 
 
-def _distinct_ports() -> tuple[int, int, int]:
-    for _ in range(20):
-        turn = free_port()  # UDP and TCP: TURN, and STUN on the same port (served by TURN)
-        tls = free_port(socket.SOCK_STREAM)
-        wss = free_port(socket.SOCK_STREAM)
-        if len({turn, tls, wss}) == 3:
-            return turn, tls, wss
-    raise RuntimeError("no three distinct free ports")
-
-
 @contextmanager
 def _start_appliance(workdir: Path) -> Iterator[Appliance]:
     """The whole appliance on free loopback ports, once it is ready (bounded)."""
-    turn, tls, wss = _distinct_ports()
-    settings = (
-        f"turn.port={turn}",
-        f"turn.tls_port={tls}",
-        f"stun.port={turn}",
-        f"stun.tls_port={tls}",
-        f"signal.port={wss}",
-        "general.drain_timeout=0.5",
-    )
+    ports = AllInOnePorts.free()
     with run_appliance(
-        workdir, state_dir=workdir / "state", settings=settings, log_file=workdir / "stderr.log"
+        workdir,
+        state_dir=workdir / "state",
+        settings=ports.settings(),
+        log_file=workdir / "stderr.log",
     ) as running:
-        yield Appliance(f"https://127.0.0.1:{wss}/", running)
+        yield Appliance(f"https://127.0.0.1:{ports.wss}/", running)
 
 
 @pytest.fixture(scope="module")

@@ -60,6 +60,35 @@ def free_port(kind: int = socket.SOCK_DGRAM) -> int:
     raise RuntimeError("no free port")
 
 
+@dataclass(frozen=True)
+class AllInOnePorts:
+    """Free loopback ports for the whole appliance: TURN (UDP and TCP; STUN is served on it
+    too), TURN over TLS, and signaling."""
+
+    turn: int
+    tls: int
+    wss: int
+
+    @classmethod
+    def free(cls) -> AllInOnePorts:
+        for _ in range(20):
+            ports = cls(free_port(), free_port(socket.SOCK_STREAM), free_port(socket.SOCK_STREAM))
+            if len({ports.turn, ports.tls, ports.wss}) == 3:
+                return ports
+        raise RuntimeError("no three distinct free ports")
+
+    def settings(self) -> tuple[str, ...]:
+        """The ``--set`` overrides that put the appliance on these ports."""
+        return (
+            f"turn.port={self.turn}",
+            f"turn.tls_port={self.tls}",
+            f"stun.port={self.turn}",
+            f"stun.tls_port={self.tls}",
+            f"signal.port={self.wss}",
+            "general.drain_timeout=0.5",
+        )
+
+
 def appliance_env(home: Path, **extra: str) -> dict[str, str]:
     """Our environment without systemd's or XDG variables, ``HOME`` set to ``home``, plus
     ``extra`` (e.g. ``NOTIFY_SOCKET`` for a pretend systemd)."""
