@@ -28,7 +28,6 @@ processes can later share the listening ports with SO_REUSEPORT (one data plane 
 
 from __future__ import annotations
 
-import logging
 import math
 import socket
 import threading
@@ -47,7 +46,6 @@ from secureconnect.turn.dataplane import EpollThread
 from secureconnect.turn.peerpolicy import OwnEndpoints
 from secureconnect.turn.udpplane import RECV_SIZE, UdpDataPlane
 
-log = logging.getLogger("secureconnect.turn")
 STREAM_QUEUE_BYTES = 256 * 1024  # bytes queued to one TCP/TLS client before drops
 TICK = 1.0  # seconds between expiry passes
 
