@@ -30,6 +30,7 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 
 from fuzz_mutate import framing_breaker, reframe
+from turnwire import stream_socket
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from websockets.sync.client import ClientConnection, connect
 
@@ -131,15 +132,7 @@ class _Stream:
     """One fuzzing connection: counts frames that came back (by their headers)."""
 
     def __init__(self, server: tuple[str, int], tls: ssl.SSLContext | None) -> None:
-        raw = socket.create_connection(server, timeout=5.0)
-        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.sock: socket.socket = raw
-        if tls is not None:
-            try:
-                self.sock = tls.wrap_socket(raw, server_hostname=server[0])
-            except BaseException:
-                raw.close()
-                raise
+        self.sock = stream_socket(server, tls, timeout=5.0)
         self.sock.settimeout(2.0)
         self.alive = True
         self.buffer = b""

@@ -256,16 +256,7 @@ class StreamConn(Conn):
         self, server: Address, tls: ssl.SSLContext | None = None, timeout: float = 5.0
     ) -> None:
         self.transport = "tls" if tls is not None else "tcp"
-        raw = socket.create_connection(server, timeout=timeout)
-        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.sock: socket.socket = raw
-        if tls is not None:
-            try:
-                self.sock = tls.wrap_socket(raw, server_hostname=server[0])
-            except BaseException:
-                raw.close()
-                raise
-        self.sock.settimeout(timeout)
+        self.sock = stream_socket(server, tls, timeout)
         self.framer = StreamFramer()
 
     def send(self, data: bytes) -> None:
@@ -311,6 +302,24 @@ class StreamConn(Conn):
     def local(self) -> Address:
         name = self.sock.getsockname()
         return name[0], name[1]
+
+
+def stream_socket(
+    server: Address, tls: ssl.SSLContext | None = None, timeout: float = 5.0
+) -> socket.socket:
+    """A TCP connection to ``server`` without Nagle's delay, wrapped in TLS when ``tls`` is
+    given (closed again if the handshake fails), with ``timeout`` on every call."""
+    raw = socket.create_connection(server, timeout=timeout)
+    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock = raw
+    if tls is not None:
+        try:
+            sock = tls.wrap_socket(raw, server_hostname=server[0])
+        except BaseException:
+            raw.close()
+            raise
+    sock.settimeout(timeout)
+    return sock
 
 
 def is_stream(transport: str) -> bool:
