@@ -38,17 +38,10 @@ from secureconnect.credentials import CredentialMinter
 from secureconnect.initcmd import add_init_parser, run_init
 from secureconnect.logs import configure_logging, fields
 from secureconnect.natlab.command import add_natlab_parser, run_natlab
-from secureconnect.runtime import (
-    COMPONENT_NAMES,
-    build_components,
-    load_room_secrets,
-    load_turn_secrets,
-    prepare_runtime,
-    service_urls,
-    turn_uris,
-    uses_tls,
-)
+from secureconnect.runtime import COMPONENT_NAMES, build_components, prepare_runtime, uses_tls
 from secureconnect.sdnotify import Notifier
+from secureconnect.secretfiles import load_room_secrets, load_turn_secrets
+from secureconnect.serviceurls import service_urls, turn_uris
 from secureconnect.signal.tokens import RoomTokens
 from secureconnect.statedir import resolve_state_dir
 from secureconnect.supervisor import StartupError, Supervisor

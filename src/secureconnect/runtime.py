@@ -15,20 +15,19 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from secureconnect.config import Config, ConfigError, TurnConfig
 from secureconnect.credentials import CredentialMinter, NonceMint
 from secureconnect.logs import fields
 from secureconnect.ratelimit import RateLimiter, burst_for
+from secureconnect.secretfiles import load_certificates, load_room_secrets, load_turn_secrets
+from secureconnect.serviceurls import stun_uris, turn_uris
 from secureconnect.signal.tokens import RoomTokens
 from secureconnect.statedir import (
     SELF_SIGNED_CERT,
     ensure_self_signed,
-    ensure_turn_secret,
-    read_secret_lines,
     renewal_time,
-    resolve_secret_file,
     resolve_state_dir,
 )
 from secureconnect.stun.responder import BindingResponder, ResponderConfig
@@ -151,57 +150,13 @@ def prepare_runtime(config: Config, config_path: Path | None, *, tls: bool = Tru
     """
     state_dir = resolve_state_dir(config.general.state_dir)
     secrets = load_turn_secrets(config, config_path, state_dir)
-    certificates = _certificates(config, config_path, state_dir) if tls else None
+    certificates = load_certificates(config, config_path, state_dir) if tls else None
     runtime = Runtime(config, config_path, state_dir, certificates, CredentialMinter(secrets))
     if certificates is not None and not config.tls.cert_file:
         runtime.renew_at = renewal_time(state_dir / SELF_SIGNED_CERT)
     if config.signal.auth == "token":
         runtime.room_tokens = RoomTokens(load_room_secrets(config, config_path))
     return runtime
-
-
-def _certificates(config: Config, config_path: Path | None, state_dir: Path) -> CertificateStore:
-    """The configured certificate, or the generated self-signed one."""
-    tls = config.tls
-    if tls.cert_file:
-        base = config_path.parent if config_path else None
-        cert = resolve_secret_file(tls.cert_file, base)
-        key = resolve_secret_file(tls.key_file, base)
-    else:
-        cert, key = ensure_self_signed(state_dir, tls.server_names)
-        log.info("self-signed-certificate", extra=fields(path=str(cert)))
-    try:
-        return CertificateStore(cert, key)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(str(config_path or "<defaults>"), "tls.cert_file", str(exc)) from exc
-
-
-def _secrets(
-    inline: tuple[str, ...], file_name: str, key: str, config_path: Path | None
-) -> tuple[str, ...]:
-    """Secrets from the config text, then one per line from the ``key`` file (if named)."""
-    if not file_name:
-        return inline
-    path = resolve_secret_file(file_name, config_path.parent if config_path else None)
-    try:
-        return inline + read_secret_lines(path)
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(str(config_path), key, f"cannot read {path}: {exc}") from exc
-
-
-def load_room_secrets(config: Config, config_path: Path | None) -> tuple[str, ...]:
-    """Room-token secrets from ``signal.token_secrets`` then ``signal.token_secret_file``."""
-    sig = config.signal
-    return _secrets(
-        sig.token_secrets, sig.token_secret_file, "signal.token_secret_file", config_path
-    )
-
-
-def load_turn_secrets(config: Config, config_path: Path | None, state_dir: Path) -> tuple[str, ...]:
-    """Secrets from the config text, then from ``turn.secret_file``; none: the generated one."""
-    turn = config.turn
-    secrets = _secrets(turn.secrets, turn.secret_file, "turn.secret_file", config_path)
-    return secrets or (ensure_turn_secret(state_dir),)
 
 
 def build_components(runtime: Runtime, names: Sequence[str]) -> list[Component]:
@@ -363,80 +318,6 @@ def stun_udp_endpoints(config: Config) -> tuple[tuple[str, int], ...]:
     addresses = [*stun.listen, *([stun.alternate_address] if stun.alternate_address else [])]
     ports = [stun.port, *([stun.alternate_port] if stun.alternate_address else [])]
     return tuple((ip, port) for ip in addresses for port in ports if port)
-
-
-def service_urls(components: Sequence[Component]) -> list[str]:
-    """The URLs a user needs, from what the components actually bound."""
-    urls: list[str] = []
-    for component in components:
-        if isinstance(component, StunServer):
-            primary = _primary_udp(component)
-            for transport, ip, port in component.bound:
-                if transport != "udp" or (ip, port) in primary:
-                    urls.append(_url("stun", transport, ip, port))
-        elif isinstance(component, TurnServer):
-            for transport, ip, port in component.bound:
-                urls.append(_url("turn", transport, ip, port))
-            urls += [_url("stun", t, ip, port) for t, ip, port in component.bound if t == "udp"]
-        elif component.name == "signal":
-            for transport, ip, port in cast("SignalServer", component).bound:
-                host = f"[{ip}]" if ":" in ip else ip
-                secure = transport == "tls"
-                urls.append(f"{'wss' if secure else 'ws'}://{host}:{port}/ws")
-                urls.append(f"{'https' if secure else 'http'}://{host}:{port}/  (demo page)")
-    return urls
-
-
-def _url(scheme: str, transport: str, ip: str, port: int) -> str:
-    """RFC 7064/7065 URIs: stun:, stuns:, turn:...?transport=udp|tcp, turns:...?transport=tcp."""
-    host = f"[{ip}]" if ":" in ip else ip
-    if scheme == "stun":
-        return {"udp": f"stun:{host}:{port}", "tcp": f"stun:{host}:{port}?transport=tcp"}.get(
-            transport, f"stuns:{host}:{port}"
-        )
-    if transport == "tls":
-        return f"turns:{host}:{port}?transport=tcp"
-    return f"turn:{host}:{port}?transport={transport}"
-
-
-def _primary_udp(server: StunServer) -> set[tuple[str, int]]:
-    return {(ip, server.endpoints.port) for ip in server.endpoints.addresses} | {
-        (ip, port) for t, ip, port in server.bound if t == "udp" and server.endpoints.port == 0
-    }
-
-
-def ice_host(config: Config) -> str:
-    """The host name or address clients should use for STUN/TURN."""
-    if config.signal.ice_host:
-        return config.signal.ice_host
-    candidates = list(config.turn.external_addresses) + [
-        a for a in config.turn.listen if not ipaddress.ip_address(a).is_unspecified
-    ]
-    return candidates[0] if candidates else "127.0.0.1"
-
-
-def turn_uris(config: Config) -> list[str]:
-    """The TURN URIs to hand to clients (``signal.ice_host``, else external/listen address)."""
-    turn = config.turn
-    host = ice_host(config)
-    uris: list[str] = []
-    if turn.udp:
-        uris.append(_url("turn", "udp", host, turn.port))
-    if turn.tcp:
-        uris.append(_url("turn", "tcp", host, turn.port))
-    if turn.tls:
-        uris.append(_url("turn", "tls", host, turn.tls_port))
-    return uris
-
-
-def stun_uris(config: Config) -> list[str]:
-    """STUN URIs for clients: the TURN port answers Binding, else the STUN component's."""
-    host = ice_host(config)
-    if config.turn.enabled and config.turn.udp:
-        return [_url("stun", "udp", host, config.turn.port)]
-    if config.stun.enabled and config.stun.udp:
-        return [_url("stun", "udp", host, config.stun.port)]
-    return []
 
 
 def build_signal(runtime: Runtime) -> SignalServer:

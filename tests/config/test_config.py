@@ -19,7 +19,7 @@ from secureconnect.config import (
     render_example,
     render_sections,
 )
-from secureconnect.runtime import load_turn_secrets
+from secureconnect.secretfiles import load_turn_secrets
 from secureconnect.statedir import resolve_secret_file
 
 
