@@ -25,6 +25,7 @@ from secureconnect.stun import (
     encode_message,
     new_transaction_id,
 )
+from secureconnect.stun.serve import StunServer
 
 
 def binding_request(
@@ -134,14 +135,21 @@ async def test_tcp_binding_answers_several_requests_on_one_connection() -> None:
             assert decode_message_untrusted(replies[32:]).transaction_id == t2
 
 
+async def open_tls(
+    server: StunServer, ca: trustme.CA
+) -> tuple[trio.SocketStream, trio.SSLStream[trio.SocketStream]]:
+    """A TLS client of ``server``'s TLS port trusting ``ca``: the TCP stream and the TLS one."""
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    tcp = await trio.open_tcp_stream(*bound(server, "tls"))
+    return tcp, trio.SSLStream(tcp, client_context, server_hostname="localhost")
+
+
 async def test_tls_binding_with_a_trustme_certificate() -> None:
     ca = trustme.CA()
     context = server_context(ca)
     async with running_stun(tls_context=lambda: context) as server:
-        client_context = ssl.create_default_context()
-        ca.configure_trust(client_context)
-        tcp = await trio.open_tcp_stream(*bound(server, "tls"))
-        stream = trio.SSLStream(tcp, client_context, server_hostname="localhost")
+        tcp, stream = await open_tls(server, ca)
         async with stream:
             tid, request = binding_request()
             msg = decode_message_untrusted(await stream_exchange(stream, request))
@@ -158,10 +166,7 @@ async def test_a_tls_client_leaving_without_close_notify_is_no_handshake_failure
     ca = trustme.CA()
     context = server_context(ca)
     async with running_stun(tls_context=lambda: context) as server:
-        client_context = ssl.create_default_context()
-        ca.configure_trust(client_context)
-        tcp = await trio.open_tcp_stream(*bound(server, "tls"))
-        stream = trio.SSLStream(tcp, client_context, server_hostname="localhost")
+        tcp, stream = await open_tls(server, ca)
         _, request = binding_request()
         await stream_exchange(stream, request)
         await tcp.aclose()  # under the TLS layer: no close_notify
