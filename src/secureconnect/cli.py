@@ -209,7 +209,7 @@ def run(config: Config, config_path: Path | None, names: Sequence[str]) -> int:
             await nursery.start(supervisor.serve_signals)
             async with trio.open_nursery() as running:
                 await running.start(supervisor.run)
-                urls = service_urls(components)
+                urls = service_urls(runtime.url_sources)
                 log.info(
                     "serving", extra=fields(urls=" ".join(urls), state_dir=str(runtime.state_dir))
                 )

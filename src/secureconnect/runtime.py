@@ -1,9 +1,17 @@
-"""Turn a loaded :class:`~secureconnect.config.Config` into running components.
+"""Turn a loaded :class:`~secureconnect.config.Config` into running components: wiring only.
 
 This is the one place that knows both the config schema and the component constructors, so the
 protocol packages never import the config (they take plain parameters) and the supervisor never
 imports a protocol package. Shared state lives in :class:`Runtime` and is handed to components
-explicitly.
+explicitly; the jobs it is made of live in modules of their own: the secrets and certificate a
+process starts with (:mod:`~secureconnect.secretfiles`), the certificate kept current
+(:mod:`~secureconnect.certrenewal`), the live view for ``/healthz`` and ``/metrics``
+(:mod:`~secureconnect.statusboard`) and the URLs clients are told
+(:mod:`~secureconnect.serviceurls`).
+
+Each entry of :data:`BUILDERS` is a :class:`Builder`: how one kind of component is built from
+its config section, and which URLs it serves once bound, so the start-up banner never has to ask
+what a component is.
 """
 
 from __future__ import annotations
@@ -11,34 +19,36 @@ from __future__ import annotations
 import ipaddress
 import logging
 import ssl
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Generic, TypeVar
 
+from secureconnect.certrenewal import ServerCertificate
 from secureconnect.config import Config, ConfigError, TurnConfig
 from secureconnect.credentials import CredentialMinter, NonceMint
 from secureconnect.logs import fields
 from secureconnect.ratelimit import RateLimiter, burst_for
 from secureconnect.secretfiles import load_certificates, load_room_secrets, load_turn_secrets
-from secureconnect.serviceurls import stun_uris, turn_uris
-from secureconnect.signal.tokens import RoomTokens
-from secureconnect.statedir import (
-    SELF_SIGNED_CERT,
-    ensure_self_signed,
-    renewal_time,
-    resolve_state_dir,
+from secureconnect.serviceurls import (
+    UrlSource,
+    signal_server_urls,
+    stun_server_urls,
+    stun_uris,
+    turn_server_urls,
+    turn_uris,
 )
+from secureconnect.signal.tokens import RoomTokens
+from secureconnect.statedir import resolve_state_dir
+from secureconnect.statusboard import StatusBoard
 from secureconnect.stun.responder import BindingResponder, ResponderConfig
 from secureconnect.stun.serve import StunEndpoints, StunServer
 from secureconnect.supervisor import Component
-from secureconnect.tlscontext import CertificateStore
-from secureconnect.turn.allocation import RelayPortPool
 from secureconnect.turn.auth import Authenticator
-from secureconnect.turn.core import TurnCore, TurnSettings
+from secureconnect.turn.core import TurnSettings
 from secureconnect.turn.peerpolicy import DEFAULT_DENY, LOOPBACK_RANGES, PeerPolicy
-from secureconnect.turn.serve import TurnEndpoints, TurnServer
+from secureconnect.turn.serve import CoreParts, TurnEndpoints, TurnServer
 
 if TYPE_CHECKING:
     # Imported where the signaling component is built: a STUN- or TURN-only process never loads
@@ -49,70 +59,26 @@ log = logging.getLogger("secureconnect.runtime")
 
 
 @dataclass
-class StatusBoard:
-    """The live view of the components that /healthz and /metrics read: an explicit object the
-    runtime fills (metric sources) and the CLI wires to the supervisor (states)."""
-
-    states: dict[str, str] = field(default_factory=dict)
-    sources: list[Callable[[], Mapping[str, float]]] = field(default_factory=list)
-
-    def health(self) -> dict[str, str]:
-        return dict(self.states)
-
-    def metrics(self) -> list[Mapping[str, float]]:
-        return [source() for source in self.sources]
-
-
-@dataclass
 class Runtime:
     """Objects shared by components, built once at startup (and reloaded on SIGHUP)."""
 
     config: Config
     config_path: Path | None
     state_dir: Path
-    certificates: CertificateStore | None  # None when no component that runs serves TLS
+    certificate: ServerCertificate | None  # None when no component that runs serves TLS
     minter: CredentialMinter  # shared by TURN (checks) and signaling (mints)
     nonces: NonceMint = field(default_factory=NonceMint.random)
     board: StatusBoard = field(default_factory=StatusBoard)
     room_tokens: RoomTokens | None = None
-    #: Unix time at which the generated self-signed certificate is renewed (None: the
-    #: operator's certificate, which they renew and reload themselves)
-    renew_at: float | None = None
+    #: what each built component serves, in start order (read by ``service_urls`` once bound)
+    url_sources: list[UrlSource] = field(default_factory=list)
 
     def tls_context(self) -> ssl.SSLContext:
-        """The current server TLS context (components ask per handshake, so reloads apply).
-        A generated certificate a week from expiry is replaced first: a server that runs for a
-        year keeps serving TLS without a restart."""
-        if self.certificates is None:  # pragma: no cover - prepare_runtime was told no TLS
+        """The current server TLS context; components ask per handshake, so a reload or a
+        renewal applies to the next connection."""
+        if self.certificate is None:  # pragma: no cover - prepare_runtime was told no TLS
             raise RuntimeError("no TLS certificate was loaded: no component was to serve TLS")
-        if self.renew_at is not None and time.time() >= self.renew_at:
-            self.renew_self_signed()
-        return self.certificates.context
-
-    def reload_tls(self) -> None:
-        """SIGHUP: re-read the certificate files (and renew a generated one that is due)."""
-        if self.certificates is None:
-            return
-        if self.renew_at is not None:
-            self.renew_self_signed()
-        else:
-            self.certificates.reload()
-
-    def renew_self_signed(self) -> None:
-        """Make sure the generated certificate is current, then load it. A failure (say, a full
-        disk) keeps the old one and tries again in an hour, never on every handshake."""
-        if self.certificates is None:
-            return
-        names = self.config.tls.server_names
-        try:
-            cert, _ = ensure_self_signed(self.state_dir, names)
-            self.certificates.reload()
-        except (OSError, ValueError) as exc:
-            log.warning("self-signed-renewal-failed", extra=fields(error=str(exc)))
-            self.renew_at = time.time() + 3600
-            return
-        self.renew_at = renewal_time(cert)
-        log.info("self-signed-certificate", extra=fields(path=str(cert)))
+        return self.certificate.context()
 
     def reload_room_tokens(self) -> None:
         """Re-read the signaling room-token secrets."""
@@ -131,8 +97,8 @@ class Runtime:
             ("turn-secrets", self.reload_turn_secrets),
             ("room-token-secrets", self.reload_room_tokens),
         ]
-        if self.certificates is not None:
-            hooks.insert(0, ("tls", self.reload_tls))
+        if self.certificate is not None:
+            hooks.insert(0, ("tls", self.certificate.reload))
         return hooks
 
 
@@ -150,17 +116,22 @@ def prepare_runtime(config: Config, config_path: Path | None, *, tls: bool = Tru
     """
     state_dir = resolve_state_dir(config.general.state_dir)
     secrets = load_turn_secrets(config, config_path, state_dir)
-    certificates = load_certificates(config, config_path, state_dir) if tls else None
-    runtime = Runtime(config, config_path, state_dir, certificates, CredentialMinter(secrets))
-    if certificates is not None and not config.tls.cert_file:
-        runtime.renew_at = renewal_time(state_dir / SELF_SIGNED_CERT)
+    certificate = None
+    if tls:
+        store = load_certificates(config, config_path, state_dir)
+        generated = not config.tls.cert_file  # else the operator's: re-read, never replaced
+        certificate = ServerCertificate.watch(
+            store, state_dir, config.tls.server_names, generated=generated
+        )
+    runtime = Runtime(config, config_path, state_dir, certificate, CredentialMinter(secrets))
     if config.signal.auth == "token":
         runtime.room_tokens = RoomTokens(load_room_secrets(config, config_path))
     return runtime
 
 
 def build_components(runtime: Runtime, names: Sequence[str]) -> list[Component]:
-    """The enabled components among ``names`` (all when empty), in start order.
+    """The enabled components among ``names`` (all when empty), in start order; what each
+    serves is added to ``runtime.url_sources`` and its counters to the status board.
 
     With no names, a STUN component that would share its port with TURN is not built: the TURN
     listener answers Binding on that port itself (as coturn does).
@@ -178,8 +149,9 @@ def build_components(runtime: Runtime, names: Sequence[str]) -> list[Component]:
     components: list[Component] = []
     for name in wanted:
         if getattr(config, name).enabled or names:
-            component = BUILDERS[name](runtime)
+            component, urls = BUILDERS[name](runtime)
             components.append(component)
+            runtime.url_sources.append(urls)
             metrics = getattr(component, "metrics", None)
             if callable(metrics):
                 runtime.board.sources.append(metrics)
@@ -280,17 +252,17 @@ def build_turn(runtime: Runtime) -> TurnServer:
         sha256=turn.sha256_integrity,
         unauthorized=RateLimiter.per_second(turn.unauthorized_rate),
     )
-    core = TurnCore(
+    parts = CoreParts(
         settings,
         auth=auth,
         peers=peer_policy(runtime.config),
-        ports=RelayPortPool(turn.relay_port_min, turn.relay_port_max),
+        port_range=(turn.relay_port_min, turn.relay_port_max),
         binding=BindingResponder(
             ResponderConfig(software=turn.software or None, reason_phrases=bool(turn.software))
         ),
     )
     return TurnServer(
-        core,
+        parts,
         TurnEndpoints(
             addresses=turn.listen,
             port=turn.port,
@@ -378,10 +350,31 @@ def build_signal(runtime: Runtime) -> SignalServer:
     )
 
 
-BUILDERS: dict[str, Callable[[Runtime], Component]] = {
-    "stun": build_stun,
-    "turn": build_turn,
-    "signal": build_signal,
+ComponentT = TypeVar("ComponentT", bound=Component)
+
+
+@dataclass(frozen=True)
+class Builder(Generic[ComponentT]):
+    """One kind of component: ``build`` makes it from its config section, ``urls`` says what a
+    built one serves once it has bound. Calling the builder returns both, the URLs as a
+    :data:`~secureconnect.serviceurls.UrlSource` tied to that component; the type checker sees
+    that each pair fits (``urls`` takes what ``build`` returns)."""
+
+    build: Callable[[Runtime], ComponentT]
+    urls: Callable[[ComponentT], list[str]]
+
+    def __call__(self, runtime: Runtime) -> tuple[ComponentT, UrlSource]:
+        component = self.build(runtime)
+        return component, partial(self.urls, component)
+
+
+BUILDERS: dict[str, Callable[[Runtime], tuple[Component, UrlSource]]] = {
+    "stun": Builder(
+        build_stun,
+        lambda stun: stun_server_urls(stun.bound, stun.endpoints.port, stun.endpoints.addresses),
+    ),
+    "turn": Builder(build_turn, lambda turn: turn_server_urls(turn.bound)),
+    "signal": Builder(build_signal, lambda signal: signal_server_urls(signal.bound)),
 }
 #: The components, in start order (the names ``secureconnect run`` takes).
 COMPONENT_NAMES = tuple(BUILDERS)

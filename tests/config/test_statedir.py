@@ -6,6 +6,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
+from secureconnect import certrenewal
 from secureconnect.config import load_config
 from secureconnect.runtime import prepare_runtime
 from secureconnect.statedir import (
@@ -57,21 +60,42 @@ def test_a_generated_certificate_is_renewed_before_it_expires(tmp_path: Path) ->
     state = tmp_path / "state"
     config = load_config(None, {"general.state_dir": str(state)})
     runtime = prepare_runtime(config, None)
-    assert runtime.renew_at is not None
-    assert runtime.renew_at > time.time() + 300 * 86400  # a year minus a week away
+    certificate = runtime.certificate
+    assert certificate is not None
+    assert certificate.renew_at is not None
+    assert certificate.renew_at > time.time() + 300 * 86400  # a year minus a week away
     first = runtime.tls_context()
     # Three days left: inside the renewal week (a certificate made that way by hand).
     cert_pem, key_pem = make_self_signed(list(config.tls.server_names), days=3)
     write_private(state / SELF_SIGNED_KEY, key_pem)
     write_private(state / SELF_SIGNED_CERT, cert_pem, mode=0o644)
-    runtime.reload_tls()  # SIGHUP
+    dict(runtime.reload_hooks())["tls"]()  # SIGHUP
     assert (state / SELF_SIGNED_CERT).read_bytes() != cert_pem  # replaced, not just re-read
     renewed = runtime.tls_context()
     assert renewed is not first
-    assert runtime.renew_at > time.time() + 300 * 86400
-    runtime.renew_at = time.time() - 1  # due at the next handshake: checked, still valid
+    assert certificate.renew_at > time.time() + 300 * 86400
+    certificate.renew_at = time.time() - 1  # due at the next handshake: checked, still valid
     runtime.tls_context()
-    assert runtime.renew_at > time.time() + 300 * 86400
+    assert certificate.renew_at > time.time() + 300 * 86400
+
+
+def test_a_failed_renewal_keeps_the_old_certificate_and_waits_an_hour(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk at renewal time: TLS goes on with the current certificate, and the renewal
+    is tried again an hour later, not on every handshake."""
+    config = load_config(None, {"general.state_dir": str(tmp_path / "state")})
+    runtime = prepare_runtime(config, None)
+    assert runtime.certificate is not None
+    first = runtime.tls_context()
+
+    def full_disk(*_: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(certrenewal, "ensure_self_signed", full_disk)
+    runtime.certificate.renew_at = time.time() - 1
+    assert runtime.tls_context() is first
+    assert runtime.certificate.renew_at > time.time() + certrenewal.RETRY_AFTER - 60
 
 
 def test_an_operators_certificate_is_never_replaced(tmp_path: Path) -> None:
@@ -84,6 +108,7 @@ def test_an_operators_certificate_is_never_replaced(tmp_path: Path) -> None:
         "tls.key_file": str(tmp_path / "k.pem"),
     }
     runtime = prepare_runtime(load_config(None, settings), None)
-    assert runtime.renew_at is None
-    runtime.reload_tls()
+    assert runtime.certificate is not None
+    assert runtime.certificate.renew_at is None
+    dict(runtime.reload_hooks())["tls"]()  # SIGHUP
     assert (tmp_path / "c.pem").read_bytes() == cert_pem

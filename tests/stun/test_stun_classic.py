@@ -24,7 +24,6 @@ from secureconnect.stun import (
     ErrorCode,
     ResponderConfig,
     StunCounters,
-    Via,
     decode_address_untrusted,
     decode_error_code_untrusted,
     encode_change_request,
@@ -65,12 +64,17 @@ def test_classic_request_without_rfc5780_has_no_changed_address() -> None:
     assert list(attributes) == [AttrType.MAPPED_ADDRESS, AttrType.SOURCE_ADDRESS]
 
 
-@pytest.mark.parametrize(("flags", "via"), FLAGS)
-def test_classic_change_request_is_honoured(flags: tuple[bool, bool], via: Via) -> None:
+@pytest.mark.parametrize("flags", FLAGS)
+def test_classic_change_request_is_honoured(flags: tuple[bool, bool]) -> None:
     data, _ = classic_request([(AttrType.CHANGE_REQUEST, encode_change_request(*flags))])
     reply = BindingResponder(RFC5780).handle(data, CLIENT, ALTERNATE)
     assert reply is not None
-    assert reply.via is via
+    change_ip, change_port = flags
+    origin = (
+        PRIMARY[0] if change_ip else ALTERNATE[0],
+        PRIMARY[1] if change_port else ALTERNATE[1],
+    )
+    assert reply.response_origin == origin
     _, attributes = classic_reply(reply)
     source = decode_address_untrusted(attributes[AttrType.SOURCE_ADDRESS])
     assert source == reply.response_origin
@@ -127,7 +131,7 @@ class FakeNat:
     def sendto(self, data: bytes, address: Address) -> None:
         self.contacted.add(address)
         reply = self.responder.handle(data, CLIENT, address)
-        if reply is None or reply.response_origin is None:
+        if reply is None:
             return
         origin = reply.response_origin
         if self.filtering == "address" and origin[0] not in {ip for ip, _ in self.contacted}:

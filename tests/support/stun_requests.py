@@ -13,7 +13,6 @@ from secureconnect.stun import (
     Reply,
     ResponderConfig,
     StunMessage,
-    Via,
     decode_address_untrusted,
     decode_error_code_untrusted,
     decode_message_untrusted,
@@ -102,9 +101,4 @@ LOCAL_SOCKETS = [
     (ALTERNATE[0], PRIMARY[1]),
     ALTERNATE,
 ]
-FLAGS = [
-    ((False, False), Via.SAME),
-    ((False, True), Via.CHANGE_PORT),
-    ((True, False), Via.CHANGE_IP),
-    ((True, True), Via.CHANGE_BOTH),
-]
+FLAGS = [(False, False), (False, True), (True, False), (True, True)]  # CHANGE-REQUEST (ip, port)

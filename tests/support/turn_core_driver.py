@@ -30,7 +30,7 @@ from secureconnect.stun import (
 from secureconnect.turn.allocation import Address, Allocation, RelayEndpoint
 from secureconnect.turn.auth import Authenticator
 from secureconnect.turn.core import TurnCore, TurnSettings
-from secureconnect.turn.peerpolicy import PeerPolicy
+from secureconnect.turn.peerpolicy import OwnEndpoints, PeerPolicy
 
 SECRET = "test-secret"
 REALM = "example.org"
@@ -99,6 +99,7 @@ def make_core(
     static_users: dict[str, str] | None = None,
     unauthorized_rate: float | None = None,
     sha256: bool = False,
+    own_endpoints: OwnEndpoints | None = None,
 ) -> tuple[TurnCore, MemoryRelays]:
     relays = MemoryRelays()
     auth = Authenticator(
@@ -117,6 +118,7 @@ def make_core(
         auth=auth,
         binder=relays,
         peers=peers or PeerPolicy(),
+        own_endpoints=own_endpoints,
     )
     return core, relays
 

@@ -390,9 +390,8 @@ def test_the_servers_own_service_ports_are_never_relayed_to() -> None:
     """TURN-in-TURN: a channel to one of the server's own listeners is a 403 and a Send to one
     is dropped; the same address on another port (e.g. another client's relayed address on this
     server) stays reachable."""
-    core, _ = make_core()
     own = (PEER[0], 3478)
-    core.own_endpoints = OwnEndpoints([own, ("0.0.0.0", 3479)], local_ips=[PEER[0]])
+    core, _ = make_core(own_endpoints=OwnEndpoints([own, ("0.0.0.0", 3479)], local_ips=[PEER[0]]))
     c = client(core)
     c.allocate()
     assert _bind(c, 0x4000, own) == ErrorCode.FORBIDDEN

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -30,9 +31,8 @@ from secureconnect.stun import (
     new_transaction_id,
 )
 from secureconnect.turn.auth import Authenticator
-from secureconnect.turn.core import TurnCore
 from secureconnect.turn.peerpolicy import LOOPBACK_RANGES, PeerPolicy
-from secureconnect.turn.serve import StreamOutbox, TurnEndpoints, TurnServer
+from secureconnect.turn.serve import CoreParts, StreamOutbox, TurnEndpoints, TurnServer
 
 A = AttrType
 SECRET = "io-secret"
@@ -43,7 +43,7 @@ Address = tuple[str, int]
 @asynccontextmanager
 async def running_turn(ca: trustme.CA | None = None) -> AsyncIterator[TurnServer]:
     """A TurnServer on 127.0.0.1 ephemeral ports, loopback peers allowed."""
-    core = TurnCore(
+    parts = CoreParts(
         settings(relay_ipv4="127.0.0.1", relay_ipv6=None),
         auth=Authenticator(
             realm=REALM, minter=CredentialMinter((SECRET,)), nonces=NonceMint.random()
@@ -52,7 +52,7 @@ async def running_turn(ca: trustme.CA | None = None) -> AsyncIterator[TurnServer
     )
     context = server_context(ca) if ca else None
     server = TurnServer(
-        core,
+        parts,
         TurnEndpoints(addresses=("127.0.0.1",), port=0, tls_port=0 if ca else None),
         tls_context=(lambda: context) if context else None,
     )
@@ -344,3 +344,38 @@ async def test_stream_outbox_is_bounded_in_bytes_and_batches_writes() -> None:
     assert [len(chunk) for chunk in sent] == [1000]
     assert outbox.queued == 0
     assert outbox.put(bytes(1000))
+
+
+async def test_trio_keeps_running_while_the_data_plane_holds_the_lock() -> None:
+    """Trio's thread never blocks on the lock it shares with the data-plane thread (issue #13,
+    item 3): in the all-in-one process it also serves signaling and STUN. A TCP client's request
+    waits while another thread holds the lock; trio's timers keep firing meanwhile, and the
+    request is answered once the lock is free."""
+    async with running_turn() as server:
+        stream = await trio.open_tcp_stream(*bound(server, "tcp"))
+        holding = threading.Event()
+
+        def hold() -> None:
+            with server.lock:
+                holding.set()
+                time.sleep(1.0)
+
+        holder = threading.Thread(target=hold)
+        holder.start()
+        try:
+            assert holding.wait(5)
+            request = encode_message(Method.BINDING, MessageClass.REQUEST, new_transaction_id())
+            await stream.send_all(request)
+            gaps = []
+            for _ in range(10):  # the request reaches the server, which waits for the lock
+                start = time.monotonic()
+                await trio.sleep(0.02)
+                gaps.append(time.monotonic() - start)
+            assert max(gaps) < 0.5, gaps  # blocked on the lock, one would last ~1 s
+            assert holder.is_alive()  # all of that while the lock was held
+            with trio.fail_after(5):
+                answer = decode_message_untrusted(await stream.receive_some(2048))
+            assert answer.cls is MessageClass.SUCCESS
+        finally:
+            await trio.to_thread.run_sync(holder.join)
+            await stream.aclose()

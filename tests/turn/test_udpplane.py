@@ -17,8 +17,8 @@ import turnwire
 from secureconnect.credentials import CredentialMinter, NonceMint
 from secureconnect.stun import AttrType as A, MessageClass, Method, new_transaction_id
 from secureconnect.turn.auth import Authenticator
-from secureconnect.turn.core import TurnCore, TurnSettings
-from secureconnect.turn.peerpolicy import LOOPBACK_RANGES, PeerPolicy
+from secureconnect.turn.core import TurnCore, TurnCounters, TurnSettings
+from secureconnect.turn.peerpolicy import LOOPBACK_RANGES, OwnEndpoints, PeerPolicy
 from secureconnect.turn.udpplane import UdpDataPlane
 
 SECRET, REALM = "plane-secret", "plane.test"
@@ -29,13 +29,16 @@ settings = TurnSettings(
     reason_phrases=False,
 )
 auth = Authenticator(realm=REALM, minter=CredentialMinter((SECRET,)), nonces=NonceMint.random())
-core = TurnCore(settings, auth=auth, peers=PeerPolicy(allow=LOOPBACK_RANGES))
-plane = UdpDataPlane(core)
-core.binder = plane
+counters = TurnCounters()
+plane = UdpDataPlane(settings, counters.relay)
 listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 listener.bind(("127.0.0.1", 0))
 listener.setblocking(False)
-epoll = plane.open({listener.getsockname(): listener})
+core = TurnCore(
+    settings, auth=auth, peers=PeerPolicy(allow=LOOPBACK_RANGES), binder=plane,
+    own_endpoints=OwnEndpoints([listener.getsockname()]), counters=counters,
+)
+epoll = plane.open(core, {listener.getsockname(): listener})
 thread = threading.Thread(target=epoll.run)
 thread.start()
 

@@ -73,6 +73,7 @@ from aiortc.rtcicetransport import parse_stun_turn_uri
 from websockets.exceptions import WebSocketException
 
 from secureconnect.logs import configure_logging, fields
+from secureconnect.netaddr import format_address
 from secureconnect.signal.client import SignalClient, SignalClientError
 
 T = TypeVar("T")
@@ -204,9 +205,8 @@ def selected_pair(pc: RTCPeerConnection) -> tuple[Any, Any] | None:
 
 
 def _address(candidate: Any) -> str:
-    host = str(candidate.host)
-    host = f"[{host}]" if ":" in host else host
-    return f"{host}:{candidate.port}/{str(candidate.transport).lower()}"
+    where = format_address(str(candidate.host), candidate.port)
+    return f"{where}/{str(candidate.transport).lower()}"
 
 
 class _Attempt:

@@ -46,6 +46,7 @@ from secureconnect.natlab.behaviours import ALL_BEHAVIOURS, Behaviour
 from secureconnect.natlab.discovery import Discovery, discover
 from secureconnect.natlab.report import PairResult
 from secureconnect.natlab.topology import Lab, LabClient, LabError, Netem
+from secureconnect.netaddr import url_host
 from secureconnect.statedir import SELF_SIGNED_CERT
 
 STUN_PORT = 3479  # RFC 5780 needs the STUN component on its own port next to TURN's 3478
@@ -170,7 +171,7 @@ def run_appliance(lab: Lab, workdir: Path) -> Iterator[LabAppliance]:
             _wait_ready(notify, proc, log_path)
             primary = lab.server_addresses[0]
             yield LabAppliance(
-                url=f"wss://{primary}:{SIGNAL_PORT}/ws",
+                url=f"wss://{url_host(primary)}:{SIGNAL_PORT}/ws",
                 cafile=state_dir / SELF_SIGNED_CERT,
                 log=log_path,
                 pid=proc.pid,

@@ -48,7 +48,6 @@ from secureconnect.stun.responder import (
     Reply,
     ResponderConfig,
     StunCounters,
-    Via,
     unknown_attributes_error,
 )
 
@@ -70,7 +69,6 @@ __all__ = [
     "StunError",
     "StunHeader",
     "StunMessage",
-    "Via",
     "decode_address_untrusted",
     "decode_change_request_untrusted",
     "decode_error_code_untrusted",

@@ -4,8 +4,8 @@ Theory of operation
 -------------------
 `BindingResponder.handle` decodes, `handle_message` answers a decoded message. Nothing here
 does I/O, reads a clock or keeps per-client state: the caller passes the source address and the
-local address the request arrived on, and gets back a `Reply` (bytes plus the local socket it
-must leave from, `Via`) or None for "send nothing".
+local address the request arrived on, and gets back a `Reply` (bytes plus the local address
+it must leave from, `response_origin`) or None for "send nothing".
 
 Errors are raised as `StunError` wherever they are found and turned into an error response at
 one site, `_error_reply`.
@@ -66,12 +66,12 @@ Decisions (the RFCs leave these open, or a deployment needs them made):
 
 from __future__ import annotations
 
-import enum
 import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
+from secureconnect.netaddr import Address
 from secureconnect.stun.attributes import (
     decode_change_request_untrusted,
     encode_address,
@@ -96,29 +96,25 @@ from secureconnect.stun.message import (
     encode_message,
 )
 
-Address = tuple[str, int]
-
-
-class Via(enum.IntEnum):
-    """Which local socket the reply must leave from (RFC 5780 CHANGE-REQUEST)."""
-
-    SAME = 0
-    CHANGE_PORT = 1
-    CHANGE_IP = 2
-    CHANGE_BOTH = 3
-
-
-_VIAS: Final = (Via.SAME, Via.CHANGE_PORT, Via.CHANGE_IP, Via.CHANGE_BOTH)
+# Address is re-exported: callers of the responder name the addresses they pass with it.
+__all__ = [
+    "Address",
+    "BindingResponder",
+    "Reply",
+    "ResponderConfig",
+    "StunCounters",
+    "unknown_attributes_error",
+]
 
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """Bytes to send from the local socket `via` names (its address is `response_origin`), to
-    the request's source, or to `destination` when RESPONSE-PORT asked for another port."""
+    """Bytes to send from the local socket bound to `response_origin` (another one than the
+    request arrived on when an RFC 5780 CHANGE-REQUEST asked for it), to the request's source,
+    or to `destination` when RESPONSE-PORT asked for another port."""
 
     data: bytes
-    via: Via
-    response_origin: Address | None  # the address the reply leaves from
+    response_origin: Address  # the address the reply leaves from
     destination: Address | None = None  # None: back to the request's source
 
 
@@ -361,7 +357,7 @@ class BindingResponder:
                 tail,
             )
         )
-        return Reply(out, Via.SAME, local)
+        return Reply(out, local)
 
     def handle_message(
         self, msg: StunMessage, source: Address, local: Address, *, stream: bool = False
@@ -421,8 +417,7 @@ class BindingResponder:
         data = self._encode_success(msg, (source[0], source[1]), origin, other, asks.padding)
         self.counters.responses += 1
         destination = None if asks.response_port is None else (source[0], asks.response_port)
-        via = _VIAS[(2 if change_ip else 0) | (1 if change_port else 0)]
-        return Reply(data, via, origin, destination)
+        return Reply(data, origin, destination)
 
     def _encode_success(
         self,
@@ -495,4 +490,4 @@ class BindingResponder:
             attributes,
             fingerprint=fingerprint and not header.classic,
         )
-        return Reply(data, Via.SAME, (local[0], local[1]))
+        return Reply(data, (local[0], local[1]))

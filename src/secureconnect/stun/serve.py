@@ -23,12 +23,12 @@ from dataclasses import dataclass
 
 import trio
 
+from secureconnect.netaddr import Address
 from secureconnect.stun.framing import StreamFramer
 from secureconnect.stun.message import StunDecodeError
 from secureconnect.stun.responder import BindingResponder, StunCounters
 from secureconnect.transport import ListeningSockets, StreamComponent
 
-Address = tuple[str, int]
 UDP_BATCH = 256  # datagrams handled per readiness wake-up before yielding to other tasks
 RECV_SIZE = 2048
 
@@ -133,7 +133,7 @@ class StunServer(StreamComponent):
                 if reply is None:
                     continue
                 out = sock
-                if reply.response_origin is not None and reply.response_origin != local:
+                if reply.response_origin != local:
                     out = by_address.get(reply.response_origin, sock)
                 try:
                     out.sendto(reply.data, reply.destination or source)

@@ -33,8 +33,9 @@ from typing import ClassVar
 
 import trio
 
+from secureconnect.netaddr import Address, format_address
+
 log = logging.getLogger("secureconnect.listeners")
-Address = tuple[str, int]
 Handler = Callable[[trio.abc.Stream, Address, Address, str], Awaitable[None]]
 
 
@@ -172,10 +173,6 @@ class StreamAcceptor:
 def sockname(listener: trio.SocketListener) -> Address:
     name = listener.socket.getsockname()
     return (name[0], name[1])
-
-
-def format_address(ip: str, port: int) -> str:
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
 async def open_tcp_listeners(addresses: Sequence[str], port: int) -> list[trio.SocketListener]:

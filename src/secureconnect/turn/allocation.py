@@ -29,7 +29,27 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
-Address = tuple[str, int]
+from secureconnect.netaddr import Address
+
+# Address is re-exported: the TURN modules import it from here, beside FiveTuple.
+__all__ = [
+    "CHANNEL_MAX",
+    "CHANNEL_MAX_RFC5766",
+    "CHANNEL_MIN",
+    "Address",
+    "Allocation",
+    "AllocationTable",
+    "Channel",
+    "FiveTuple",
+    "Quotas",
+    "RelayBinder",
+    "RelayEndpoint",
+    "RelayPortPool",
+    "Reservation",
+    "quota_key",
+    "source_key",
+]
+
 #: RFC 8656 §2.2: (transport, client address, server address); transport is "udp", "tcp" or
 #: "tls", and for TCP/TLS the pair of addresses names the connection.
 FiveTuple = tuple[str, Address, Address]
@@ -96,19 +116,6 @@ class Quotas(Protocol):
     def user_quota(self) -> int: ...
     @property
     def ip_quota(self) -> int: ...
-
-
-class NoRelays:
-    """The binder of a core that no I/O layer has adopted: every bind fails (508)."""
-
-    def bind(self, family: int, port: int, dont_fragment: bool) -> RelayEndpoint:
-        raise OSError("no relay binder installed")
-
-    def activate(self, endpoint: RelayEndpoint, allocation: Allocation) -> None:
-        raise OSError("no relay binder installed")
-
-    def close(self, endpoint: RelayEndpoint) -> None:
-        """Nothing was bound."""
 
 
 class Channel:

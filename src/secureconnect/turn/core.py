@@ -24,9 +24,7 @@ refills bandwidth budgets; the I/O layer calls it about once a second.
 from __future__ import annotations
 
 import dataclasses
-import random
-import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Final
 
 from secureconnect.stun import (
@@ -93,17 +91,19 @@ class TurnCore:
         *,
         auth: Authenticator,
         peers: PeerPolicy,
-        binder: RelayBinder | None = None,
+        binder: RelayBinder,
+        own_endpoints: OwnEndpoints | None = None,
         ports: RelayPortPool | None = None,
         binding: BindingResponder | None = None,
         counters: TurnCounters | None = None,
-        rng: random.Random | None = None,
     ) -> None:
+        """Everything the core uses comes in here and stays (h11's ``Connection`` is the
+        model): ``binder`` opens and closes relay sockets (the I/O layer's data plane),
+        ``own_endpoints`` are the server's bound service endpoints (never relayed to)."""
         self.settings = settings
         self.auth = auth
         self.peers = peers
-        #: the server's own service endpoints (the I/O layer fills them in once bound)
-        self.own_endpoints = OwnEndpoints()
+        self.own_endpoints = own_endpoints or OwnEndpoints()
         self.allocations = AllocationManager(
             reservation_lifetime=settings.reservation_lifetime, binder=binder, ports=ports
         )
@@ -111,7 +111,6 @@ class TurnCore:
         self.binding = binding or BindingResponder(ResponderConfig())
         self.counters = counters or TurnCounters()
         self.table = self.allocations.table
-        self.rng = rng or random.Random(secrets.randbits(64))
         self._software: tuple[tuple[int, bytes], ...] = (
             ((A.SOFTWARE, settings.software.encode()),) if settings.software else ()
         )
@@ -125,17 +124,16 @@ class TurnCore:
         }
 
     @property
-    def binder(self) -> RelayBinder:
-        """The I/O layer's relay sockets (held by the allocation manager)."""
-        return self.allocations.binder
-
-    @binder.setter
-    def binder(self, binder: RelayBinder) -> None:
-        self.allocations.binder = binder
-
-    @property
     def ports(self) -> RelayPortPool:
         return self.allocations.ports
+
+    def udp_allocations(self, local: Address) -> Mapping[Address, Allocation]:
+        """The fast path's view: live allocations of UDP clients on the listening address
+        ``local``, by client address. The core keeps it current as allocations come and go;
+        the data plane reads it (and each allocation's channels and permissions) per
+        datagram and writes nothing but the relay counters and bandwidth budgets
+        (:mod:`~secureconnect.turn.relaypath`)."""
+        return self.table.udp_by_local.setdefault(local, {})
 
     # -- entry points ----------------------------------------------------------------------
 

@@ -15,9 +15,10 @@ Theory of operation:
   datagrams without blocking (level-triggered: a socket left non-empty is reported again, so one
   busy socket cannot starve the others).
 - The TURN core and allocation state are shared with the trio thread, so handlers run with the
-  server's ``lock`` held, taken once per ``epoll_wait`` wake-up (not per datagram); the trio side
-  takes the same lock around every call into the core. The lock is never held across a blocking
-  wait: ``epoll_wait`` runs unlocked (and without the GIL).
+  server's ``lock`` held, taken once per ready socket (not per datagram, not per wake-up: the
+  trio side waits for one drain of at most ``BATCH`` datagrams); the trio side takes the same
+  lock around every call into the core, without blocking its thread (``turn.serve``). The lock
+  is never held across a blocking wait: ``epoll_wait`` runs unlocked (and without the GIL).
 - Sockets are added and removed from either thread while the lock is held. A socket is removed
   from the epoll set *before* it is closed, and events are looked up by descriptor after taking
   the lock: an event for a socket closed meanwhile finds no handler (or, if the number was reused
@@ -84,19 +85,21 @@ class EpollThread:
         poll = self._epoll.poll
         handlers = self._handlers
         wake = self._wake_read
+        lock, clock = self.lock, self._clock
         while not self._stopping:
             events = poll()
             if not events:
                 continue
             self.wakeups += 1
-            with self.lock:
-                now = self._clock()
-                for fd, _ in events:
+            for fd, _ in events:
+                # The lock per ready socket, not per wake-up: the trio side waits for one
+                # drain at most, never for every socket's batch (issue #13, item 3).
+                with lock:
                     handler = handlers.get(fd)
                     if handler is not None:
-                        handler(now)
-                    elif fd == wake:
-                        os.read(wake, 4096)
+                        handler(clock())
+                if fd == wake:
+                    os.read(wake, 4096)
 
     def close(self) -> None:
         """Release the epoll and the wake-up pipe, once :meth:`run` has returned (idempotent;

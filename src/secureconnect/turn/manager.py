@@ -17,7 +17,6 @@ from secureconnect.stun import ErrorCode, StunError
 from secureconnect.turn.allocation import (
     Allocation,
     AllocationTable,
-    NoRelays,
     RelayBinder,
     RelayEndpoint,
     RelayPortPool,
@@ -34,11 +33,10 @@ class AllocationManager:
         self,
         *,
         reservation_lifetime: float,
-        binder: RelayBinder | None = None,
+        binder: RelayBinder,
         ports: RelayPortPool | None = None,
     ) -> None:
-        # The I/O layer installs its binder (TurnServer does); without one nothing can bind.
-        self.binder: RelayBinder = binder or NoRelays()
+        self.binder = binder
         self.ports = ports or RelayPortPool()
         self.table = AllocationTable()
         self.reservation_lifetime = reservation_lifetime

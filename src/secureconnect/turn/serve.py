@@ -3,14 +3,17 @@
 One :class:`TurnServer` owns the TURN component's sockets: UDP listening sockets, TCP and TLS
 listeners (through :class:`~secureconnect.transport.StreamAcceptor`) and one UDP relay socket
 per allocation, bound by the :class:`~secureconnect.turn.udpplane.UdpDataPlane` (the core's
-binder).
+binder). It builds its :class:`TurnCore` from :class:`CoreParts` once its sockets are bound, with
+everything the core needs (binder, own endpoints); nothing is set on the core afterwards.
 
 The UDP data plane - the UDP listening sockets and the relay sockets of UDP clients' allocations -
 is :mod:`secureconnect.turn.udpplane`, which knows nothing of trio: it runs in a thread of its own
 on a level-triggered epoll (:mod:`secureconnect.turn.dataplane`: a trio wake-up per datagram cost
 about 40% of our CPU per relayed datagram). TCP/TLS clients, their relay sockets (drained by the
 plane's ``relay_drain`` from trio tasks) and the timers stay here, in trio. Both sides call into
-the sans-IO core with one lock held (the data plane once per epoll wake-up, not per datagram).
+the sans-IO core with one lock held: the data plane per ready socket (one drain, not per
+datagram), trio's tasks through :meth:`TurnServer.locked`, which never blocks trio's thread (in
+the all-in-one process that thread serves signaling and STUN too; docs/design.md, "Threads").
 
 Resource handling: listening sockets are bound before ``task_status.started()``; relay sockets are
 closed by the core's ``binder.close`` (expiry, Refresh 0, connection loss) and all of them when
@@ -32,18 +35,28 @@ import math
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import trio
 
-from secureconnect.stun import StunDecodeError
+from secureconnect.stun import BindingResponder, StunDecodeError
 from secureconnect.stun.framing import StreamFramer
 from secureconnect.transport import ListeningSockets, StreamComponent
-from secureconnect.turn.allocation import Address, Allocation, FiveTuple
-from secureconnect.turn.core import ToPeer, TurnCore
+from secureconnect.turn.allocation import (
+    Address,
+    Allocation,
+    AllocationTable,
+    FiveTuple,
+    RelayBinder,
+    RelayPortPool,
+)
+from secureconnect.turn.auth import Authenticator
+from secureconnect.turn.core import ToPeer, TurnCore, TurnCounters, TurnSettings
 from secureconnect.turn.dataplane import EpollThread
-from secureconnect.turn.peerpolicy import OwnEndpoints
+from secureconnect.turn.peerpolicy import OwnEndpoints, PeerPolicy
+from secureconnect.turn.settings import counter_samples
 from secureconnect.turn.udpplane import RECV_SIZE, UdpDataPlane
 
 STREAM_QUEUE_BYTES = 256 * 1024  # bytes queued to one TCP/TLS client before drops
@@ -98,12 +111,42 @@ class TurnEndpoints:
     tls_port: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class CoreParts:
+    """What a :class:`TurnCore` is built from, except what only the running server knows: its
+    relay binder (the server's data plane) and its own bound endpoints. :meth:`TurnServer.serve`
+    builds the core from these once its sockets are bound, so the core is complete from its
+    first call and nothing is set on it from outside afterwards."""
+
+    settings: TurnSettings
+    auth: Authenticator
+    peers: PeerPolicy
+    #: the relay port range (``turn.relay_port_min``/``max``); None: the pool's default
+    port_range: tuple[int, int] | None = None
+    binding: BindingResponder | None = None
+
+    def build(
+        self, binder: RelayBinder, own_endpoints: OwnEndpoints, counters: TurnCounters
+    ) -> TurnCore:
+        """A fresh core: empty tables and port pool, the server's lasting counters."""
+        return TurnCore(
+            self.settings,
+            auth=self.auth,
+            peers=self.peers,
+            binder=binder,
+            own_endpoints=own_endpoints,
+            ports=RelayPortPool(*self.port_range) if self.port_range else None,
+            binding=self.binding,
+            counters=counters,
+        )
+
+
 @dataclass
 class TurnServer(StreamComponent):
     """The TURN component's I/O; see the module docstring."""
 
     framing_error = StunDecodeError
-    core: TurnCore
+    parts: CoreParts
     endpoints: TurnEndpoints
     idle_timeout: float = field(default=300.0, kw_only=True)  # TURN sessions idle longer
     #: silence allowed to a TCP/TLS connection that holds no allocation: a connection slot is
@@ -120,14 +163,23 @@ class TurnServer(StreamComponent):
     lock: threading.Lock = field(default_factory=threading.Lock)
     _token: trio.lowlevel.TrioToken | None = None
     _trio_thread: int = 0  # threading.get_ident() of trio's thread, set by serve
+    #: worker threads waiting for ``lock`` on trio tasks' behalf, few: the rest queue in trio
+    #: (a busy relay must not use up trio's default thread limiter, which DNS lookups share)
+    _lock_waiters: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(2))
+    #: counted across restarts (a restarted component builds a fresh core around them)
+    counters: TurnCounters = field(default_factory=TurnCounters)
+    #: the core of the running server, built by :meth:`serve` once bound (kept after it ends,
+    #: for its tables' last state)
+    core: TurnCore | None = field(default=None, init=False)
     udp: UdpDataPlane = field(init=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        udp = self.udp = UdpDataPlane(self.core, lock=self.lock, clock=self.clock)
+        udp = self.udp = UdpDataPlane(
+            self.parts.settings, self.counters.relay, lock=self.lock, clock=self.clock
+        )
         udp.stream_relay = self._start_stream_relay
         udp.close_elsewhere = self.close_trio_socket
-        self.core.binder = udp  # the core's relay sockets are the data plane's
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Bind everything, report started, serve until cancelled."""
@@ -142,8 +194,8 @@ class TurnServer(StreamComponent):
             tls_port=endpoints.tls_port,
         )
         self.bound[:] = sockets.bound()
-        settings = self.core.settings
-        self.core.own_endpoints = OwnEndpoints(
+        settings = self.parts.settings
+        own_endpoints = OwnEndpoints(
             [*sockets.udp, *self.other_services],
             local_ips=[
                 ip
@@ -158,11 +210,12 @@ class TurnServer(StreamComponent):
         )
         self._token = trio.lowlevel.current_trio_token()
         self._trio_thread = threading.get_ident()
-        plane = self.udp.open(sockets.udp)
+        core = self.core = self.parts.build(self.udp, own_endpoints, self.counters)
+        plane = self.udp.open(core, sockets.udp)
         try:
             async with trio.open_nursery() as relays:
                 self._relays = relays
-                relays.start_soon(self._tick_loop)
+                relays.start_soon(self._tick_loop, core)
                 relays.start_soon(self._run_plane, plane)
                 async with trio.open_nursery() as connections:
                     with self._accept_scope:
@@ -191,6 +244,23 @@ class TurnServer(StreamComponent):
             await trio.to_thread.run_sync(plane.run, abandon_on_cancel=False)
             nursery.cancel_scope.cancel()
 
+    @asynccontextmanager
+    async def locked(self) -> AsyncIterator[None]:
+        """Hold the lock shared with the data-plane thread without blocking trio's thread.
+
+        Trio's thread also serves signaling and STUN in the all-in-one process: blocking it on
+        the lock while the data plane drains a socket stalled them all (issue #13, item 3). Free,
+        the lock is taken at once; held, it is waited for in a worker thread (abandon_on_cancel
+        is False, so when the wait returns the lock is ours and released here, even if the
+        task was cancelled meanwhile)."""
+        lock = self.lock
+        if not lock.acquire(blocking=False):
+            await trio.to_thread.run_sync(lock.acquire, limiter=self._lock_waiters)
+        try:
+            yield
+        finally:
+            lock.release()
+
     def close_trio_socket(self, sock: socket.socket) -> None:
         """Close a socket a trio task may be waiting on, from whichever thread holds the lock."""
 
@@ -206,7 +276,9 @@ class TurnServer(StreamComponent):
     def metrics(self) -> dict[str, float]:
         """The core's samples plus this layer's send errors, slow-client drops and streams."""
         with self.lock:  # the data-plane thread changes the tables it counts
-            samples = self.core.metrics()
+            core = self.core
+            table = core.table if core is not None else AllocationTable()
+            samples = counter_samples(self.counters, table)
         samples["turn_send_errors_total"] = self.udp.send_errors
         samples["turn_packet_errors_total"] = self.udp.packet_errors
         samples['turn_relay_dropped_total{reason="slow_client"}'] = self.dropped_slow_client
@@ -241,7 +313,7 @@ class TurnServer(StreamComponent):
                     await trio.lowlevel.wait_readable(sock)
                 except (trio.ClosedResourceError, OSError, ValueError):
                     return  # closed while (or before) waiting: the allocation was deleted
-                with self.lock:
+                async with self.locked():
                     drain(self.clock())
         except Exception:
             self.udp.packet_failed()
@@ -258,13 +330,13 @@ class TurnServer(StreamComponent):
 
         return deliver
 
-    async def _tick_loop(self) -> None:
+    async def _tick_loop(self, core: TurnCore) -> None:
         while True:
-            with self.lock:
+            async with self.locked():
                 # Follow the wall clock (NTP steps) for auth, without moving any timer.
                 self.udp.wall_offset = time.time() - self.clock()
                 try:
-                    self.core.handle_timeout(self.clock())
+                    core.handle_timeout(self.clock())
                 except Exception:  # a bug costs one tick, never every allocation
                     self.udp.packet_failed()
             await trio.sleep(TICK)
@@ -276,23 +348,26 @@ class TurnServer(StreamComponent):
     ) -> None:
         """One TCP/TLS client: a reader and a writer task; the allocation ends with it."""
         five_tuple: FiveTuple = (transport, source, local)
+        core = self.core
+        if core is None:  # pragma: no cover - connections are accepted only while serving
+            return
         outbox = StreamOutbox()
         self._streams[five_tuple] = outbox
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(outbox.write_to, stream)
-                await self._read_stream(stream, five_tuple, outbox)
+                await self._read_stream(core, stream, five_tuple, outbox)
                 nursery.cancel_scope.cancel()
         finally:
             self._streams.pop(five_tuple, None)
             outbox.send.close()
-            with self.lock:
-                self.core.close_five_tuple(five_tuple)
+            with trio.CancelScope(shield=True):  # the allocation ends even when cancelled
+                async with self.locked():
+                    core.close_five_tuple(five_tuple)
 
     async def _read_stream(
-        self, stream: trio.abc.Stream, five_tuple: FiveTuple, outbox: StreamOutbox
+        self, core: TurnCore, stream: trio.abc.Stream, five_tuple: FiveTuple, outbox: StreamOutbox
     ) -> None:
-        core = self.core
         framer = StreamFramer()
         table = core.table
         while True:
@@ -302,7 +377,7 @@ class TurnServer(StreamComponent):
             if not data:
                 return
             framer.feed(data)
-            with self.lock:  # the core is shared with the data-plane thread
+            async with self.locked():  # the core is shared with the data-plane thread
                 now = self.clock()
                 while (frame := framer.next_frame()) is not None:
                     if frame[0] & 0x40:  # the framer passes STUN (0b00) and ChannelData (0b01)

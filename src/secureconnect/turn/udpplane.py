@@ -29,15 +29,17 @@ minus ``clock()``) is kept current by whoever runs the timers, and each drain pa
 from __future__ import annotations
 
 import logging
+import random
+import secrets
 import socket
 import threading
 import time
 from collections.abc import Callable
 
 from secureconnect.turn.allocation import Address, Allocation, RelayEndpoint
-from secureconnect.turn.core import ToPeer, TurnCore
+from secureconnect.turn.core import ToPeer, TurnCore, TurnSettings
 from secureconnect.turn.dataplane import EpollThread, Handler
-from secureconnect.turn.relaypath import route_channel_data, wrap_peer_data
+from secureconnect.turn.relaypath import RelayCounters, route_channel_data, wrap_peer_data
 
 log = logging.getLogger("secureconnect.turn")
 # Linux values (typeshed lacks the names): IP_MTU_DISCOVER/IPV6_MTU_DISCOVER and "always DF".
@@ -58,12 +60,19 @@ class UdpDataPlane:
 
     def __init__(
         self,
-        core: TurnCore,
+        settings: TurnSettings,
+        counters: RelayCounters,
         *,
         lock: threading.Lock | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.core = core
+        self.settings = settings
+        #: the relay counters, shared with the core (which counts what it relays itself)
+        self.counters = counters
+        #: the core served, between :meth:`open` and :meth:`shutdown`
+        self.core: TurnCore | None = None
+        #: transaction ids of Data indications (RFC 8489 §6: random, no secrecy needed)
+        self.rng = random.Random(secrets.randbits(64))
         self.lock = lock or threading.Lock()
         self.clock = clock
         self.wall_offset = time.time() - clock()
@@ -85,15 +94,17 @@ class UdpDataPlane:
 
     # -- running -----------------------------------------------------------------------------
 
-    def open(self, listeners: dict[Address, socket.socket]) -> EpollThread:
-        """Start serving UDP clients on ``listeners`` (local address -> bound socket); the
-        epoll loop to :meth:`~EpollThread.run` in a thread of its own."""
+    def open(self, core: TurnCore, listeners: dict[Address, socket.socket]) -> EpollThread:
+        """Start serving UDP clients of ``core`` (built with this plane as its binder) on
+        ``listeners`` (local address -> bound socket); the epoll loop to
+        :meth:`~EpollThread.run` in a thread of its own."""
         epoll = self.epoll = EpollThread(self.lock, self.clock)
         with self.lock:
+            self.core = core
             for local, sock in listeners.items():
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
                 self.listeners[local] = sock
-                epoll.add(sock.fileno(), self._listener_drain(sock, local))
+                epoll.add(sock.fileno(), self._listener_drain(core, sock, local))
         return epoll
 
     def stop(self) -> None:
@@ -109,7 +120,9 @@ class UdpDataPlane:
         if epoll is None:
             return
         with self.lock:
-            self.core.close_all()
+            if self.core is not None:
+                self.core.close_all()
+            self.core = None
             self.epoll = None
             self.listeners.clear()
         epoll.close()
@@ -117,7 +130,7 @@ class UdpDataPlane:
     # -- the core's RelayBinder ----------------------------------------------------------------
 
     def bind(self, family: int, port: int, dont_fragment: bool) -> RelayEndpoint:
-        settings = self.core.settings
+        settings = self.settings
         ip = settings.relay_ipv4 if family == 4 else settings.relay_ipv6
         sock = socket.socket(socket.AF_INET if family == 4 else socket.AF_INET6, socket.SOCK_DGRAM)
         try:
@@ -167,8 +180,8 @@ class UdpDataPlane:
 
     def relay_drain(self, sock: socket.socket, allocation: Allocation, deliver: Deliver) -> Handler:
         """Peer -> client: read up to BATCH datagrams from a relay socket (lock held)."""
-        counters = self.core.counters.relay
-        rng = self.core.rng
+        counters = self.counters
+        rng = self.rng
         recvfrom_into = sock.recvfrom_into
         buffer, view = self._buffer, self._view
 
@@ -215,7 +228,7 @@ class UdpDataPlane:
 
     def forward_channel_data(self, allocation: Allocation | None, data: bytes, now: float) -> None:
         """Client -> peer: a ChannelData message out of its allocation's relay socket."""
-        counters = self.core.counters.relay
+        counters = self.counters
         if allocation is None:
             counters.dropped_no_allocation += 1
             return
@@ -239,11 +252,10 @@ class UdpDataPlane:
         if self.packet_errors == 1:
             log.exception("packet-handling-failed")
 
-    def _listener_drain(self, sock: socket.socket, local: Address) -> Handler:
+    def _listener_drain(self, core: TurnCore, sock: socket.socket, local: Address) -> Handler:
         """Client -> server over UDP (lock held): ChannelData takes the fast path, the rest the
         core."""
-        core = self.core
-        allocations = core.table.udp_by_local.setdefault(local, {})
+        allocations = core.udp_allocations(local)
         recvfrom_into = sock.recvfrom_into
         buffer, view = self._buffer, self._view
         sendto = sock.sendto
