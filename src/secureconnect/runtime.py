@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 from secureconnect.certrenewal import ServerCertificate
-from secureconnect.config import Config, ConfigError, TurnConfig
+from secureconnect.config import Config, ConfigError, SignalConfig, StunConfig, TurnConfig
 from secureconnect.credentials import CredentialMinter, NonceMint
 from secureconnect.logs import fields
 from secureconnect.ratelimit import RateLimiter, burst_for
@@ -51,8 +51,11 @@ from secureconnect.turn.peerpolicy import DEFAULT_DENY, LOOPBACK_RANGES, PeerPol
 from secureconnect.turn.serve import CoreParts, TurnEndpoints, TurnServer
 
 if TYPE_CHECKING:
-    # Imported where the signaling component is built: a STUN- or TURN-only process never loads
-    # websockets (and asyncio with it), which is a third of an idle TURN server's memory.
+    # Imported where the signaling component is built (or its settings mapped): a STUN- or
+    # TURN-only process never loads websockets (and asyncio with it), which is a third of an
+    # idle TURN server's memory.
+    from secureconnect.signal.http import HttpSettings
+    from secureconnect.signal.hub import HubSettings
     from secureconnect.signal.serve import SignalServer
 
 log = logging.getLogger("secureconnect.runtime")
@@ -167,25 +170,15 @@ def stun_served_by_turn(config: Config) -> bool:
 def build_stun(runtime: Runtime) -> StunServer:
     """The STUN component from ``[stun]``."""
     stun = runtime.config.stun
-    alternate = (stun.alternate_address, stun.alternate_port) if stun.alternate_address else None
-    primary = (stun.listen[0], stun.port) if alternate else None
-    responder = BindingResponder(
-        ResponderConfig(
-            software=stun.software or None,
-            primary=primary,
-            alternate=alternate,
-            reason_phrases=bool(stun.software),
-        )
-    )
     return StunServer(
-        responder=responder,
+        responder=BindingResponder(responder_config(stun)),
         endpoints=StunEndpoints(
             addresses=stun.listen,
             port=stun.port,
             udp=stun.udp,
             tcp=stun.tcp,
             tls_port=stun.tls_port if stun.tls else None,
-            alternate=alternate,
+            alternate=_stun_alternate(stun),
         ),
         tls_context=runtime.tls_context,
         max_connections=stun.max_connections,
@@ -193,6 +186,11 @@ def build_stun(runtime: Runtime) -> StunServer:
         idle_timeout=stun.idle_timeout,
         handshake_timeout=stun.handshake_timeout,
     )
+
+
+def _stun_alternate(stun: StunConfig) -> tuple[str, int] | None:
+    """RFC 5780's alternate address and port; None when ``alternate_address`` is empty (off)."""
+    return (stun.alternate_address, stun.alternate_port) if stun.alternate_address else None
 
 
 def _per_family(addresses: Sequence[str]) -> dict[int, str]:
@@ -238,6 +236,50 @@ def turn_settings(turn: TurnConfig) -> TurnSettings:
     )
 
 
+def responder_config(stun: StunConfig) -> ResponderConfig:
+    """``[stun]`` as the Binding responder's parameters: the one mapping from the schema (where
+    every default lives) to :class:`ResponderConfig`. An alternate address turns RFC 5780 on,
+    with the first listen address and the port as the primary; SOFTWARE brings reason phrases."""
+    alternate = _stun_alternate(stun)
+    return ResponderConfig(
+        software=stun.software or None,
+        reason_phrases=bool(stun.software),
+        primary=(stun.listen[0], stun.port) if alternate else None,
+        alternate=alternate,
+    )
+
+
+def hub_settings(signal: SignalConfig) -> HubSettings:
+    """``[signal]`` as the hub's parameters: the one mapping from the schema to
+    :class:`~secureconnect.signal.hub.HubSettings`. ``rate_limit`` also sets the burst
+    (:func:`~secureconnect.ratelimit.burst_for`) and how many rate-limited messages close a
+    connection (ten seconds' worth)."""
+    from secureconnect.signal.hub import HubSettings  # noqa: PLC0415 - see TYPE_CHECKING above
+
+    return HubSettings(
+        max_room_size=signal.max_room_size,
+        max_message_bytes=signal.max_message_bytes,
+        rate_limit=signal.rate_limit,
+        rate_burst=burst_for(signal.rate_limit),
+        abuse_strikes=int(10 * signal.rate_limit),
+        resume_grace=signal.resume_grace,
+        resume_buffer=signal.resume_buffer,
+        require_tokens=signal.auth == "token",
+    )
+
+
+def http_settings(signal: SignalConfig) -> HttpSettings:
+    """``[signal]`` as the HTTP routes' parameters: the one mapping from the schema to
+    :class:`~secureconnect.signal.http.HttpSettings` (``rate_limit`` also paces /ice)."""
+    from secureconnect.signal.http import HttpSettings  # noqa: PLC0415 - see TYPE_CHECKING above
+
+    return HttpSettings(
+        allowed_origins=signal.allowed_origins,
+        metrics_from=tuple(ipaddress.ip_network(n, strict=False) for n in signal.metrics_from),
+        ice_rate=signal.rate_limit,
+    )
+
+
 def build_turn(runtime: Runtime) -> TurnServer:
     """The TURN component from ``[turn]``; it also answers STUN Binding on its ports."""
     turn = runtime.config.turn
@@ -257,9 +299,6 @@ def build_turn(runtime: Runtime) -> TurnServer:
         auth=auth,
         peers=peer_policy(runtime.config),
         port_range=(turn.relay_port_min, turn.relay_port_max),
-        binding=BindingResponder(
-            ResponderConfig(software=turn.software or None, reason_phrases=bool(turn.software))
-        ),
     )
     return TurnServer(
         parts,
@@ -295,7 +334,7 @@ def stun_udp_endpoints(config: Config) -> tuple[tuple[str, int], ...]:
 def build_signal(runtime: Runtime) -> SignalServer:
     """The signaling component from ``[signal]``, minting with the shared credential minter."""
     from secureconnect.signal.http import HttpRoutes  # noqa: PLC0415 - see TYPE_CHECKING above
-    from secureconnect.signal.hub import HubSettings, SignalHub  # noqa: PLC0415
+    from secureconnect.signal.hub import SignalHub  # noqa: PLC0415
     from secureconnect.signal.ice import IceConfig  # noqa: PLC0415
     from secureconnect.signal.serve import SignalServer  # noqa: PLC0415
     from secureconnect.signal.serve_admission import AdmissionLimits  # noqa: PLC0415
@@ -308,28 +347,13 @@ def build_signal(runtime: Runtime) -> SignalServer:
         turn_urls=tuple(turn_uris(config)) if config.turn.enabled else (),
         ttl=sig.ice_ttl,
     )
-    hub = SignalHub(
-        HubSettings(
-            max_room_size=sig.max_room_size,
-            max_message_bytes=sig.max_message_bytes,
-            rate_limit=sig.rate_limit,
-            rate_burst=burst_for(sig.rate_limit),
-            abuse_strikes=int(10 * sig.rate_limit),
-            resume_grace=sig.resume_grace,
-            resume_buffer=sig.resume_buffer,
-            require_tokens=sig.auth == "token",
-        ),
-        ice.servers_for,
-        tokens=runtime.room_tokens,
-    )
+    hub = SignalHub(hub_settings(sig), ice.servers_for, tokens=runtime.room_tokens)
     routes = HttpRoutes(
         ice=ice,
         health=runtime.board.health,
         metrics=runtime.board.metrics,
+        settings=http_settings(sig),
         tokens=runtime.room_tokens,
-        allowed_origins=sig.allowed_origins,
-        metrics_from=tuple(ipaddress.ip_network(n, strict=False) for n in sig.metrics_from),
-        ice_limiter=RateLimiter.per_second(sig.rate_limit),
     )
     return SignalServer(
         hub,

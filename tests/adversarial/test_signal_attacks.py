@@ -33,6 +33,7 @@ from typing import Any, cast
 import pytest
 import trio.testing
 from appliance import Running, free_port, run_appliance
+from default_settings import http_settings, hub_settings
 from signal_peers import (
     STEP,
     Appliance,
@@ -46,7 +47,7 @@ from signal_peers import (
 from websockets.exceptions import ConnectionClosed
 
 from secureconnect.signal.http import HttpRoutes
-from secureconnect.signal.hub import HubSettings, Outbound, SignalHub
+from secureconnect.signal.hub import Outbound, SignalHub
 from secureconnect.signal.ice import IceConfig
 from secureconnect.signal.tokens import RoomTokens
 
@@ -514,7 +515,7 @@ def test_a_receiver_that_never_reads_costs_a_bounded_amount_of_memory(app: Targe
 
 def _join_cost(rooms: int, joins: int = 300) -> float:
     """Seconds for ``joins`` joins into fresh rooms on a hub that already has ``rooms`` rooms."""
-    hub = SignalHub(HubSettings(rate_limit=1e9, rate_burst=1e9), lambda p, n: ([], 3600))
+    hub = SignalHub(hub_settings(rate_limit=1e9, rate_burst=1e9), lambda p, n: ([], 3600))
     hub.rng = random.Random(1)
     for conn in range(rooms):
         hub.open(conn, 0.0)
@@ -548,8 +549,10 @@ async def test_an_unencodable_message_is_dropped_and_the_recipient_kept(
     from secureconnect.signal.serve import SignalServer, _Outbox  # noqa: PLC0415
     from secureconnect.signal.serve_admission import AdmissionLimits  # noqa: PLC0415
 
-    hub = SignalHub(HubSettings(), lambda p, n: ([], 3600))
-    routes = HttpRoutes(ice=cast("IceConfig", None), health=dict, metrics=list)
+    hub = SignalHub(hub_settings(), lambda p, n: ([], 3600))
+    routes = HttpRoutes(
+        ice=cast("IceConfig", None), health=dict, metrics=list, settings=http_settings()
+    )
     limits = AdmissionLimits(
         max_connections=8, max_pending=8, max_pending_per_ip=8, handshake_timeout=5.0
     )

@@ -9,6 +9,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import http.client
 import ipaddress
 import json
 import time
@@ -231,6 +232,73 @@ def test_x_forwarded_for_counts_only_from_trusted_proxies(tokened: Appliance) ->
                 await peer.ws.close()
 
     run(scenario())
+
+
+WEBSOCKETS_REFUSED = 'signal_connections_refused_total{reason="websockets-per-ip"}'
+
+
+def test_a_429_over_the_per_address_websocket_cap_is_counted(tokened: Appliance) -> None:
+    """signal.max_connections_per_ip=3 here: the fourth WebSocket from one address is answered
+    429 and counted in /metrics; once one closes, its slot is free again."""
+
+    async def scenario() -> None:
+        async def idle() -> bool:
+            return (await metrics(tokened))["signal_connections"] == 0
+
+        await wait_until(idle)
+        before = (await metrics(tokened))[WEBSOCKETS_REFUSED]
+        opened: list[Peer] = []
+        try:
+            for _ in range(3):
+                peer = await dial(tokened, local_addr=("127.0.0.5", 0))
+                await peer.usable()
+                opened.append(peer)
+            for _ in range(2):
+                with pytest.raises(InvalidStatus) as refused:
+                    await dial(tokened, local_addr=("127.0.0.5", 0))
+                assert refused.value.response.status_code == 429
+            assert (await metrics(tokened))[WEBSOCKETS_REFUSED] == before + 2
+            await opened.pop().ws.close()
+
+            async def admitted_again() -> bool:
+                try:
+                    peer = await dial(tokened, local_addr=("127.0.0.5", 0))
+                except InvalidStatus:
+                    return False
+                opened.append(peer)
+                return True
+
+            await wait_until(admitted_again)
+        finally:
+            for peer in opened:
+                await peer.ws.close()
+
+    run(scenario())
+
+
+def test_a_request_with_a_duplicate_header_is_a_counted_400(tokened: Appliance) -> None:
+    """Two Origin headers are refused (one could smuggle a foreign origin past the check), and
+    the 400 is counted with the other malformed requests."""
+    before = tokened.metrics()["signal_http_bad_requests_total"]
+    conn = http.client.HTTPConnection("127.0.0.1", tokened.port, timeout=STEP)
+    try:
+        conn.putrequest("GET", "/ws", skip_accept_encoding=True)
+        for header, value in (
+            ("Upgrade", "websocket"),
+            ("Connection", "Upgrade"),
+            ("Sec-WebSocket-Key", base64.b64encode(b"0123456789abcdef").decode()),
+            ("Sec-WebSocket-Version", "13"),
+            ("Origin", "http://127.0.0.1"),
+            ("Origin", "https://evil.example"),
+        ):
+            conn.putheader(header, value)
+        conn.endheaders()
+        response = conn.getresponse()
+        assert response.status == 400
+        assert json.loads(response.read()) == {"error": "duplicate header"}
+    finally:
+        conn.close()
+    assert tokened.metrics()["signal_http_bad_requests_total"] == before + 1
 
 
 def test_metrics_only_for_metrics_from(tokened: Appliance) -> None:

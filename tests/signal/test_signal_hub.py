@@ -12,6 +12,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+from default_settings import hub_settings
 from prometheus_client.parser import text_string_to_metric_families
 
 from secureconnect.signal.exposition import render
@@ -26,7 +27,7 @@ from secureconnect.signal.tokens import RoomTokens
 
 Message = dict[str, Any]
 T0 = 1_800_000_000.0
-SETTINGS = HubSettings(
+SETTINGS = hub_settings(
     max_room_size=3,
     max_message_bytes=1024,
     rate_limit=1000.0,
@@ -428,7 +429,7 @@ def test_malformed_frames(h: Harness, frame: str | bytes, code: str) -> None:
 def test_away_buffers_are_bounded_in_bytes_per_session_and_in_total() -> None:
     """Buffered messages are kept as text and capped, so peers that stay away cannot make the
     server hold arbitrary amounts of memory (a parsed 64 KiB frame can take 1.5 MB)."""
-    settings = HubSettings(resume_buffer_bytes=1000, max_buffered_bytes=1500)
+    settings = hub_settings(resume_buffer_bytes=1000, max_buffered_bytes=1500)
     hub = SignalHub(settings, lambda peer, now: ([], 3600))
     hub.open(1, 0.0)
     hub.open(2, 0.0)

@@ -7,6 +7,7 @@ import importlib
 from typing import Any
 
 import pytest
+from default_settings import responder_config
 from stun_requests import (
     ALTERNATE,
     CLIENT,
@@ -22,7 +23,6 @@ from secureconnect.stun import (
     AttrType,
     BindingResponder,
     ErrorCode,
-    ResponderConfig,
     StunCounters,
     decode_address_untrusted,
     decode_error_code_untrusted,
@@ -59,7 +59,7 @@ def test_classic_request_gets_mapped_source_and_changed_address() -> None:
 
 def test_classic_request_without_rfc5780_has_no_changed_address() -> None:
     data, _ = classic_request()
-    reply = BindingResponder(ResponderConfig(software="x")).handle(data, CLIENT, PRIMARY)
+    reply = BindingResponder(responder_config(software="x")).handle(data, CLIENT, PRIMARY)
     _, attributes = classic_reply(reply)
     assert list(attributes) == [AttrType.MAPPED_ADDRESS, AttrType.SOURCE_ADDRESS]
 
@@ -84,14 +84,14 @@ def test_classic_change_request_is_honoured(flags: tuple[bool, bool]) -> None:
 def test_classic_change_request_without_rfc5780_is_dropped() -> None:
     counters = StunCounters()
     data, _ = classic_request([(AttrType.CHANGE_REQUEST, encode_change_request(True, True))])
-    assert BindingResponder(ResponderConfig(), counters).handle(data, CLIENT, PRIMARY) is None
+    assert BindingResponder(responder_config(), counters).handle(data, CLIENT, PRIMARY) is None
     assert (counters.requests, counters.dropped_classic_change, counters.errors_sent) == (1, 1, 0)
 
 
 @pytest.mark.parametrize("reason_phrases", [False, True])
 def test_classic_unknown_attributes_get_a_classic_420(reason_phrases: bool) -> None:
     data, tid = classic_request([(AttrType.RESPONSE_ADDRESS, bytes(8))])
-    config = ResponderConfig(
+    config = responder_config(
         primary=PRIMARY, alternate=ALTERNATE, software="x", reason_phrases=reason_phrases
     )
     reply = BindingResponder(config).handle(data, CLIENT, PRIMARY)
@@ -110,7 +110,7 @@ def test_classic_unknown_attributes_get_a_classic_420(reason_phrases: bool) -> N
 def test_malformed_classic_request_gets_a_classic_400() -> None:
     data, tid = classic_request([(AttrType.SOFTWARE, b"abcd")])
     overrun = data[:22] + b"\x00\x08" + data[24:]
-    reply = BindingResponder(ResponderConfig()).handle(overrun, CLIENT, PRIMARY)
+    reply = BindingResponder(responder_config()).handle(overrun, CLIENT, PRIMARY)
     assert reply is not None
     assert reply.data[4:20] == tid
     msg_type, attributes = classic_reply(reply)
@@ -167,7 +167,7 @@ def test_pystun3_terminates_without_rfc5780() -> None:
     """Without an alternate address pystun3's change test gets no answer (not an endless loop
     of error responses) and its first test still reads MAPPED-ADDRESS."""
     pystun3._initialize()
-    nat = FakeNat(BindingResponder(ResponderConfig()), "none")
+    nat = FakeNat(BindingResponder(responder_config()), "none")
     first = pystun3.stun_test(nat, PRIMARY[0], PRIMARY[1], "10.0.0.2", 54320)
     assert first["Resp"]
     assert (first["ExternalIP"], first["ExternalPort"]) == CLIENT

@@ -5,6 +5,7 @@ from __future__ import annotations
 import struct
 
 import pytest
+from default_settings import responder_config
 from stun_requests import (
     ALTERNATE,
     CLIENT,
@@ -27,7 +28,6 @@ from secureconnect.stun import (
     ErrorCode,
     MessageClass,
     Method,
-    ResponderConfig,
     StunCounters,
     decode_error_code_untrusted,
     decode_message_untrusted,
@@ -46,7 +46,7 @@ from secureconnect.stun import (
 @pytest.mark.parametrize("source", [CLIENT, ("2001:db8::5", 61000)])
 def test_success_carries_xor_mapped_address_only(source: Address) -> None:
     counters = StunCounters()
-    responder = BindingResponder(ResponderConfig(), counters)
+    responder = BindingResponder(responder_config(), counters)
     tid = new_transaction_id()
     reply = responder.handle(request(tid=tid), source, PRIMARY)
     assert reply is not None
@@ -66,7 +66,7 @@ def test_success_carries_xor_mapped_address_only(source: Address) -> None:
 
 def test_response_sizes_stay_small() -> None:
     """Amplification: an IPv4 Binding success is 32 bytes, 40 with an echoed FINGERPRINT."""
-    responder = BindingResponder(ResponderConfig())
+    responder = BindingResponder(responder_config())
     plain = responder.handle(request(), CLIENT, PRIMARY)
     assert plain is not None
     assert len(plain.data) <= 32
@@ -76,7 +76,7 @@ def test_response_sizes_stay_small() -> None:
 
 
 def test_fingerprint_echoed_only_when_requested() -> None:
-    responder = BindingResponder(ResponderConfig())
+    responder = BindingResponder(responder_config())
     assert not reply_message(responder.handle(request(), CLIENT, PRIMARY)).has_fingerprint
     assert reply_message(
         responder.handle(request(fingerprint=True), CLIENT, PRIMARY)
@@ -91,7 +91,7 @@ def test_fingerprint_echoed_only_when_requested() -> None:
 def test_ipv4_mapped_source_is_reported_as_ipv4() -> None:
     tid = new_transaction_id()
     msg = reply_message(
-        BindingResponder(ResponderConfig()).handle(
+        BindingResponder(responder_config()).handle(
             request(tid=tid), ("::ffff:203.0.113.5", 4000), ("::", 3478)
         )
     )
@@ -103,19 +103,19 @@ def test_ipv4_mapped_source_is_reported_as_ipv4() -> None:
 
 def test_software_only_when_configured() -> None:
     msg = reply_message(
-        BindingResponder(ResponderConfig(software="secureconnect")).handle(
+        BindingResponder(responder_config(software="secureconnect")).handle(
             request(), CLIENT, PRIMARY
         )
     )
     assert msg.get(AttrType.SOFTWARE) == b"secureconnect"
-    msg = reply_message(BindingResponder(ResponderConfig()).handle(request(), CLIENT, PRIMARY))
+    msg = reply_message(BindingResponder(responder_config()).handle(request(), CLIENT, PRIMARY))
     assert msg.get(AttrType.SOFTWARE) is None
 
 
 def test_rfc5769_sample_request_is_answered() -> None:
     """USERNAME, MESSAGE-INTEGRITY and PRIORITY are understood and ignored (no credentials)."""
     msg = reply_message(
-        BindingResponder(ResponderConfig()).handle(RFC5769_REQUEST, ("192.0.2.1", 32853), PRIMARY)
+        BindingResponder(responder_config()).handle(RFC5769_REQUEST, ("192.0.2.1", 32853), PRIMARY)
     )
     assert msg.cls is MessageClass.SUCCESS
     value = msg.get(AttrType.XOR_MAPPED_ADDRESS)
@@ -125,7 +125,7 @@ def test_rfc5769_sample_request_is_answered() -> None:
 
 def test_comprehension_optional_attributes_are_ignored() -> None:
     msg = reply_message(
-        BindingResponder(ResponderConfig()).handle(
+        BindingResponder(responder_config()).handle(
             request([(0x8123, b"whatever"), (AttrType.ICE_CONTROLLING, bytes(8))]),
             CLIENT,
             PRIMARY,
@@ -146,7 +146,7 @@ def test_attributes_after_message_integrity_are_ignored() -> None:
     )
     extra = struct.pack(">HH", 0x0030, 4) + encode_u32(0)
     tampered = signed[:2] + struct.pack(">H", len(signed) - 20 + 8) + signed[4:] + extra
-    msg = reply_message(BindingResponder(ResponderConfig()).handle(tampered, CLIENT, PRIMARY))
+    msg = reply_message(BindingResponder(responder_config()).handle(tampered, CLIENT, PRIMARY))
     assert msg.cls is MessageClass.SUCCESS
 
 
@@ -167,7 +167,7 @@ def test_attributes_after_message_integrity_are_ignored() -> None:
 )
 def test_unknown_comprehension_required_gets_420(attr: int) -> None:
     counters = StunCounters()
-    responder = BindingResponder(ResponderConfig(), counters)
+    responder = BindingResponder(responder_config(), counters)
     tid = new_transaction_id()
     reply = responder.handle(
         request([(attr, bytes(4)), (0x0031, b""), (attr, b"")], tid=tid), CLIENT, PRIMARY
@@ -183,13 +183,13 @@ def test_unknown_comprehension_required_gets_420(attr: int) -> None:
 
 def test_error_reason_phrases_are_opt_in() -> None:
     bad = request([(0x0030, b"")])
-    quiet = reply_message(BindingResponder(ResponderConfig()).handle(bad, CLIENT, PRIMARY))
+    quiet = reply_message(BindingResponder(responder_config()).handle(bad, CLIENT, PRIMARY))
     value = quiet.get(AttrType.ERROR_CODE)
     assert value is not None
     assert decode_error_code_untrusted(value) == (420, "")
     assert len(value) == 4
     chatty = reply_message(
-        BindingResponder(ResponderConfig(reason_phrases=True)).handle(bad, CLIENT, PRIMARY)
+        BindingResponder(responder_config(reason_phrases=True)).handle(bad, CLIENT, PRIMARY)
     )
     value = chatty.get(AttrType.ERROR_CODE)
     assert value is not None
@@ -198,7 +198,7 @@ def test_error_reason_phrases_are_opt_in() -> None:
 
 def test_malformed_binding_request_gets_400() -> None:
     counters = StunCounters()
-    responder = BindingResponder(ResponderConfig(), counters)
+    responder = BindingResponder(responder_config(), counters)
     tid = new_transaction_id()
     good = request([(AttrType.SOFTWARE, b"abcd")], tid=tid)
     overrun = good[:22] + b"\x00\x08" + good[24:]  # SOFTWARE claims 8 bytes, has 4
@@ -211,7 +211,7 @@ def test_malformed_binding_request_gets_400() -> None:
 
 def test_malformed_non_requests_are_dropped() -> None:
     counters = StunCounters()
-    responder = BindingResponder(ResponderConfig(), counters)
+    responder = BindingResponder(responder_config(), counters)
     good = request([(AttrType.SOFTWARE, b"abcd")], cls=MessageClass.INDICATION)
     assert responder.handle(good[:22] + b"\x00\x08" + good[24:], CLIENT, PRIMARY) is None
     good = request([(AttrType.SOFTWARE, b"abcd")], method=Method.ALLOCATE)
@@ -232,14 +232,14 @@ def test_malformed_non_requests_are_dropped() -> None:
 )
 def test_garbage_is_dropped_and_counted(garbage: bytes) -> None:
     counters = StunCounters()
-    assert BindingResponder(ResponderConfig(), counters).handle(garbage, CLIENT, PRIMARY) is None
+    assert BindingResponder(responder_config(), counters).handle(garbage, CLIENT, PRIMARY) is None
     assert counters.dropped_not_stun == 1
     assert counters.requests == 0
 
 
 def test_binding_indications_are_dropped_silently() -> None:
     counters = StunCounters()
-    responder = BindingResponder(ResponderConfig(), counters)
+    responder = BindingResponder(responder_config(), counters)
     assert responder.handle(request(cls=MessageClass.INDICATION), CLIENT, PRIMARY) is None
     assert counters == StunCounters()
 
@@ -255,7 +255,7 @@ def test_binding_indications_are_dropped_silently() -> None:
 )
 def test_other_messages_are_dropped_and_counted(method: int, cls: int) -> None:
     counters = StunCounters()
-    responder = BindingResponder(ResponderConfig(), counters)
+    responder = BindingResponder(responder_config(), counters)
     assert responder.handle(request(method=method, cls=cls), CLIENT, PRIMARY) is None
     assert counters.dropped_not_request == 1
     assert counters.requests == 0
@@ -263,7 +263,7 @@ def test_other_messages_are_dropped_and_counted(method: int, cls: int) -> None:
 
 def test_handle_message_takes_a_decoded_message() -> None:
     msg = decode_message_untrusted(request())
-    reply = BindingResponder(ResponderConfig()).handle_message(msg, CLIENT, PRIMARY)
+    reply = BindingResponder(responder_config()).handle_message(msg, CLIENT, PRIMARY)
     assert reply_message(reply).cls is MessageClass.SUCCESS
 
 
@@ -274,7 +274,7 @@ def test_handle_message_takes_a_decoded_message() -> None:
 def test_change_request_without_rfc5780_gets_420() -> None:
     """RFC 5780 §6: a server without an alternate address answers CHANGE-REQUEST with 420."""
     counters = StunCounters()
-    responder = BindingResponder(ResponderConfig(), counters)
+    responder = BindingResponder(responder_config(), counters)
     for flags in ((True, False), (False, True), (True, True)):
         reply = responder.handle(
             request([(AttrType.CHANGE_REQUEST, encode_change_request(*flags))]), CLIENT, PRIMARY
@@ -290,7 +290,7 @@ def test_change_request_without_rfc5780_gets_420() -> None:
 def test_change_request_without_flags_is_answered() -> None:
     """Stuntman's client sends an empty CHANGE-REQUEST to every server (JSTUN interop)."""
     msg = reply_message(
-        BindingResponder(ResponderConfig()).handle(
+        BindingResponder(responder_config()).handle(
             request([(AttrType.CHANGE_REQUEST, encode_change_request(False, False))]),
             CLIENT,
             PRIMARY,
@@ -300,7 +300,7 @@ def test_change_request_without_flags_is_answered() -> None:
 
 
 def test_malformed_change_request_gets_400() -> None:
-    for config in (ResponderConfig(), RFC5780):
+    for config in (responder_config(), RFC5780):
         msg = reply_message(
             BindingResponder(config).handle(
                 request([(AttrType.CHANGE_REQUEST, b"\x00\x06")]), CLIENT, PRIMARY
@@ -365,19 +365,19 @@ def test_unknown_local_address_is_answered_without_rfc5780() -> None:
 
 def test_responder_config_validation() -> None:
     with pytest.raises(ValueError, match="both"):
-        ResponderConfig(primary=PRIMARY)
+        responder_config(primary=PRIMARY)
     with pytest.raises(ValueError, match="differ"):
-        ResponderConfig(primary=PRIMARY, alternate=(PRIMARY[0], 3479))
+        responder_config(primary=PRIMARY, alternate=(PRIMARY[0], 3479))
     with pytest.raises(ValueError, match="differ"):
-        ResponderConfig(primary=PRIMARY, alternate=("192.0.2.20", PRIMARY[1]))
+        responder_config(primary=PRIMARY, alternate=("192.0.2.20", PRIMARY[1]))
     with pytest.raises(ValueError, match="family"):
-        ResponderConfig(primary=PRIMARY, alternate=("2001:db8::1", 3479))
+        responder_config(primary=PRIMARY, alternate=("2001:db8::1", 3479))
     assert RFC5780.rfc5780
-    assert not ResponderConfig().rfc5780
+    assert not responder_config().rfc5780
 
 
 def test_ipv6_addresses_are_compared_canonically() -> None:
-    config = ResponderConfig(primary=("2001:db8:0::10", 3478), alternate=("2001:db8::20", 3479))
+    config = responder_config(primary=("2001:db8:0::10", 3478), alternate=("2001:db8::20", 3479))
     reply = BindingResponder(config).handle(
         request([(AttrType.CHANGE_REQUEST, encode_change_request(True, True))]),
         ("2001:db8::99", 5000),
@@ -402,7 +402,7 @@ def test_fast_path_answers_exactly_like_the_general_path(
 ) -> None:
     """A bare Binding request takes a shortcut past the codec; its answer must be byte for byte
     what the general path builds, and it must be counted the same way."""
-    responder = BindingResponder(ResponderConfig(software=software))
+    responder = BindingResponder(responder_config(software=software))
     request = encode_message(Method.BINDING, MessageClass.REQUEST, new_transaction_id())
     fast = responder.handle(request, client, PRIMARY)
     assert fast is not None

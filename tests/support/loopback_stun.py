@@ -10,8 +10,9 @@ from contextlib import asynccontextmanager
 
 import trio
 import trustme
+from default_settings import responder_config
 
-from secureconnect.stun.responder import BindingResponder, ResponderConfig
+from secureconnect.stun.responder import BindingResponder
 from secureconnect.stun.serve import StunEndpoints, StunServer
 
 
@@ -58,7 +59,7 @@ async def running_stun(
     """Start a StunServer with ``nursery.start`` and stop it when the block ends."""
     primary = (addresses[0], port) if alternate else None
     server = StunServer(
-        responder=BindingResponder(ResponderConfig(primary=primary, alternate=alternate)),
+        responder=BindingResponder(responder_config(primary=primary, alternate=alternate)),
         endpoints=StunEndpoints(
             addresses=addresses,
             port=port,

@@ -6,12 +6,13 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable
 
+from default_settings import responder_config
+
 from secureconnect.stun import (
     AttrType,
     MessageClass,
     Method,
     Reply,
-    ResponderConfig,
     StunMessage,
     decode_address_untrusted,
     decode_error_code_untrusted,
@@ -23,7 +24,7 @@ from secureconnect.stun import (
 Address = tuple[str, int]
 PRIMARY: Address = ("192.0.2.10", 3478)
 ALTERNATE: Address = ("192.0.2.20", 3479)
-RFC5780 = ResponderConfig(primary=PRIMARY, alternate=ALTERNATE)
+RFC5780 = responder_config(primary=PRIMARY, alternate=ALTERNATE)
 CLIENT: Address = ("203.0.113.5", 54321)
 
 RFC5769_REQUEST = bytes.fromhex(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
+from default_settings import responder_config
 from turn_core_driver import (
     CLIENT,
     NOW,
@@ -26,7 +27,6 @@ from secureconnect.stun import (
     ErrorCode,
     MessageClass,
     Method,
-    ResponderConfig,
     decode_message_untrusted,
     decode_unknown_attributes_untrusted,
     decode_xor_address_untrusted,
@@ -421,7 +421,7 @@ def test_own_endpoints_match_exactly_or_by_port_on_our_addresses() -> None:
 
 def test_binding_garbage_and_malformed_requests() -> None:
     core, _ = make_core()
-    core.binding = BindingResponder(ResponderConfig())
+    core.binding = BindingResponder(responder_config())
     tid = new_transaction_id()
     out = core.handle_stun(
         encode_message(Method.BINDING, MessageClass.REQUEST, tid), ("udp", CLIENT, SERVER), NOW, NOW

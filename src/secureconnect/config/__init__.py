@@ -7,12 +7,20 @@ from secureconnect.config.render import (
     render_sections,
     toml_value,
 )
-from secureconnect.config.schema import Config, GeneralConfig, StunConfig, TlsConfig, TurnConfig
+from secureconnect.config.schema import (
+    Config,
+    GeneralConfig,
+    SignalConfig,
+    StunConfig,
+    TlsConfig,
+    TurnConfig,
+)
 
 __all__ = [
     "Config",
     "ConfigError",
     "GeneralConfig",
+    "SignalConfig",
     "StunConfig",
     "TlsConfig",
     "TurnConfig",

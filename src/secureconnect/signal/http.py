@@ -2,7 +2,8 @@
 
 /metrics answers only clients inside ``signal.metrics_from`` (loopback and private networks by
 default); /healthz stays public for load balancers. /ice is rate-limited per client address
-(``signal.rate_limit`` per second, twice that as a burst: 429 beyond).
+(``signal.rate_limit`` per second, twice that as a burst: 429 beyond). What ``[signal]`` says
+about all this arrives as :class:`HttpSettings`.
 
 :meth:`HttpRoutes.respond` maps a request (path with query, headers, the client address) to an
 :class:`HttpReply`, or to None for ``/ws``, which continues as a WebSocket handshake. It also
@@ -35,6 +36,7 @@ from secureconnect.signal.ice import IceConfig
 from secureconnect.signal.tokens import RoomTokens
 
 log = logging.getLogger("secureconnect.signal")
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 JSON_TYPE = "application/json"
 BAD_REQUEST_LOG_INTERVAL = 60.0  # seconds between two "signal-bad-request" lines
 STATIC_TYPES = {
@@ -42,6 +44,23 @@ STATIC_TYPES = {
     ".js": "text/javascript; charset=utf-8",
     ".css": "text/css; charset=utf-8",
 }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HttpSettings:
+    """What ``[signal]`` says about the HTTP side. No defaults: their one home is
+    ``config/schema.py``, and ``runtime.http_settings`` maps ``[signal]`` onto them (tests start
+    from the same mapping of the schema's defaults), so a test cannot run open routes where a
+    user's are closed."""
+
+    #: browser origins allowed to open the WebSocket besides the page's own; ``"*"``: any
+    allowed_origins: tuple[str, ...]
+    #: networks whose clients may read /metrics (counts of users and sessions are nobody
+    #: else's business); empty: everyone
+    metrics_from: tuple[Network, ...]
+    #: /ice requests per second per client address (each answer is an HMAC and a JSON body),
+    #: with :func:`~secureconnect.ratelimit.burst_for` of it as a burst; 0: unlimited
+    ice_rate: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +80,7 @@ def _json(status: int, obj: Any) -> HttpReply:
 def client_address(
     remote: str,
     forwarded_for: str | None,
-    trusted: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network],
+    trusted: Iterable[Network],
 ) -> str:
     """The client's IP: the TCP peer, or - when that peer is a trusted proxy - the rightmost
     ``X-Forwarded-For`` entry that is not itself a trusted proxy."""
@@ -93,17 +112,16 @@ class HttpRoutes:
     ice: IceConfig
     health: Callable[[], Mapping[str, str]]
     metrics: Callable[[], Iterable[Mapping[str, float]]]
-    tokens: RoomTokens | None = None
-    allowed_origins: tuple[str, ...] = ()
-    #: networks whose clients may read /metrics (counts of users and sessions are nobody
-    #: else's business); empty: everyone
-    metrics_from: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
-    #: /ice per client address (each answer is an HMAC and a JSON body); None: unlimited
-    ice_limiter: RateLimiter | None = None
+    settings: HttpSettings
+    tokens: RoomTokens | None = None  # None: open rooms, /ice asks for no token
     clock: Callable[[], float] = time.time
     bad_requests: int = 0  # malformed targets and Origin headers, answered 400
     _static: dict[str, tuple[str, bytes]] = field(default_factory=dict)
     _bad_logged_at: float | None = None
+    _ice_limiter: RateLimiter = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._ice_limiter = RateLimiter.per_second(self.settings.ice_rate)
 
     def respond(
         self, target: str, headers: Mapping[str, str], client: str = ""
@@ -141,7 +159,8 @@ class HttpRoutes:
 
     def may_read_metrics(self, client: str) -> bool:
         """Whether ``client`` is inside ``metrics_from`` (an empty list admits everyone)."""
-        if not self.metrics_from:
+        metrics_from = self.settings.metrics_from
+        if not metrics_from:
             return True
         try:
             address = ipaddress.ip_address(client)
@@ -149,7 +168,7 @@ class HttpRoutes:
             return False
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
             address = address.ipv4_mapped  # a dual-stack listener reports IPv4 clients so
-        return any(address in network for network in self.metrics_from)
+        return any(address in network for network in metrics_from)
 
     def _health(self) -> HttpReply:
         states = dict(self.health())
@@ -160,7 +179,8 @@ class HttpRoutes:
     def origin_allowed(self, headers: Mapping[str, str]) -> bool:
         """No Origin (not a browser), the page's own origin, or one listed (``*`` for any)."""
         origin = headers.get("origin")
-        if origin is None or "*" in self.allowed_origins or origin in self.allowed_origins:
+        allowed = self.settings.allowed_origins
+        if origin is None or "*" in allowed or origin in allowed:
             return True
         host = headers.get("host", "")
         url = _split(origin)
@@ -181,7 +201,7 @@ class HttpRoutes:
     def _ice(
         self, query: dict[str, list[str]], headers: Mapping[str, str], client: str
     ) -> HttpReply:
-        if self.ice_limiter is not None and not self.ice_limiter.allow(client, self.clock()):
+        if not self._ice_limiter.allow(client, self.clock()):
             return _json(429, {"error": "too many requests"})
         service = query.get("service", ["turn"])[0]
         if service != "turn":

@@ -56,20 +56,25 @@ CLOSE_POLICY = 1008  # RFC 6455 §7.4.1: "a message that violates its policy"
 CLOSE_REPLACED = 4001  # ours: a resumed session moved to a new connection
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class HubSettings:
-    max_room_size: int = 16
-    max_message_bytes: int = 64 * 1024
-    rate_limit: float = 50.0  # messages per second per connection
-    rate_burst: float = 100.0
-    abuse_strikes: int = 500  # rate-limited messages (net of refill) before closing
-    resume_grace: float = 30.0
-    resume_buffer: int = 64
+    """The hub's parameters. Those that follow from ``[signal]`` have no default here: their one
+    home is ``config/schema.py``, and ``runtime.hub_settings`` maps ``[signal]`` onto them (tests
+    start from the same mapping of the schema's defaults). The memory bounds of the resume
+    buffers are not configurable and keep theirs."""
+
+    max_room_size: int
+    max_message_bytes: int
+    rate_limit: float  # messages per second per connection
+    rate_burst: float
+    abuse_strikes: int  # rate-limited messages (net of refill) before closing
+    resume_grace: float  # seconds
+    resume_buffer: int  # messages kept per away session
+    require_tokens: bool  # signal.auth = "token"
     # Buffered messages are kept as JSON text (a parsed 64 KiB frame can take 1.5 MB of heap),
     # bounded per session and in total, so away sessions cannot exhaust memory.
     resume_buffer_bytes: int = 256 * 1024
     max_buffered_bytes: int = 64 * 1024 * 1024
-    require_tokens: bool = False
 
 
 @dataclass(frozen=True, slots=True)

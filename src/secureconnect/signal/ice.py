@@ -15,12 +15,13 @@ from secureconnect.credentials import CredentialMinter
 
 @dataclass(frozen=True)
 class IceConfig:
-    """What to hand out: URLs (``stun:``, ``turn:``/``turns:``) and the credential lifetime."""
+    """What to hand out: URLs (``stun:``, ``turn:``/``turns:``) and the credential lifetime
+    (``signal.ice_ttl``: no default here, its one home is ``config/schema.py``)."""
 
     minter: CredentialMinter
     stun_urls: tuple[str, ...]
     turn_urls: tuple[str, ...]
-    ttl: int = 3600
+    ttl: int  # seconds a minted TURN credential lives
 
     def servers_for(self, user: str, now: float) -> tuple[list[dict[str, Any]], int]:
         """Browser-ready ``RTCIceServer`` objects for ``user`` and their lifetime."""

@@ -6,16 +6,21 @@ slow browser never blocks the peers that signal it and cannot make the server qu
 ``OUTBOX_BYTES`` for it (a full outbox closes that connection and drops what it held; its session
 can then resume). Connections are admitted at accept within the caps of
 :mod:`~secureconnect.signal.serve_admission` (open connections, unfinished handshakes in total
-and per address, a handshake deadline).
+and per address, a handshake deadline), and WebSockets within its cap per client address.
 
 TLS: every accepted stream is wrapped with the certificate store's *current* context, so a
 certificate reloaded on SIGHUP applies to new connections at once.
 
 Error handling: the hub turns bad messages into ``error`` replies; frames above websockets'
 ``max_size`` (four times the message limit) close the connection with 1009; a client IP over its
-WebSocket cap gets HTTP 429 before the handshake. Messages are encoded to UTF-8 here, before they
-are queued: one that cannot be encoded (which parsing should have refused) is dropped and
-counted, logged once, and never fails the connection it was meant for.
+WebSocket cap gets HTTP 429 before the handshake, a request with two ``Origin``, ``Host`` or
+``Authorization`` headers a 400. Messages are encoded to UTF-8 here, before they are queued: one
+that cannot be encoded (which parsing should have refused) is dropped and counted, logged once,
+and never fails the connection it was meant for.
+
+Every refusal is counted: the caps' as ``signal_connections_refused_total{reason=...}`` (the 429
+as ``reason="websockets-per-ip"``), the 400s as ``signal_http_bad_requests_total``, connections
+closed for a full outbox as ``signal_slow_closed_total``.
 """
 
 from __future__ import annotations
@@ -26,7 +31,6 @@ import itertools
 import logging
 import ssl
 import time
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -55,7 +59,6 @@ log = logging.getLogger("secureconnect.signal")
 OUTBOX = 256  # messages queued for one connection before it counts as too slow
 OUTBOX_BYTES = 1024 * 1024  # bytes queued for one connection (at least 4 maximum messages)
 TICK = 1.0
-PER_IP_PRUNE = 4096
 
 
 class _Close:
@@ -104,20 +107,21 @@ class SignalServer:
     name: str = "signal"
     bound: list[tuple[str, str, int]] = field(default_factory=list)
     _outboxes: dict[int, _Outbox] = field(default_factory=dict)
-    # Connections per client IP, counted from the handshake on (so simultaneous handshakes
-    # cannot overshoot the cap); weak, so a handshake that dies before its handler frees its slot.
-    _per_ip: dict[str, weakref.WeakSet[ServerConnection]] = field(default_factory=dict)
     _ids: itertools.count[int] = field(default_factory=itertools.count)
     _server: Any = None
     _nursery: trio.Nursery | None = None
     slow_closed: int = 0  # connections closed because their outbox was full
     unencodable: int = 0  # messages dropped because they could not be encoded
+    duplicate_headers: int = 0  # requests answered 400 for a repeated Origin/Host/Authorization
 
     def __post_init__(self) -> None:
         self._trusted = tuple(
             ipaddress.ip_network(net, strict=False) for net in self.trusted_proxies
         )
-        self.admission = Admission(self.limits)
+        # WebSockets per client IP are counted from the handshake on (so simultaneous
+        # handshakes cannot overshoot the cap), on the connection's ticket: a handshake that dies
+        # before its handler gives its slot back with its stream.
+        self.admission = Admission(self.limits, max_websockets_per_ip=self.max_connections_per_ip)
         self._outbox_bytes = max(OUTBOX_BYTES, 4 * self.hub.settings.max_message_bytes)
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -152,8 +156,9 @@ class SignalServer:
             task_status.started()
 
     def begin_drain(self) -> None:
-        """Close the listeners, say "going away" (1001) to every connection, then return from
-        ``serve`` (sessions cannot outlive the process: there is nothing else to wait for)."""
+        """Close the listeners, answer handshakes still in progress 503 and say "going away"
+        (1001) to every WebSocket, then return from ``serve`` once their handlers have ended
+        (sessions cannot outlive the process: there is nothing else to wait for)."""
         if self._server is not None and self._nursery is not None:
             self._nursery.start_soon(self._drain, self._nursery.cancel_scope)
 
@@ -169,7 +174,9 @@ class SignalServer:
         samples.update(self.admission.metrics())
         samples["signal_messages_unencodable_total"] += self.unencodable
         samples["signal_slow_closed_total"] = self.slow_closed
-        samples["signal_http_bad_requests_total"] = self.routes.bad_requests
+        samples["signal_http_bad_requests_total"] = (
+            self.routes.bad_requests + self.duplicate_headers
+        )
         return samples
 
     # -- HTTP ------------------------------------------------------------------------------------
@@ -185,17 +192,14 @@ class SignalServer:
             name = key.lower()
             if name in headers and name in ("origin", "host", "authorization"):
                 # One of each: two Origin headers could smuggle a foreign origin past the check.
+                self.duplicate_headers += 1
                 return _response(400, "application/json", b'{"error": "duplicate header"}')
             headers[name] = value
         ip = self._client_ip(connection, request)
         reply = self.routes.respond(request.path, headers, ip)
         if reply is None:
-            if len(self._per_ip) > PER_IP_PRUNE:  # drop sets the garbage collector emptied
-                self._per_ip = {k: v for k, v in self._per_ip.items() if v}
-            holders = self._per_ip.setdefault(ip, weakref.WeakSet())
-            if len(holders) >= self.max_connections_per_ip:
+            if not self.admission.admit_websocket(connection, ip):  # counted by the cap
                 return _response(429, "application/json", b'{"error": "too many connections"}')
-            holders.add(connection)
             return None
         return _response(reply.status, reply.content_type, reply.body, reply.headers)
 
@@ -203,7 +207,6 @@ class SignalServer:
 
     async def _connection(self, websocket: ServerConnection) -> None:
         conn = next(self._ids)
-        ip = self._client_ip(websocket, websocket.request)
         outbox = self._outboxes[conn] = _Outbox(websocket.stream)
         self.hub.open(conn, self.clock())
         try:
@@ -221,11 +224,7 @@ class SignalServer:
             self._outboxes.pop(conn, None)
             outbox.drop()
             self._dispatch(self.hub.closed(conn, self.clock()))
-            holders = self._per_ip.get(ip)
-            if holders is not None:
-                holders.discard(websocket)
-                if not holders:
-                    del self._per_ip[ip]
+            self.admission.end_websocket(websocket)
 
     async def _write(self, websocket: ServerConnection, outbox: _Outbox) -> None:
         try:

@@ -1,4 +1,5 @@
-"""Admission control on the signaling port: caps on open connections and unfinished handshakes.
+"""Admission control on the signaling port: caps on open connections, unfinished handshakes and
+WebSockets per client address.
 
 Why: a connection costs descriptors and memory (TLS state, buffers, websockets' protocol
 objects: about 66 KiB over TLS) from accept on, long before its HTTP request says who it is.
@@ -13,11 +14,19 @@ Counting only upgraded WebSockets per address let one host hold 20,000 half-open
   by reason); one that has not sent its request within ``handshake_timeout`` seconds of accept is
   closed and counted (``signal_handshake_timeouts_total``).
 
-How: :class:`GuardedListener` wraps each accepted stream in :class:`_Tracked`, which holds a
-:class:`_Ticket` (the slots it takes) and gives them back when the stream is closed, however that
-happens (or when it is garbage-collected, as a backstop). :class:`GuardedConnection` is the
-``ServerConnection`` websockets creates for it: it waits for the request under the deadline and
-releases the handshake slot once the request is in.
+Once its request is in, a WebSocket upgrade takes a slot of the cap per client address (the
+address :func:`~secureconnect.signal.http.client_address` decides, so a trusted proxy's clients
+are told apart) until its handler has ended; over that cap it is answered 429 and counted as
+``signal_connections_refused_total{reason="websockets-per-ip"}``.
+
+How: the caps and their refusal counts are :class:`~secureconnect.transport.ConnectionCaps`, the
+same as STUN's and TURN's, and what a connection holds is a
+:class:`~secureconnect.transport.Ticket`. What is signaling's own is the glue to websockets, which
+runs the accept loop, the TLS handshake and the HTTP request itself: :class:`GuardedListener`
+wraps each accepted stream in :class:`_Tracked`, which holds the ticket and closes it when the
+stream is closed, however that happens (or when it is garbage-collected, as a backstop);
+:class:`GuardedConnection` is the ``ServerConnection`` websockets creates for it: it waits for the
+request until the ticket's deadline and gives back the handshake slot once the request is in.
 
 Memory: a connection in its handshake costs about 66 KiB over TLS (22 KiB without), so the
 default caps bound a flood at roughly 70 MB, which the allocator keeps for the next burst rather
@@ -27,7 +36,6 @@ of it, so neither is called).
 
 from __future__ import annotations
 
-import ipaddress
 import ssl
 import weakref
 from collections.abc import Callable
@@ -37,8 +45,10 @@ from typing import Any
 import trio
 from websockets.trio.server import ServerConnection
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-REASONS = ("connections", "pending", "pending-per-ip")
+from secureconnect.transport import ConnectionCaps, Network, Ticket
+
+#: ``signal_connections_refused_total`` reasons, one per cap
+REASONS = ("connections", "pending", "pending-per-ip", "websockets-per-ip")
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,56 +64,58 @@ class AdmissionLimits:
 
 @dataclass
 class Admission:
-    """The counts behind the caps; see the module docstring."""
+    """The caps of the module docstring and their counts."""
 
     limits: AdmissionLimits
-    open: int = 0
-    pending: int = 0
+    #: WebSockets one client address may hold (``signal.max_connections_per_ip``)
+    max_websockets_per_ip: int | None = None
     timeouts: int = 0
+    #: refusals by reason (:data:`REASONS`), counted by the caps
     refused: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
-    _pending_per_ip: dict[str, int] = field(default_factory=dict)
+    connections: ConnectionCaps = field(init=False)
+    pending: ConnectionCaps = field(init=False)
+    websockets: ConnectionCaps = field(init=False)
 
-    def admit(self, ip: str) -> _Ticket | None:
-        """A ticket holding a connection slot and a handshake slot, or None (refused)."""
-        limits = self.limits
-        reason = None
-        held = self._pending_per_ip.get(ip, 0)
-        if self.open >= limits.max_connections:
-            reason = "connections"
-        elif self.pending >= limits.max_pending:
-            reason = "pending"
-        elif held >= limits.max_pending_per_ip and not self._exempt(ip):
-            reason = "pending-per-ip"
-        if reason is not None:
-            self.refused[reason] += 1
-            return None
-        self.open += 1
-        self.pending += 1
-        self._pending_per_ip[ip] = held + 1
-        return _Ticket(self, ip, trio.current_time() + limits.handshake_timeout)
+    def __post_init__(self) -> None:
+        limits, refused = self.limits, self.refused
+        self.connections = ConnectionCaps(
+            limits.max_connections, total_reason="connections", refused=refused
+        )
+        self.pending = ConnectionCaps(
+            limits.max_pending,
+            limits.max_pending_per_ip,
+            total_reason="pending",
+            per_address_reason="pending-per-ip",
+            exempt=limits.exempt,
+            refused=refused,
+        )
+        self.websockets = ConnectionCaps(
+            None,
+            self.max_websockets_per_ip,
+            per_address_reason="websockets-per-ip",
+            refused=refused,
+        )
 
-    def _exempt(self, ip: str) -> bool:
-        if not self.limits.exempt:
-            return False
-        try:
-            address = ipaddress.ip_address(ip)
-        except ValueError:
-            return False
-        return any(address in network for network in self.limits.exempt)
+    def admit(self, ip: str) -> Ticket | None:
+        """At accept: a ticket holding a connection slot and a handshake slot, its deadline
+        ``handshake_timeout`` from now; None when refused (counted)."""
+        ticket = Ticket(trio.current_time() + self.limits.handshake_timeout)
+        return ticket if ticket.take(ip, self.connections, self.pending) else None
 
-    def _end_handshake(self, ip: str) -> None:
-        self.pending -= 1
-        left = self._pending_per_ip.pop(ip) - 1
-        if left:
-            self._pending_per_ip[ip] = left
+    def admit_websocket(self, connection: ServerConnection, client: str) -> bool:
+        """Once the request is in: a WebSocket slot for ``client`` on the connection's ticket
+        (given back by :meth:`end_websocket` or when the stream closes); False (counted) when
+        ``client`` holds as many as it may."""
+        return _ticket_of(connection.stream).take(client, self.websockets)
 
-    def _close(self) -> None:
-        self.open -= 1
+    def end_websocket(self, connection: ServerConnection) -> None:
+        """The WebSocket handler has ended: give back its slot."""
+        _ticket_of(connection.stream).give_back(self.websockets)
 
     def metrics(self) -> dict[str, float]:
         samples: dict[str, float] = {
-            "signal_tcp_connections": self.open,
-            "signal_handshakes_pending": self.pending,
+            "signal_tcp_connections": self.connections.held,
+            "signal_handshakes_pending": self.pending.held,
             "signal_handshake_timeouts_total": self.timeouts,
         }
         for reason, count in self.refused.items():
@@ -111,36 +123,14 @@ class Admission:
         return samples
 
 
-class _Ticket:
-    """The slots one accepted connection holds; each is given back exactly once."""
-
-    __slots__ = ("admission", "deadline", "ip", "open", "pending")
-
-    def __init__(self, admission: Admission, ip: str, deadline: float) -> None:
-        self.admission = admission
-        self.ip = ip
-        self.deadline = deadline  # trio time by which the HTTP request must be in
-        self.pending = True
-        self.open = True
-
-    def end_handshake(self) -> None:
-        if self.pending:
-            self.pending = False
-            self.admission._end_handshake(self.ip)
-
-    def close(self) -> None:
-        self.end_handshake()
-        if self.open:
-            self.open = False
-            self.admission._close()
-
-
 class _Tracked(trio.abc.HalfCloseableStream):
-    """An accepted TCP stream holding a :class:`_Ticket` until it is closed."""
+    """An accepted TCP stream holding its :class:`~secureconnect.transport.Ticket` until it is
+    closed."""
 
-    def __init__(self, inner: trio.SocketStream, ticket: _Ticket) -> None:
+    def __init__(self, inner: trio.SocketStream, admission: Admission, ticket: Ticket) -> None:
         self.inner = inner
         self.socket = inner.socket
+        self.admission = admission
         self.ticket = ticket
         self._release = weakref.finalize(self, ticket.close)  # a backstop: aclose releases
 
@@ -187,7 +177,7 @@ class GuardedListener(trio.abc.Listener[trio.abc.Stream]):
             if ticket is None:
                 await trio.aclose_forcefully(stream)
                 continue
-            tracked = _Tracked(stream, ticket)
+            tracked = _Tracked(stream, self.admission, ticket)
             if self._context is None:
                 return tracked
             return trio.SSLStream(tracked, self._context(), server_side=True, https_compatible=True)
@@ -209,14 +199,15 @@ class GuardedConnection(ServerConnection):
         return _socket_of(self.stream).getpeername()
 
     async def handshake(self, *args: Any, **kwargs: Any) -> None:
-        ticket = _ticket_of(self.stream)
-        if ticket is not None:
+        tracked = _tracked_of(self.stream)
+        if isinstance(tracked, _Tracked):
+            ticket, admission = tracked.ticket, tracked.admission
             with trio.move_on_at(ticket.deadline):
                 await _first(self.request_rcvd, self.stream_closed)
-            ticket.end_handshake()
+            ticket.give_back(admission.pending)
             if self.request is None:
                 if not self.stream_closed.is_set():
-                    ticket.admission.timeouts += 1
+                    admission.timeouts += 1
                 return  # still CONNECTING: websockets closes the stream
         await super().handshake(*args, **kwargs)
 
@@ -225,9 +216,12 @@ def _tracked_of(stream: trio.abc.Stream) -> trio.abc.Stream:
     return stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
 
 
-def _ticket_of(stream: trio.abc.Stream) -> _Ticket | None:
+def _ticket_of(stream: trio.abc.Stream) -> Ticket:
+    """The ticket of a stream :class:`GuardedListener` accepted (every stream of the server)."""
     tracked = _tracked_of(stream)
-    return tracked.ticket if isinstance(tracked, _Tracked) else None
+    if not isinstance(tracked, _Tracked):
+        raise TypeError(f"not accepted by a GuardedListener: {tracked!r}")
+    return tracked.ticket
 
 
 def _socket_of(stream: trio.abc.Stream) -> Any:

@@ -136,15 +136,21 @@ class StunCounters:
     dropped_classic_change: int = 0  # classic CHANGE-REQUEST that cannot be honoured
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ResponderConfig:
     """How the responder answers. RFC 5780 is enabled when both `primary` and `alternate` are
-    set: two addresses that differ in IP and in port, of the same family."""
+    set: two addresses that differ in IP and in port, of the same family.
 
-    software: str | None = None  # None: no SOFTWARE attribute (amplification, docs/security.md)
+    What an operator sets has no default here: its one home is ``config/schema.py`` (the
+    ``software`` key of ``[stun]`` and ``[turn]``, from which ``reason_phrases`` follows), and
+    ``runtime.responder_config`` maps ``[stun]`` onto these fields; tests start from the same
+    mapping of the schema's defaults. RFC 5780 stays off unless both addresses are given: a
+    responder without a second address of its host (the TURN core's) never has them."""
+
+    software: str | None  # None: no SOFTWARE attribute (amplification, docs/security.md)
+    reason_phrases: bool  # False: error responses carry an empty reason phrase
     primary: Address | None = None
     alternate: Address | None = None
-    reason_phrases: bool = False  # False: error responses carry an empty reason phrase
 
     def __post_init__(self) -> None:
         if (self.primary is None) != (self.alternate is None):

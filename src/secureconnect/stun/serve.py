@@ -11,7 +11,11 @@ Sockets are closed when ``serve`` exits, however it exits.
 Error handling: the UDP loop never raises on bad input (the responder drops and counts); send
 failures are counted. A stream connection that sends garbage, stalls in its TLS handshake or stays
 idle is closed and counted; it never affects other connections. Connections beyond
-``max_connections`` are closed right after accept.
+``max_connections`` (or ``max_connections_per_ip`` from one address) are closed right after accept
+and counted (``stun_stream_refused_over_cap_total``, ``stun_stream_refused_per_ip_total``).
+
+Drain (:meth:`~secureconnect.transport.StreamComponent.begin_drain`) stops the UDP loops and the
+accept loops at once; open TCP/TLS connections finish or time out.
 """
 
 from __future__ import annotations
@@ -90,9 +94,7 @@ class StunServer(StreamComponent):
             f"stun_{name}_total": value for name, value in dataclasses.asdict(self.counters).items()
         }
         samples["stun_udp_send_errors_total"] = self.udp_send_errors
-        streams = dataclasses.asdict(self.stream_counters)
-        samples["stun_stream_connections"] = streams.pop("open")
-        samples.update({f"stun_stream_{name}_total": value for name, value in streams.items()})
+        samples.update(self.stream_counters.samples("stun_stream"))
         return samples
 
     def reload(self) -> None:

@@ -1,7 +1,10 @@
-"""The transport layer the components share: listening sockets, connection caps per address and
-in total, the TLS handshake under a deadline, idle timeouts and connection counters."""
+"""The transport layer the components share: listening sockets (bind errors naming every address
+that failed), connection caps per address and in total with refusals counted by reason
+(:mod:`~secureconnect.transport.caps`, used by STUN, TURN and signaling), the TLS handshake by a
+deadline, idle timeouts, connection counters and drain."""
 
 from secureconnect.netaddr import format_address
+from secureconnect.transport.caps import ConnectionCaps, Network, Ticket
 from secureconnect.transport.listeners import (
     BindError,
     ListeningSockets,
@@ -14,10 +17,13 @@ from secureconnect.transport.listeners import (
 
 __all__ = [
     "BindError",
+    "ConnectionCaps",
     "ListeningSockets",
+    "Network",
     "StreamAcceptor",
     "StreamComponent",
     "StreamCounters",
+    "Ticket",
     "format_address",
     "open_tcp_listeners",
     "udp_socket",

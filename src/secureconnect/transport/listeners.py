@@ -1,17 +1,22 @@
-"""Listening sockets shared by the STUN and TURN components (thin trio I/O; the first part of
-the transport layer every component will share, issue #13).
+"""Listening sockets and the accept loop (thin trio I/O; the transport layer the components
+share, issue #13).
 
-:func:`udp_socket` binds a non-blocking UDP socket or raises :class:`BindError`.
+:func:`udp_socket` binds a non-blocking UDP socket or raises :class:`BindError`;
+:func:`open_tcp_listeners` (STUN, TURN and signaling) and :meth:`ListeningSockets.open` (STUN and
+TURN) bind on every address they are given, all or nothing.
 
-:class:`StreamAcceptor` opens listeners, accepts connections up to a cap (in total and per client
-address), runs the TLS handshake under a deadline and hands each connection to the component's
-``handler`` coroutine ``handler(stream, source, local, transport)``. TCP and TLS are capped
-separately (``max_connections`` and ``max_per_ip`` apply to each), so filling one transport
-leaves the other - TURN over TLS on 443 is the last resort of firewalled users - available.
+:class:`StreamAcceptor` (STUN and TURN) accepts connections within
+:class:`~secureconnect.transport.caps.ConnectionCaps` (in total and per client address; refusals
+counted by cap), runs the TLS handshake by a deadline counted from accept and hands each
+connection to the component's ``handler`` coroutine ``handler(stream, source, local,
+transport)``. TCP and TLS are capped separately (``max_connections`` and ``max_per_ip`` apply to
+each), so filling one transport leaves the other - TURN over TLS on 443 is the last resort of
+firewalled users - available. Signaling admits its connections with the same caps, in
+:mod:`secureconnect.signal.serve_admission` (websockets runs its accept loop and its TLS).
 
-Resource handling: every accepted stream is closed when its handler returns, however it returns;
-:func:`open_tcp_listeners` closes what it opened if a later bind fails, and raises
-:class:`BindError` naming the address.
+Resource handling: every accepted stream is closed when its handler returns, however it returns,
+and its slots are given back; a failed bind closes whatever was bound and raises one
+:class:`BindError` naming every address that failed.
 
 Error handling: a peer that resets, sends bytes that cannot be framed (the component's
 ``framing_error``, e.g. ``StunDecodeError``),
@@ -34,27 +39,67 @@ from typing import ClassVar
 import trio
 
 from secureconnect.netaddr import Address, format_address
+from secureconnect.transport.caps import ConnectionCaps, Ticket
 
 log = logging.getLogger("secureconnect.listeners")
 Handler = Callable[[trio.abc.Stream, Address, Address, str], Awaitable[None]]
 
 
 class BindError(OSError):
-    """A socket could not be bound; the message names the transport, address and port."""
+    """Sockets could not be bound; ``strerror`` names the transport, address and port of each
+    that failed ("cannot bind udp 127.0.0.1:3478: Address already in use; ..."), ``errno`` is
+    the first failure's."""
+
+    @classmethod
+    def raise_for(cls, failures: Sequence[BindError]) -> None:
+        """Raise one error naming every failed bind, if there was any."""
+        if len(failures) == 1:
+            raise failures[0]
+        if failures:
+            error = cls(failures[0].errno, "; ".join(str(f.strerror) for f in failures))
+            raise error from failures[0].__cause__
+
+
+#: why StreamAcceptor refused a connection at accept (``StreamCounters.refused`` keys)
+OVER_CAP, PER_IP = "over_cap", "per_ip"
 
 
 @dataclass(slots=True)
 class StreamCounters:
-    """Connection-level counters for TCP/TLS clients."""
+    """Connection-level counters for TCP/TLS clients (both transports together)."""
 
     accepted: int = 0
-    refused_over_cap: int = 0
-    refused_per_ip: int = 0
     idle_closed: int = 0
     handshake_failed: int = 0
     framing_errors: int = 0
     handler_failures: int = 0
     open: int = 0
+    #: connections closed at accept, by the cap they would exceed (counted by the caps)
+    refused: dict[str, int] = field(default_factory=lambda: dict.fromkeys((OVER_CAP, PER_IP), 0))
+
+    @property
+    def refused_over_cap(self) -> int:
+        """Refused because the transport held ``max_connections``."""
+        return self.refused[OVER_CAP]
+
+    @property
+    def refused_per_ip(self) -> int:
+        """Refused because the client address held ``max_per_ip`` on that transport."""
+        return self.refused[PER_IP]
+
+    def samples(self, prefix: str) -> dict[str, float]:
+        """Prometheus samples: ``{prefix}_connections`` (open) and a ``{prefix}_NAME_total``
+        per counter (``refused_over_cap``, ``refused_per_ip``, ``accepted``, ...)."""
+        return {
+            f"{prefix}_connections": self.open,
+            f"{prefix}_accepted_total": self.accepted,
+            f"{prefix}_refused_over_cap_total": self.refused_over_cap,
+            f"{prefix}_refused_per_ip_total": self.refused_per_ip,
+            f"{prefix}_idle_closed_total": self.idle_closed,
+            f"{prefix}_handshake_failed_total": self.handshake_failed,
+            f"{prefix}_framing_errors_total": self.framing_errors,
+            f"{prefix}_handler_failures_total": self.handler_failures,
+        }
 
 
 @dataclass
@@ -71,9 +116,20 @@ class StreamAcceptor:
     #: what the handler raises for bytes it cannot frame: counted, and only that one closes
     framing_error: type[Exception] = ValueError
     counters: StreamCounters = field(default_factory=StreamCounters)
-    #: connections open per transport (False: TCP, True: TLS) and per (transport, client IP)
-    _open: dict[bool, int] = field(default_factory=lambda: {False: 0, True: 0})
-    _per_ip: dict[tuple[bool, str], int] = field(default_factory=dict)
+    #: the caps per transport (False: TCP, True: TLS), counting refusals in ``counters``
+    _caps: dict[bool, ConnectionCaps] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._caps = {
+            tls: ConnectionCaps(
+                self.max_connections,
+                self.max_per_ip or None,
+                total_reason=OVER_CAP,
+                per_address_reason=PER_IP,
+                refused=self.counters.refused,
+            )
+            for tls in (False, True)
+        }
 
     async def accept_loop(
         self, listener: trio.SocketListener, tls: bool, connections: trio.Nursery
@@ -95,31 +151,25 @@ class StreamAcceptor:
                 await trio.aclose_forcefully(stream)
                 continue
             source = (peer[0], peer[1])
-            key = (tls, source[0])
-            held = self._per_ip.get(key, 0)
-            if self._open[tls] >= self.max_connections:
-                counters.refused_over_cap += 1
+            ticket = Ticket(trio.current_time() + self.handshake_timeout)
+            if not ticket.take(source[0], self._caps[tls]):  # counted by the cap
                 await trio.aclose_forcefully(stream)
                 continue
-            if self.max_per_ip and held >= self.max_per_ip:
-                counters.refused_per_ip += 1
-                await trio.aclose_forcefully(stream)
-                continue
-            self._per_ip[key] = held + 1
-            self._open[tls] += 1
             counters.accepted += 1
             counters.open += 1
-            connections.start_soon(partial(self._serve_connection, stream, source, local, tls))
+            connections.start_soon(
+                partial(self._serve_connection, stream, source, local, tls, ticket)
+            )
 
     async def _serve_connection(
-        self, raw: trio.SocketStream, source: Address, local: Address, tls: bool
+        self, raw: trio.SocketStream, source: Address, local: Address, tls: bool, ticket: Ticket
     ) -> None:
         counters = self.counters
         stream: trio.abc.Stream = raw
         handshaken = False
         try:
             if tls:
-                secured = await self._tls_handshake(raw)
+                secured = await self._tls_handshake(raw, ticket.deadline)
                 if secured is None:
                     return
                 stream = secured
@@ -143,17 +193,14 @@ class StreamAcceptor:
             log.exception("connection-handler-failed")
         finally:
             counters.open -= 1
-            self._open[tls] -= 1
-            key = (tls, source[0])
-            left = self._per_ip.pop(key) - 1
-            if left:
-                self._per_ip[key] = left
+            ticket.close()
             await trio.aclose_forcefully(stream)
 
     async def _tls_handshake(
-        self, raw: trio.SocketStream
+        self, raw: trio.SocketStream, deadline: float
     ) -> trio.SSLStream[trio.SocketStream] | None:
-        """The server side of a TLS handshake, bounded by ``handshake_timeout``; None on timeout.
+        """The server side of a TLS handshake, done by ``deadline`` (``handshake_timeout`` after
+        accept); None on timeout.
 
         The context is fetched per connection, so a SIGHUP-reloaded certificate applies to new
         connections at once.
@@ -161,7 +208,7 @@ class StreamAcceptor:
         if self.tls_context is None:  # TLS listeners are opened only with a context
             return None
         ssl_stream = trio.SSLStream(raw, self.tls_context(), server_side=True)
-        with trio.move_on_after(self.handshake_timeout) as handshake:
+        with trio.move_on_at(deadline) as handshake:
             await ssl_stream.do_handshake()
         if handshake.cancelled_caught:
             self.counters.handshake_failed += 1
@@ -176,21 +223,29 @@ def sockname(listener: trio.SocketListener) -> Address:
 
 
 async def open_tcp_listeners(addresses: Sequence[str], port: int) -> list[trio.SocketListener]:
-    """TCP listeners on ``port`` of every address, all or none; :class:`BindError` names the
-    address that failed."""
+    """TCP listeners on ``port`` of every address, all or none: every address is tried, and one
+    :class:`BindError` names each that failed (an operator fixes them all in one go)."""
     listeners: list[trio.SocketListener] = []
+    failures: list[BindError] = []
     try:
         for ip in addresses:
             try:
                 listeners += await trio.open_tcp_listeners(port, host=ip)
             except OSError as exc:
-                where = format_address(ip, port)
-                raise BindError(exc.errno, f"cannot listen on tcp {where}: {exc.strerror}") from exc
+                failures.append(_bind_error("listen on tcp", ip, port, exc))
+        BindError.raise_for(failures)
     except BaseException:
         for listener in listeners:
             await trio.aclose_forcefully(listener)
         raise
     return listeners
+
+
+def _bind_error(what: str, ip: str, port: int, exc: OSError) -> BindError:
+    where = format_address(ip, port)
+    error = BindError(exc.errno, f"cannot {what} {where}: {exc.strerror}")
+    error.__cause__ = exc
+    return error
 
 
 def udp_socket(ip: str, port: int) -> socket.socket:
@@ -204,8 +259,7 @@ def udp_socket(ip: str, port: int) -> socket.socket:
         sock.bind((ip, port))
     except OSError as exc:
         sock.close()
-        where = format_address(ip, port)
-        raise BindError(exc.errno, f"cannot bind udp {where}: {exc.strerror}") from exc
+        raise _bind_error("bind udp", ip, port, exc) from exc
     return sock
 
 
@@ -242,9 +296,15 @@ class StreamComponent:
         return self._acceptor.counters
 
     def begin_drain(self) -> None:
-        """Stop accepting connections (and whatever the component runs inside the accept scope:
-        STUN's UDP loops; TURN's data plane keeps relaying); open connections finish or time
-        out."""
+        """Stop accepting TCP/TLS connections, and end whatever else the component runs inside
+        its accept scope; ``serve`` returns once the open connections have ended (their client
+        closed, they went idle, or the supervisor's drain timeout cancelled them).
+
+        STUN runs its UDP loops in that scope: it stops answering UDP at once. TURN runs its UDP
+        data plane and its TCP/TLS clients' relays outside it: until its last TCP/TLS connection
+        has ended, every existing allocation keeps relaying, and the UDP listening sockets keep
+        answering, Allocate requests included; then (at once, if no TCP/TLS client is connected)
+        the data plane stops with ``serve`` and UDP allocations stop relaying."""
         self._accept_scope.cancel()
 
     async def handle_stream(
@@ -284,16 +344,28 @@ class ListeningSockets:
         tls_port: int | None,
     ) -> ListeningSockets:
         """Bind UDP sockets on ``udp`` and TCP/TLS listeners on ``addresses`` (a None port:
-        none of that kind); all or nothing, raising :class:`BindError`."""
+        none of that kind); all or nothing: every socket is tried, and one :class:`BindError`
+        names each that failed."""
         opened = cls()
+        failures: list[BindError] = []
         try:
             for ip, port in udp:
-                sock = udp_socket(ip, port)
+                try:
+                    sock = udp_socket(ip, port)
+                except BindError as exc:
+                    failures.append(exc)
+                    continue
                 opened.udp[sock.getsockname()[:2]] = sock
-            if tcp_port is not None:
-                opened.tcp = await open_tcp_listeners(addresses, tcp_port)
-            if tls_port is not None and acceptor.tls_context is not None:
-                opened.tls = await open_tcp_listeners(addresses, tls_port)
+            if acceptor.tls_context is None:
+                tls_port = None  # TLS listeners are opened only with a context
+            for stream_port, listeners in ((tcp_port, opened.tcp), (tls_port, opened.tls)):
+                if stream_port is None:
+                    continue
+                try:
+                    listeners.extend(await open_tcp_listeners(addresses, stream_port))
+                except BindError as exc:
+                    failures.append(exc)
+            BindError.raise_for(failures)
         except BaseException:
             await opened.aclose()
             raise

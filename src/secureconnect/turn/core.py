@@ -107,8 +107,11 @@ class TurnCore:
         self.allocations = AllocationManager(
             reservation_lifetime=settings.reservation_lifetime, binder=binder, ports=ports
         )
-        # A TURN server is a STUN server: it answers Binding on its ports (keepalives, RFC 8656).
-        self.binding = binding or BindingResponder(ResponderConfig())
+        # A TURN server is a STUN server: it answers Binding on its ports (keepalives, RFC 8656),
+        # saying what the core's own answers say (SOFTWARE, reason phrases).
+        self.binding = binding or BindingResponder(
+            ResponderConfig(software=settings.software, reason_phrases=settings.reason_phrases)
+        )
         self.counters = counters or TurnCounters()
         self.table = self.allocations.table
         self._software: tuple[tuple[int, bytes], ...] = (

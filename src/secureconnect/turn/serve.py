@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from secureconnect.stun import BindingResponder, StunDecodeError
+from secureconnect.stun import StunDecodeError
 from secureconnect.stun.framing import StreamFramer
 from secureconnect.transport import ListeningSockets, StreamComponent
 from secureconnect.turn.allocation import (
@@ -123,7 +123,6 @@ class CoreParts:
     peers: PeerPolicy
     #: the relay port range (``turn.relay_port_min``/``max``); None: the pool's default
     port_range: tuple[int, int] | None = None
-    binding: BindingResponder | None = None
 
     def build(
         self, binder: RelayBinder, own_endpoints: OwnEndpoints, counters: TurnCounters
@@ -136,7 +135,6 @@ class CoreParts:
             binder=binder,
             own_endpoints=own_endpoints,
             ports=RelayPortPool(*self.port_range) if self.port_range else None,
-            binding=self.binding,
             counters=counters,
         )
 
@@ -282,9 +280,7 @@ class TurnServer(StreamComponent):
         samples["turn_send_errors_total"] = self.udp.send_errors
         samples["turn_packet_errors_total"] = self.udp.packet_errors
         samples['turn_relay_dropped_total{reason="slow_client"}'] = self.dropped_slow_client
-        samples["turn_stream_connections"] = self.stream_counters.open
-        samples["turn_stream_accepted_total"] = self.stream_counters.accepted
-        samples["turn_stream_refused_per_ip_total"] = self.stream_counters.refused_per_ip
+        samples.update(self.stream_counters.samples("turn_stream"))
         return samples
 
     def reload(self) -> None:
