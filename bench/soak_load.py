@@ -31,10 +31,10 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import WebSocketException
 
+from secureconnect.netaddr import Address
 from secureconnect.stun import AttrType, MessageClass, Method, StunMessage
 
 A = AttrType
-Address = tuple[str, int]
 WORKERS = 32  # allocation cycles in flight
 PAIRS = 32  # signaling pairs in flight
 LIFETIME = 4  # what Refresh asks for: the soak's turn.max_lifetime (seconds)

@@ -28,6 +28,7 @@ from appliance import Running, free_port, run_appliance
 from websockets.sync.client import ClientConnection, connect
 
 from secureconnect.credentials import rest_password
+from secureconnect.netaddr import Address
 from secureconnect.signal.tokens import RoomTokens
 from secureconnect.stun import (
     AttrType,
@@ -45,7 +46,6 @@ from secureconnect.stun import (
 )
 
 A = AttrType
-Address = tuple[str, int]
 
 
 # -- the appliance ---------------------------------------------------------------------------------

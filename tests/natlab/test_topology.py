@@ -45,6 +45,7 @@ from secureconnect.natlab.topology import (
     list_namespaces,
     require_root,
 )
+from secureconnect.netaddr import Address
 
 pytestmark = [pytest.mark.root, pytest.mark.coturn, pytest.mark.slow]
 
@@ -58,7 +59,6 @@ alternate_address = "198.51.100.3"
 alternate_port = 3479
 tls = false
 """
-Address = tuple[str, int]
 
 
 @pytest.fixture(autouse=True)

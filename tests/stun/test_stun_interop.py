@@ -33,12 +33,12 @@ from appliance import run_appliance
 from loopback_stun import bound, free_port_pair, running_stun
 from netns import call_in, exec_argv, netns
 
+from secureconnect.netaddr import Address
 from secureconnect.stun.serve import StunServer
 
 PYSTUN_CLIENT = Path(__file__).resolve().parents[1] / "support" / "pystun_client.py"
 ALTERNATE_IP = "127.0.0.2"
 CLIENT_SECONDS = 20  # each client finishes in well under a second when all is well
-Address = tuple[str, int]
 
 
 async def run_client(*argv: str) -> str:

@@ -22,6 +22,7 @@ from appliance import Running, free_port, run_appliance
 from turnwire import peer_attribute
 
 from secureconnect.credentials import rest_password
+from secureconnect.netaddr import Address
 from secureconnect.stun import (
     AttrType,
     MessageClass,
@@ -37,7 +38,6 @@ from secureconnect.stun import (
 A = AttrType
 SECRET = "adversarial-secret"
 REALM = "secureconnect"  # the embedded default realm
-Address = tuple[str, int]
 UDP_TRANSPORT = bytes((17, 0, 0, 0))  # REQUESTED-TRANSPORT: UDP (RFC 8656 §14.7)
 
 

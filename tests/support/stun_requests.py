@@ -8,6 +8,7 @@ from collections.abc import Iterable
 
 from default_settings import responder_config
 
+from secureconnect.netaddr import Address
 from secureconnect.stun import (
     AttrType,
     MessageClass,
@@ -21,7 +22,6 @@ from secureconnect.stun import (
     new_transaction_id,
 )
 
-Address = tuple[str, int]
 PRIMARY: Address = ("192.0.2.10", 3478)
 ALTERNATE: Address = ("192.0.2.20", 3479)
 RFC5780 = responder_config(primary=PRIMARY, alternate=ALTERNATE)

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from secureconnect.credentials import rest_password
+from secureconnect.netaddr import Address
 from secureconnect.stun import (
     MAGIC_COOKIE,
     AttrType,
@@ -53,7 +54,6 @@ from secureconnect.stun import (
 )
 
 A = AttrType
-Address = tuple[str, int]
 REQUESTED_UDP = bytes((17, 0, 0, 0))  # RFC 8656 §18.8: protocol 17, three RFFU bytes
 REALM = "secureconnect"  # the appliance's default realm
 RECV = 65536

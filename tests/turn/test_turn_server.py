@@ -17,6 +17,7 @@ from loopback_stun import server_context
 from turn_core_driver import settings
 
 from secureconnect.credentials import CredentialMinter, NonceMint, rest_password
+from secureconnect.netaddr import Address
 from secureconnect.stun import (
     AttrType,
     MessageClass,
@@ -37,7 +38,6 @@ from secureconnect.turn.serve import CoreParts, StreamOutbox, TurnEndpoints, Tur
 A = AttrType
 SECRET = "io-secret"
 REALM = "io.test"
-Address = tuple[str, int]
 
 
 @asynccontextmanager
