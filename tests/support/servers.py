@@ -74,7 +74,7 @@ def secureconnect_turn(
     """Our TURN component in a subprocess; ``overrides`` are extra ``KEY=VALUE`` settings.
 
     Defaults suit tests and benchmarks: RFC 5766 channel numbers (turnutils_uclient uses them),
-    no bandwidth cap, a generous user quota, loopback peers (allowed automatically on loopback).
+    no bandwidth cap, generous user, total and per-address quotas, loopback peers (allowed automatically on loopback).
     """
     port = free_port()
     tls_port = free_port(socket.SOCK_STREAM) if tls else None
@@ -87,6 +87,7 @@ def secureconnect_turn(
         "turn.bandwidth_limit=0",
         "turn.user_quota=100000",
         "turn.total_quota=100000",
+        "turn.ip_quota=100000",  # every load generator comes from 127.0.0.1
         "turn.unauthorized_rate=0",
         *overrides,
     ]

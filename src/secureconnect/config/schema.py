@@ -447,7 +447,8 @@ class SignalConfig:
         ),
         metadata=_doc(
             "CIDR ranges whose clients may read /metrics (others get 403); loopback and private "
-            "networks by default, where scrapers live; add your monitoring host's address",
+            "networks by default, where scrapers live; add your monitoring host's address; an "
+            "empty list serves everyone",
             check=_cidr_list,
         ),
     )
