@@ -74,7 +74,8 @@ def secureconnect_turn(
     """Our TURN component in a subprocess; ``overrides`` are extra ``KEY=VALUE`` settings.
 
     Defaults suit tests and benchmarks: RFC 5766 channel numbers (turnutils_uclient uses them),
-    no bandwidth cap, generous user, total and per-address quotas, loopback peers (allowed automatically on loopback).
+    no bandwidth cap, generous user, total and per-address quotas, loopback peers (allowed
+    automatically on loopback).
     """
     port = free_port()
     tls_port = free_port(socket.SOCK_STREAM) if tls else None
