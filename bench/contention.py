@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 out, _ = load.communicate(timeout=duration + 40)
             relay = json.loads(out.strip().splitlines()[-1]) if out.strip() else {}
-    result = {
+    result: dict[str, Any] = {
         "all_in_one": summary(idle, loaded),
         "signal_only_control": summary(control_idle, control_loaded),
         "relay": {

@@ -14,11 +14,11 @@ from stun_requests import (
     FLAGS,
     PRIMARY,
     RFC5780,
-    Address,
     classic_reply,
     classic_request,
 )
 
+from secureconnect.netaddr import Address
 from secureconnect.stun import (
     AttrType,
     BindingResponder,

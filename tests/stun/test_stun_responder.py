@@ -14,7 +14,6 @@ from stun_requests import (
     PRIMARY,
     RFC5769_REQUEST,
     RFC5780,
-    Address,
     address_of,
     error_code,
     other_of,
@@ -22,6 +21,7 @@ from stun_requests import (
     request,
 )
 
+from secureconnect.netaddr import Address
 from secureconnect.stun import (
     AttrType,
     BindingResponder,

@@ -52,7 +52,6 @@ from appliance import ApplianceNotReady, Running, free_port, run_appliance
 from turnplay import SECRET, SETTLE, USER_QUOTA, Play, Violation, allowing
 from turnseq import Case
 from turnwire import (
-    Address,
     Conn,
     Credential,
     Endpoints,
@@ -66,6 +65,7 @@ from turnwire import (
     udp_echo,
 )
 
+from secureconnect.netaddr import Address
 from secureconnect.stun import AttrType
 
 A = AttrType

@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING
 from turnseq import Case, Op, Step, ends_connection, is_stream
 from turnwire import (
     REQUESTED_UDP,
-    Address,
     Conn,
     Credential,
     Session,
@@ -43,6 +42,7 @@ from turnwire import (
     request,
 )
 
+from secureconnect.netaddr import Address
 from secureconnect.stun import AttrType, MessageClass, Method
 
 if TYPE_CHECKING:

@@ -32,6 +32,7 @@ from secureconnect.stun import (
     new_transaction_id,
 )
 from secureconnect.turn.auth import Authenticator
+from secureconnect.turn.core import TurnCore
 from secureconnect.turn.peerpolicy import LOOPBACK_RANGES, PeerPolicy
 from secureconnect.turn.serve import CoreParts, StreamOutbox, TurnEndpoints, TurnServer
 
@@ -60,6 +61,12 @@ async def running_turn(ca: trustme.CA | None = None) -> AsyncIterator[TurnServer
         await nursery.start(server.serve)
         yield server
         nursery.cancel_scope.cancel()
+
+
+def core_of(server: TurnServer) -> TurnCore:
+    """The running server's core (built once its sockets are bound)."""
+    assert server.core is not None
+    return server.core
 
 
 def bound(server: TurnServer, transport: str) -> Address:
@@ -166,7 +173,7 @@ async def test_udp_client_relays_both_ways_over_a_channel() -> None:
         await peer.sendto(b"back", relayed)
         with trio.fail_after(5):
             assert await sock.recv(2048) == b"\x40\x01\x00\x04back"
-        counters = server.core.counters.relay
+        counters = server.counters.relay
         assert (counters.to_peer_packets, counters.to_client_packets) == (1, 1)
 
 
@@ -199,7 +206,7 @@ async def test_peer_without_permission_is_dropped_and_send_indication_works() ->
             msg = decode_message_untrusted(await sock.recv(2048))
         assert msg.method == Method.DATA
         assert msg.get(A.DATA) == b"pong"
-        relay = server.core.counters.relay
+        relay = server.counters.relay
         # The stranger's datagram and the early Send indication were both dropped.
         assert relay.dropped_no_permission == 2
 
@@ -236,8 +243,8 @@ async def test_the_relay_never_reaches_the_servers_own_listener() -> None:
         # Relay to relay is allowed; this request follows the Send on the same socket, so the
         # Send has been handled by the time it is answered.
         await client.channel_bind(0x4001, other_relayed)
-        assert server.core.counters.relay.dropped_own_port == 1
-        assert server.core.counters.relay.to_peer_packets == 0
+        assert server.counters.relay.dropped_own_port == 1
+        assert server.counters.relay.to_peer_packets == 0
 
 
 async def test_tcp_allocation_ends_with_its_connection() -> None:
@@ -252,11 +259,11 @@ async def test_tcp_allocation_ends_with_its_connection() -> None:
             assert await peer.recv(2048) == b"abc"
         await peer.sendto(b"xyz12", relayed)
         assert await receive() == b"\x40\x02\x00\x05xyz12\x00\x00\x00"
-        assert len(server.core.table) == 1
+        assert len(core_of(server).table) == 1
         await stream.aclose()
         with trio.fail_after(5):
             await trio.testing.wait_all_tasks_blocked()
-        assert len(server.core.table) == 0
+        assert len(core_of(server).table) == 0
         # The relay port is free again: its socket was closed.
         probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         probe.bind(relayed)
@@ -310,7 +317,7 @@ async def test_a_stream_client_sending_garbage_ends_only_its_own_connection() ->
         assert server.stream_counters.framing_errors == 1
         assert server.stream_counters.handler_failures == 0
         # The UDP client's allocation is untouched and the server still answers.
-        assert server.core.table.get(("udp", sock.getsockname(), bound(server, "udp")))
+        assert core_of(server).table.get(("udp", sock.getsockname(), bound(server, "udp")))
         peer, peer_address = await peer_socket()
         await client.channel_bind(0x4003, peer_address)
         await peer.sendto(b"still here", relayed)
