@@ -173,7 +173,7 @@ async def test_udp_client_relays_both_ways_over_a_channel() -> None:
         await peer.sendto(b"back", relayed)
         with trio.fail_after(5):
             assert await sock.recv(2048) == b"\x40\x01\x00\x04back"
-        counters = server.counters.relay
+        counters = server.udp.relay_counters()
         assert (counters.to_peer_packets, counters.to_client_packets) == (1, 1)
 
 
@@ -206,7 +206,7 @@ async def test_peer_without_permission_is_dropped_and_send_indication_works() ->
             msg = decode_message_untrusted(await sock.recv(2048))
         assert msg.method == Method.DATA
         assert msg.get(A.DATA) == b"pong"
-        relay = server.counters.relay
+        relay = server.udp.relay_counters()
         # The stranger's datagram and the early Send indication were both dropped.
         assert relay.dropped_no_permission == 2
 
@@ -243,8 +243,8 @@ async def test_the_relay_never_reaches_the_servers_own_listener() -> None:
         # Relay to relay is allowed; this request follows the Send on the same socket, so the
         # Send has been handled by the time it is answered.
         await client.channel_bind(0x4001, other_relayed)
-        assert server.counters.relay.dropped_own_port == 1
-        assert server.counters.relay.to_peer_packets == 0
+        assert server.udp.relay_counters().dropped_own_port == 1
+        assert server.udp.relay_counters().to_peer_packets == 0
 
 
 async def test_tcp_allocation_ends_with_its_connection() -> None:

@@ -12,8 +12,9 @@ server address) and owns one relay endpoint (a UDP socket the I/O layer bound). 
 
 All times are the caller's ``now`` (seconds, any monotonic origin): nothing here reads a clock,
 so tests drive expiry with explicit numbers. :class:`AllocationTable` indexes allocations by
-5-tuple and, for the UDP fast path, by (local address -> client address), so the receive loop of a
-listening socket finds an allocation with one dict lookup on the address ``recvfrom`` returned.
+5-tuple and keeps the quota counts. A UDP client's allocation also has a copy in the UDP fast path
+(``turn.fastpath``, docs/fastpath.md): :attr:`Allocation.mirror`, which every change below is
+pushed to.
 
 :class:`RelayPortPool` chooses relay port numbers in the configured range and remembers which it
 handed out; binding a socket to one is the I/O layer's job (:class:`RelayBinder`), so a port that
@@ -44,6 +45,7 @@ __all__ = [
     "Quotas",
     "RelayBinder",
     "RelayEndpoint",
+    "RelayMirror",
     "RelayPortPool",
     "Reservation",
     "quota_key",
@@ -60,6 +62,19 @@ CHANNEL_MAX: Final = 0x4FFF
 #: RFC 5766 §11 allowed 0x4000 through 0x7FFF; some clients (coturn's turnutils_uclient) still
 #: pick numbers up there, so a server may opt in to the old range.
 CHANNEL_MAX_RFC5766: Final = 0x7FFF
+
+
+class RelayMirror(Protocol):
+    """A copy of one allocation's relay state kept by the UDP fast path (``turn.fastpath``,
+    compiled or its pure-Python twin; docs/fastpath.md): the allocation pushes every change to
+    it, and its bandwidth budget lives there (the fast path spends it without calling back)."""
+
+    def permit(self, ip: str, expires: float, own_ports: tuple[int, ...]) -> None: ...
+    def forget_permission(self, ip: str) -> None: ...
+    def bind_channel(self, number: int, peer: Address, expires: float) -> None: ...
+    def forget_channel(self, number: int) -> None: ...
+    def spend(self, size: int) -> bool: ...
+    def refill(self, rate: float, elapsed: float) -> None: ...
 
 
 class RelayEndpoint(Protocol):
@@ -144,6 +159,7 @@ class Allocation:
         "last_response",
         "last_transaction",
         "lifetime_expires",
+        "mirror",
         "peer_headers",
         "permissions",
         "relay",
@@ -181,18 +197,53 @@ class Allocation:
         self.last_transaction = b""
         self.last_response = b""
         self.peer_headers: dict[Address, bytes] = {}  # cached XOR-PEER-ADDRESS values (IPv4)
+        #: the UDP fast path's copy of this allocation (UDP clients' only): every change below
+        #: is pushed to it, and it holds the bandwidth budget
+        self.mirror: RelayMirror | None = None
 
     def permits(self, peer_ip: str, now: float) -> bool:
         """Whether an unexpired permission covers ``peer_ip`` (RFC 8656 §9)."""
         return self.permissions.get(peer_ip, 0.0) > now
 
+    def permit(self, ip: str, expires: float, own_ports: tuple[int, ...] = ()) -> None:
+        """Install or refresh the permission for ``ip`` (RFC 8656 §9) until ``expires``;
+        ``own_ports``: the server's own service ports on that address (never relayed to)."""
+        self.permissions[ip] = expires
+        if self.mirror is not None:
+            self.mirror.permit(ip, expires, own_ports)
+
+    def bind_channel(self, number: int, peer: Address, expires: float) -> Channel:
+        """Bind (or refresh) channel ``number`` to ``peer`` until ``expires`` (RFC 8656 §12);
+        the caller has checked that neither is bound to another."""
+        channel = self.channels.get(number)
+        if channel is None:
+            channel = self.channels[number] = Channel(number, peer, expires)
+            self.channel_by_peer[peer] = channel
+        channel.expires = expires
+        if self.mirror is not None:
+            self.mirror.bind_channel(number, peer, expires)
+        return channel
+
+    def refill(self, rate: float, elapsed: float) -> None:
+        """Add ``elapsed`` seconds of ``rate`` bytes/s to the bandwidth budget, at most one
+        second's worth (the fast path's copy when there is one)."""
+        if self.mirror is not None:
+            self.mirror.refill(rate, elapsed)
+        else:
+            self.budget = min(rate, self.budget + rate * elapsed)
+
     def expire(self, now: float) -> None:
         """Drop permissions and channel bindings whose time has passed."""
+        mirror = self.mirror
         for ip in [ip for ip, until in self.permissions.items() if until <= now]:
             del self.permissions[ip]
+            if mirror is not None:
+                mirror.forget_permission(ip)
         for number in [n for n, ch in self.channels.items() if ch.expires <= now]:
             channel = self.channels.pop(number)
             del self.channel_by_peer[channel.peer]
+            if mirror is not None:
+                mirror.forget_channel(number)
 
 
 @dataclass(slots=True)
@@ -210,7 +261,7 @@ class Reservation:
 
 
 class AllocationTable:
-    """All allocations of one process, indexed for control messages and for the fast path.
+    """All allocations of one process, indexed by 5-tuple.
 
     It also keeps the quota counts: allocations *and* reservations per user (``quota_key``) and
     per client address (``source_key``), and in total (:meth:`held`). A reservation holds a
@@ -218,12 +269,11 @@ class AllocationTable:
     client that reserved and deleted in a loop once held 8,000 sockets outside every quota).
     """
 
-    __slots__ = ("_by_tuple", "_reservations", "by_source", "by_user", "udp_by_local")
+    __slots__ = ("_by_tuple", "_reservations", "by_source", "by_user")
 
     def __init__(self) -> None:
         self._by_tuple: dict[FiveTuple, Allocation] = {}
         #: local (ip, port) -> client (ip, port) -> allocation; UDP allocations only.
-        self.udp_by_local: dict[Address, dict[Address, Allocation]] = {}
         self.by_user: dict[str, int] = {}
         self.by_source: dict[str, int] = {}
         self._reservations: dict[bytes, Reservation] = {}
@@ -242,18 +292,14 @@ class AllocationTable:
         return len(self._by_tuple) + len(self._reservations)
 
     def add(self, allocation: Allocation) -> None:
-        transport, client, local = allocation.five_tuple
+        client = allocation.five_tuple[1]
         self._by_tuple[allocation.five_tuple] = allocation
-        if transport == "udp":
-            self.udp_by_local.setdefault(local, {})[client] = allocation
         self._count(quota_key(allocation.username), source_key(client[0]), 1)
 
     def remove(self, allocation: Allocation) -> None:
-        transport, client, local = allocation.five_tuple
+        client = allocation.five_tuple[1]
         if self._by_tuple.pop(allocation.five_tuple, None) is None:
             return
-        if transport == "udp":
-            self.udp_by_local.get(local, {}).pop(client, None)
         self._count(quota_key(allocation.username), source_key(client[0]), -1)
 
     @property

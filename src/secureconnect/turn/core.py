@@ -24,7 +24,7 @@ refills bandwidth budgets; the I/O layer calls it about once a second.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Final
 
 from secureconnect.stun import (
@@ -49,7 +49,6 @@ from secureconnect.stun.constants import REASON_PHRASES
 from secureconnect.turn.allocation import (
     Address,
     Allocation,
-    Channel,
     FiveTuple,
     RelayBinder,
     RelayPortPool,
@@ -129,14 +128,6 @@ class TurnCore:
     @property
     def ports(self) -> RelayPortPool:
         return self.allocations.ports
-
-    def udp_allocations(self, local: Address) -> Mapping[Address, Allocation]:
-        """The fast path's view: live allocations of UDP clients on the listening address
-        ``local``, by client address. The core keeps it current as allocations come and go;
-        the data plane reads it (and each allocation's channels and permissions) per
-        datagram and writes nothing but the relay counters and bandwidth budgets
-        (:mod:`~secureconnect.turn.relaypath`)."""
-        return self.table.udp_by_local.setdefault(local, {})
 
     # -- entry points ----------------------------------------------------------------------
 
@@ -276,7 +267,7 @@ class TurnCore:
                 continue
             allocation.expire(now)
             if rate:
-                allocation.budget = min(float(rate), allocation.budget + rate * elapsed)
+                allocation.refill(float(rate), elapsed)
         self.allocations.expire_reservations(now)
 
     def metrics(self) -> dict[str, float]:
@@ -418,7 +409,7 @@ class TurnCore:
             raise StunError(ErrorCode.INSUFFICIENT_CAPACITY)
         until = now + self.settings.permission_lifetime
         for ip, _ in peers:
-            permissions[ip] = until
+            allocation.permit(ip, until, self.own_endpoints.ports_on(ip))
         return []
 
     def _channel_bind(
@@ -454,12 +445,9 @@ class TurnCore:
         ):
             raise StunError(ErrorCode.INSUFFICIENT_CAPACITY)
         # Binding (or refreshing) the channel also installs or refreshes the permission.
-        if channel is None:
-            channel = Channel(number, peer, 0.0)
-            allocation.channels[number] = channel
-            allocation.channel_by_peer[peer] = channel
-        channel.expires = now + self.settings.channel_lifetime
-        allocation.permissions[peer[0]] = now + self.settings.permission_lifetime
+        allocation.bind_channel(number, peer, now + self.settings.channel_lifetime)
+        until = now + self.settings.permission_lifetime
+        allocation.permit(peer[0], until, self.own_endpoints.ports_on(peer[0]))
         return []
 
     def _relay_send(

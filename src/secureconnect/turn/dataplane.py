@@ -37,7 +37,7 @@ import select
 import threading
 from collections.abc import Callable
 
-Handler = Callable[[float], None]
+Handler = Callable[[float], object]  # called with now; what it returns is ignored
 
 
 class EpollThread:

@@ -415,6 +415,12 @@ class OwnEndpoints:
         parsed = _parse_untrusted(ip)
         return parsed is not None and parsed.is_loopback
 
+    def ports_on(self, ip: str) -> tuple[int, ...]:
+        """The ports that are our own service endpoints on ``ip`` (for the compiled fast path,
+        which checks a Send's peer port against this list instead of these rules)."""
+        candidates = {port for _, port in self._exact} | self._wildcard_ports
+        return tuple(sorted(port for port in candidates if (ip, port) in self))
+
     def __bool__(self) -> bool:
         return bool(self._exact or self._wildcard_ports)
 

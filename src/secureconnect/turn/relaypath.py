@@ -17,7 +17,7 @@ from __future__ import annotations
 import random
 import zlib
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
 
 from secureconnect.stun import AttrType, encode_xor_address
 from secureconnect.stun.constants import FINGERPRINT_XOR, MAGIC_COOKIE
@@ -26,8 +26,8 @@ from secureconnect.turn.allocation import (
     CHANNEL_MAX_RFC5766,
     CHANNEL_MIN,
     Address,
-    Allocation,
     Channel,
+    RelayMirror,
 )
 
 _DATA_INDICATION: Final = 0x0017  # RFC 8656 §17: Data (0x007) with the indication class bits
@@ -43,6 +43,20 @@ _MAX_PEER_HEADERS: Final = 256  # cached XOR-PEER-ADDRESS encodings per allocati
 #: The largest DATA value whose Data indication still fits the 16-bit STUN length: 0xFFFC minus
 #: XOR-PEER-ADDRESS (IPv6: 4 + 20) and the DATA header (4), rounded down to a multiple of 4.
 _MAX_DATA_INDICATION_PAYLOAD: Final = 0xFFFC - 24 - 4
+
+
+class RelayState(Protocol):
+    """What the hot path reads and writes of an allocation: an
+    :class:`~secureconnect.turn.allocation.Allocation`, or the pure-Python fast path's copy of
+    one (``turn.pyfastpath``)."""
+
+    permissions: dict[str, float]
+    channels: dict[int, Channel]
+    channel_by_peer: dict[Address, Channel]
+    peer_headers: dict[Address, bytes]
+    budget: float
+    stream: bool
+    mirror: RelayMirror | None
 
 
 @dataclass(slots=True)
@@ -62,7 +76,7 @@ class RelayCounters:
 
 
 def route_channel_data(
-    allocation: Allocation, data: bytes, now: float, counters: RelayCounters
+    allocation: RelayState, data: bytes, now: float, counters: RelayCounters
 ) -> Channel | None:
     """The channel a client's ChannelData message goes out on; the caller sends
     ``data[4:4 + length]`` to ``channel.peer`` from ``allocation.relay``.
@@ -93,21 +107,27 @@ def route_channel_data(
     return channel
 
 
-def spend_to_peer(allocation: Allocation, size: int, counters: RelayCounters) -> bool:
+def spend_to_peer(allocation: RelayState, size: int, counters: RelayCounters) -> bool:
     """Take ``size`` bytes from the allocation's bandwidth budget for a datagram to a peer;
-    False (counted) when the cap is reached."""
-    allocation.budget -= size
-    if allocation.budget < 0:
-        allocation.budget += size
-        counters.dropped_bandwidth += 1
-        return False
+    False (counted) when the cap is reached. The budget of an allocation the compiled fast
+    path mirrors lives there (which counts its refusals itself)."""
+    mirror = allocation.mirror
+    if mirror is not None:
+        if not mirror.spend(size):
+            return False
+    else:
+        allocation.budget -= size
+        if allocation.budget < 0:
+            allocation.budget += size
+            counters.dropped_bandwidth += 1
+            return False
     counters.to_peer_packets += 1
     counters.to_peer_bytes += size
     return True
 
 
 def wrap_peer_data(
-    allocation: Allocation,
+    allocation: RelayState,
     data: bytes,
     peer: Address,
     now: float,
@@ -147,7 +167,7 @@ def wrap_peer_data(
 
 
 def _data_indication(
-    allocation: Allocation, data: bytes, peer: Address, rng: random.Random
+    allocation: RelayState, data: bytes, peer: Address, rng: random.Random
 ) -> bytes:
     """RFC 8656 §11.3: a Data indication with XOR-PEER-ADDRESS and DATA, built directly."""
     size = len(data)

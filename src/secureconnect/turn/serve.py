@@ -31,6 +31,7 @@ processes can later share the listening ports with SO_REUSEPORT (one data plane 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import socket
 import threading
@@ -56,8 +57,9 @@ from secureconnect.turn.auth import Authenticator
 from secureconnect.turn.core import ToPeer, TurnCore, TurnCounters, TurnSettings
 from secureconnect.turn.dataplane import EpollThread
 from secureconnect.turn.peerpolicy import OwnEndpoints, PeerPolicy
+from secureconnect.turn.pyfastpath import RECV_SIZE
 from secureconnect.turn.settings import counter_samples
-from secureconnect.turn.udpplane import RECV_SIZE, UdpDataPlane
+from secureconnect.turn.udpplane import UdpDataPlane
 
 STREAM_QUEUE_BYTES = 256 * 1024  # bytes queued to one TCP/TLS client before drops
 TICK = 1.0  # seconds between expiry passes
@@ -276,8 +278,10 @@ class TurnServer(StreamComponent):
         with self.lock:  # the data-plane thread changes the tables it counts
             core = self.core
             table = core.table if core is not None else AllocationTable()
-            samples = counter_samples(self.counters, table)
-        samples["turn_send_errors_total"] = self.udp.send_errors
+            # The fast path counts what it relays itself: summed into a copy.
+            counters = dataclasses.replace(self.counters, relay=self.udp.relay_counters())
+            samples = counter_samples(counters, table)
+            samples["turn_send_errors_total"] = self.udp.total_send_errors()
         samples["turn_packet_errors_total"] = self.udp.packet_errors
         samples['turn_relay_dropped_total{reason="slow_client"}'] = self.dropped_slow_client
         samples.update(self.stream_counters.samples("turn_stream"))

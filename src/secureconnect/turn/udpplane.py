@@ -28,6 +28,7 @@ minus ``clock()``) is kept current by whoever runs the timers, and each drain pa
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import secrets
@@ -36,9 +37,12 @@ import threading
 import time
 from collections.abc import Callable
 
+from secureconnect.logs import fields
 from secureconnect.turn.allocation import Address, Allocation, RelayEndpoint
 from secureconnect.turn.core import ToPeer, TurnCore, TurnSettings
 from secureconnect.turn.dataplane import EpollThread, Handler
+from secureconnect.turn.fastpath import Mirror, fastpath_reason, new_fastpath
+from secureconnect.turn.pyfastpath import RECV_SIZE, PyFastPath, received
 from secureconnect.turn.relaypath import RelayCounters, route_channel_data, wrap_peer_data
 
 log = logging.getLogger("secureconnect.turn")
@@ -47,7 +51,6 @@ IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)
 IPV6_MTU_DISCOVER = getattr(socket, "IPV6_MTU_DISCOVER", 23)
 IP_PMTUDISC_DO = getattr(socket, "IP_PMTUDISC_DO", 2)
 BATCH = 256  # datagrams handled per readiness wake-up before the next socket's turn
-RECV_SIZE = 65536  # a relayed UDP datagram may be up to 64 KiB
 #: UDP receive buffers: the kernel default (~208 KiB) overflows under bursts; coturn uses 4 MiB.
 #: Linux caps the request at net.core.rmem_max.
 RCVBUF = 4 * 1024 * 1024
@@ -65,6 +68,7 @@ class UdpDataPlane:
         *,
         lock: threading.Lock | None = None,
         clock: Callable[[], float] = time.monotonic,
+        compiled: bool | None = None,
     ) -> None:
         self.settings = settings
         #: the relay counters, shared with the core (which counts what it relays itself)
@@ -90,7 +94,11 @@ class UdpDataPlane:
         #: one receive buffer for every drain (they run one at a time, under ``lock``):
         #: ``recvfrom_into`` saves the 64 KiB allocation ``recvfrom`` makes per datagram
         self._buffer = bytearray(RECV_SIZE)
-        self._view = memoryview(self._buffer)
+        #: descriptor -> socket of the listening sockets and UDP clients' relay sockets: what
+        #: the fast path drains and sends through
+        self.sockets: dict[int, socket.socket] = {}
+        #: UDP clients' established traffic, compiled or pure Python (``turn.fastpath``)
+        self.fastpath = new_fastpath(self.sockets, compiled=compiled)
 
     # -- running -----------------------------------------------------------------------------
 
@@ -99,11 +107,16 @@ class UdpDataPlane:
         ``listeners`` (local address -> bound socket); the epoll loop to
         :meth:`~EpollThread.run` in a thread of its own."""
         epoll = self.epoll = EpollThread(self.lock, self.clock)
+        # Which fast path runs, and why (docs/fastpath.md): an operator's first question when
+        # comparing figures.
+        kind = "python" if isinstance(self.fastpath, PyFastPath) else "compiled"
+        log.info("turn-fastpath", extra=fields(path=kind, reason=fastpath_reason(kind)))
         with self.lock:
             self.core = core
             for local, sock in listeners.items():
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
                 self.listeners[local] = sock
+                self.sockets[sock.fileno()] = sock
                 epoll.add(sock.fileno(), self._listener_drain(core, sock, local))
         return epoll
 
@@ -125,6 +138,7 @@ class UdpDataPlane:
             self.core = None
             self.epoll = None
             self.listeners.clear()
+            self.sockets.clear()
         epoll.close()
 
     # -- the core's RelayBinder ----------------------------------------------------------------
@@ -158,8 +172,14 @@ class UdpDataPlane:
         if allocation.five_tuple[0] == "udp":
             if self.epoll is None:  # pragma: no cover - UDP clients reach a running plane only
                 raise RuntimeError("the UDP data plane is not open")
-            deliver = self.to_udp(allocation)
-            self.epoll.add(sock.fileno(), self.relay_drain(sock, allocation, deliver))
+            # The fast path relays it from now on: a copy of its state that the allocation
+            # keeps current (its budget lives there).
+            fd = sock.fileno()
+            _, client, local = allocation.five_tuple
+            self.sockets[fd] = sock
+            self.fastpath.add(fd, self.listeners[local].fileno(), client, allocation.budget)
+            allocation.mirror = Mirror(self.fastpath, fd)
+            self.epoll.add(fd, self._fast_relay_drain(fd))
         elif self.stream_relay is not None:
             self.stream_relay(sock, allocation)
         else:  # pragma: no cover - a TCP/TLS allocation needs a stream side
@@ -171,6 +191,8 @@ class UdpDataPlane:
         if sock not in self.relay_sockets:
             return
         self.relay_sockets.discard(sock)
+        if self.sockets.pop(sock.fileno(), None) is not None:
+            self.fastpath.remove(sock.fileno())
         if self.epoll is not None and self.epoll.remove(sock.fileno()):
             sock.close()  # out of the epoll set first: no event can name it any more
         else:
@@ -179,25 +201,15 @@ class UdpDataPlane:
     # -- drains ----------------------------------------------------------------------------------
 
     def relay_drain(self, sock: socket.socket, allocation: Allocation, deliver: Deliver) -> Handler:
-        """Peer -> client: read up to BATCH datagrams from a relay socket (lock held)."""
+        """Peer -> a TCP/TLS client (UDP clients' relay sockets are the fast path's): read up to
+        BATCH datagrams from a relay socket and hand each wrapped one to ``deliver`` (lock
+        held)."""
         counters = self.counters
         rng = self.rng
-        recvfrom_into = sock.recvfrom_into
-        buffer, view = self._buffer, self._view
+        buffer = self._buffer
 
         def drain(now: float) -> None:
-            for _ in range(BATCH):
-                try:
-                    size, peer = recvfrom_into(buffer)
-                    data = bytes(view[:size])
-                except BlockingIOError:
-                    return
-                except OSError:
-                    if sock.fileno() < 0:
-                        return
-                    continue  # a queued ICMP error from an earlier send
-                if len(peer) > 2:
-                    peer = peer[:2]  # IPv6: drop flow info and scope id
+            for data, peer in received(sock, buffer, BATCH):
                 try:
                     out = wrap_peer_data(allocation, data, peer, now, counters, rng=rng)
                 except Exception:  # a bug costs one datagram, never the component
@@ -253,32 +265,23 @@ class UdpDataPlane:
             log.exception("packet-handling-failed")
 
     def _listener_drain(self, core: TurnCore, sock: socket.socket, local: Address) -> Handler:
-        """Client -> server over UDP (lock held): ChannelData takes the fast path, the rest the
-        core."""
-        allocations = core.udp_allocations(local)
-        recvfrom_into = sock.recvfrom_into
-        buffer, view = self._buffer, self._view
+        """Client -> server over UDP (lock held): the fast path relays established traffic
+        (ChannelData, plain Send indications) and hands the rest to the core."""
+        fd = sock.fileno()
+        drain = self.fastpath.drain_listener
+        handle = core.handle_stun
         sendto = sock.sendto
-        forward = self.forward_channel_data
-        v6 = sock.family == socket.AF_INET6
 
-        def drain(now: float) -> None:
+        def handler(now: float) -> None:
             wall_now = now + self.wall_offset
-            for _ in range(BATCH):
+            try:
+                unhandled = drain(fd, now, BATCH)
+            except Exception:  # a bug costs this batch, never the component
+                self.packet_failed()
+                return
+            for data, source in unhandled:
                 try:
-                    size, source = recvfrom_into(buffer)
-                    data = bytes(view[:size])
-                except BlockingIOError:
-                    return
-                except OSError:
-                    continue  # e.g. a queued ICMP error; never fatal for a UDP server
-                if v6:
-                    source = source[:2]
-                try:
-                    if data and data[0] >> 6 == 1:  # ChannelData (RFC 8656 §12)
-                        forward(allocations.get(source), data, now)
-                        continue
-                    out = core.handle_stun(data, ("udp", source, local), now, wall_now)
+                    out = handle(data, ("udp", source, local), now, wall_now)
                 except Exception:  # a bug costs one datagram, never the component
                     self.packet_failed()
                     continue
@@ -290,7 +293,32 @@ class UdpDataPlane:
                 elif isinstance(out, ToPeer):
                     self.send_to_peer(out)
 
-        return drain
+        return handler
+
+    def _fast_relay_drain(self, fd: int) -> Handler:
+        """Peer -> a UDP client: the fast path drains the relay socket ``fd`` (lock held)."""
+        drain = self.fastpath.drain_relay
+
+        def handler(now: float) -> None:
+            try:
+                drain(fd, now, BATCH)
+            except Exception:  # a bug costs this batch, never the component
+                self.packet_failed()
+
+        return handler
+
+    def relay_counters(self) -> RelayCounters:
+        """The relay counters of the core and the I/O layer, plus the fast path's, summed (for
+        metrics and tests; a copy)."""
+        merged = dataclasses.replace(self.counters)
+        for name, value in self.fastpath.counters().items():
+            if name != "send_errors":
+                setattr(merged, name, getattr(merged, name) + value)
+        return merged
+
+    def total_send_errors(self) -> int:
+        """Failed sends, the fast path's included."""
+        return self.send_errors + self.fastpath.counters()["send_errors"]
 
 
 def _as_socket(endpoint: RelayEndpoint) -> socket.socket:
