@@ -5,6 +5,13 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
+# The compiled UDP fast path (docs/fastpath.md): `pip install -e` builds it into the source tree
+# (an optional extension: without a compiler the install goes on without it); a changed source
+# reinstalls, which rebuilds it.
+FASTPATH := src/secureconnect/turn/_fastpath.c
+# What runs twice, with the extension and without (issue #14: the fallback stays honest).
+TURN_TESTS := tests/turn tests/adversarial/test_turn_state_attacks.py \
+	tests/adversarial/test_turn_auth_attacks.py tests/adversarial/test_turn_sequences.py
 
 .PHONY: run test check lint typecheck system-deps bench bench-relay fuzz soak clean dist
 
@@ -12,11 +19,11 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-$(VENV)/.runtime: pyproject.toml | $(BIN)/python
+$(VENV)/.runtime: pyproject.toml $(FASTPATH) | $(BIN)/python
 	$(BIN)/pip install -q -e .
 	touch $@
 
-$(VENV)/.test: pyproject.toml | $(BIN)/python
+$(VENV)/.test: pyproject.toml $(FASTPATH) | $(BIN)/python
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@ $(VENV)/.runtime
 
@@ -24,7 +31,7 @@ run: $(VENV)/.runtime
 	$(BIN)/secureconnect run
 
 system-deps:
-	bash scripts/install-system-deps.sh
+	PYTHON=$(PYTHON) bash scripts/install-system-deps.sh
 	bash scripts/install-browser.sh
 
 lint: $(VENV)/.test
@@ -35,8 +42,12 @@ lint: $(VENV)/.test
 typecheck: $(VENV)/.test
 	$(BIN)/mypy
 
-test: $(VENV)/.test system-deps lint typecheck
+# system-deps first: the compiler and the Python headers must be there when pip builds the
+# fast path (tests/turn/test_fastpath_compiled.py fails without it).
+test: system-deps $(VENV)/.test lint typecheck
 	$(BIN)/pytest
+	@echo "== the TURN tests again on the pure-Python fast path (SECURECONNECT_NO_EXTENSIONS=1)"
+	SECURECONNECT_NO_EXTENSIONS=1 $(BIN)/pytest -q $(TURN_TESTS)
 
 # Side-by-side with coturn: writes bench/results/latest.md and latest.json (bench/README.md).
 # Not part of `make test`.
@@ -66,3 +77,4 @@ dist:
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info src/*.egg-info
+	rm -f src/secureconnect/turn/_fastpath.*.so

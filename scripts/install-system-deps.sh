@@ -23,6 +23,16 @@ done
 # CLOCK_REALTIME of the appliance alone.
 compgen -G "/usr/lib/*/faketime/libfaketimeMT.so.1" >/dev/null || need+=(libfaketime)
 
+# The compiled UDP fast path (src/secureconnect/turn/_fastpath.c, docs/fastpath.md): a C
+# compiler, the C library's headers and the headers of the Python the venv is made from ($PYTHON,
+# as the Makefile passes it; a pyenv or python.org build ships its own, Debian's python3 needs
+# python3-dev). Without them pip leaves the optional extension out, and its tests fail.
+command -v gcc >/dev/null || need+=(gcc)
+[ -e /usr/include/stdio.h ] || need+=(libc6-dev)
+"${PYTHON:-python3}" -c 'import os, sys, sysconfig
+sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+    || need+=(python3-dev)
+
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
     echo "install-system-deps: missing ${need[*]} and cannot apt-get install them (need root on Debian)" >&2

@@ -186,7 +186,19 @@ class PyFastPath:
         by_client = self._by_client
         counters = self.relay
         unhandled: list[tuple[bytes, Address]] = []
-        for data, source in received(sock, self._buffer, limit):
+        recvfrom_into, buffer = sock.recvfrom_into, self._buffer
+        view = memoryview(buffer)
+        # ``received``'s loop, inlined: a generator resume per datagram cost ~10% here.
+        for _ in range(limit):
+            try:
+                size, address = recvfrom_into(buffer)
+            except BlockingIOError:
+                break
+            except OSError:
+                if sock.fileno() < 0:
+                    break
+                continue
+            data, source = bytes(view[:size]), (address[0], address[1])
             if data and data[0] >> 6 == 1:  # ChannelData (RFC 8656 §12)
                 entry = by_client.get((listener_fd, source))
                 if entry is None:
@@ -236,8 +248,19 @@ class PyFastPath:
             return 0
         counters, rng = self.relay, self.rng
         read = 0
-        for data, peer in received(sock, self._buffer, limit):
+        recvfrom_into, buffer = sock.recvfrom_into, self._buffer
+        view = memoryview(buffer)
+        for _ in range(limit):  # ``received``'s loop, inlined (see drain_listener)
+            try:
+                size, address = recvfrom_into(buffer)
+            except BlockingIOError:
+                break
+            except OSError:
+                if sock.fileno() < 0:
+                    break
+                continue
             read += 1
+            data, peer = bytes(view[:size]), (address[0], address[1])
             out = wrap_peer_data(entry, data, peer, now, counters, rng=rng)
             if out is not None and not self._send(entry.listener_fd, out, entry.client):
                 # Not relayed after all: the counters say what reached the client.
