@@ -54,7 +54,7 @@ from common import (
     server_for,
     wait_udp_ready,
 )
-from servers import TurnTarget, require_tool, udp_echo_peer
+from servers import COTURN_ENV, TurnTarget, coturn_binary, require_tool, udp_echo_peer
 from turn_client import relay_latency
 
 RESULTS = BENCH / "results"
@@ -362,7 +362,7 @@ def machine_info() -> dict[str, Any]:
                 cpu = line.split(":", 1)[1].strip()
                 break
     version = subprocess.run(  # noqa: S603 - fixed argv of an installed tool
-        [require_tool("turnserver"), "--version"], capture_output=True, text=True, check=False
+        [coturn_binary(), "--version"], capture_output=True, text=True, check=False
     )
     try:
         ours = metadata.version("secureconnect")
@@ -436,7 +436,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--signal-connections", default="1000,5000")
     parser.add_argument("--signal-round-trips", type=int, default=1000)
     parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
+    parser.add_argument(
+        "--coturn",
+        type=Path,
+        help="the coturn turnserver to compare with (default: the one on PATH; e.g. 4.17.1 from "
+        "../shared/tools/build-coturn-4.17.sh, see bench/README.md)",
+    )
     args = parser.parse_args(argv)
+    if args.coturn:
+        os.environ[COTURN_ENV] = str(args.coturn.resolve())  # the launchers and subprocesses
     args.sections = [s for s in args.only.split(",") if s]
     unknown = set(args.sections) - set(SECTIONS)
     if unknown:

@@ -38,7 +38,7 @@ from typing import Any
 
 from common import SERVERS, process_cpu, server_for, wait_udp_ready
 from relay_sampling import NCPU, Sampler, find_pid
-from servers import TurnTarget, require_tool, udp_echo_peer
+from servers import TurnTarget, coturn_binary, require_tool, udp_echo_peer
 
 MAX_ROUND_TRIPS = 2_000_000  # per run (flows * packets)
 MAX_ROUNDS = 20
@@ -413,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
         print("stdbuf (coreutils) is required to timestamp uclient's output", file=sys.stderr)
         return 2
     tools = {"uclient": require_tool("turnutils_uclient"), "stdbuf": stdbuf}
-    require_tool("turnserver")
+    coturn_binary()  # fails early with a clear message when there is none
     load = Load(
         args.flows, args.packets, args.size, args.transport, args.send_indications, args.timeout
     )

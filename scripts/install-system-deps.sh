@@ -23,7 +23,7 @@ done
 # CLOCK_REALTIME of the appliance alone.
 compgen -G "/usr/lib/*/faketime/libfaketimeMT.so.1" >/dev/null || need+=(libfaketime)
 
-# The compiled UDP fast path (src/secureconnect/turn/_fastpath.c, docs/fastpath.md): a C
+# The compiled UDP fast path (src/secureconnect/turn/*fastpath*.c, docs/fastpath.md): a C
 # compiler, the C library's headers and the headers of the Python the venv is made from ($PYTHON,
 # as the Makefile passes it; a pyenv or python.org build ships its own, Debian's python3 needs
 # python3-dev). Without them pip leaves the optional extension out, and its tests fail.

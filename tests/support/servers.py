@@ -9,6 +9,8 @@ listens on loopback only.
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import socket
 import ssl
@@ -103,10 +105,37 @@ def secureconnect_turn(
         yield TurnTarget("secureconnect", "127.0.0.1", port, tls_port, secret, "secureconnect", pid)
 
 
+#: the benchmarks' ``--coturn PATH`` (another coturn build, e.g. 4.17.1 from
+#: ../shared/tools/build-coturn-4.17.sh); the tests use Debian's ``turnserver`` on PATH
+COTURN_ENV = "SECURECONNECT_COTURN"
+
+
+def coturn_binary() -> str:
+    """The coturn ``turnserver`` to run: ``$SECURECONNECT_COTURN`` or the one on PATH."""
+    chosen = os.environ.get(COTURN_ENV)
+    if chosen:
+        if not os.access(chosen, os.X_OK):
+            raise RuntimeError(f"{COTURN_ENV}={chosen} is not an executable turnserver")
+        return chosen
+    return require_tool("turnserver")
+
+
+def coturn_version(binary: str | None = None) -> tuple[int, ...]:
+    """``turnserver --version`` as numbers (e.g. (4, 6, 1)); () when it says nothing parseable."""
+    out = subprocess.run(
+        [binary or coturn_binary(), "--version"], capture_output=True, text=True, check=False
+    )
+    match = re.search(r"(\d+)\.(\d+)\.(\d+)", out.stdout + out.stderr)
+    return tuple(int(n) for n in match.groups()) if match else ()
+
+
 @contextmanager
 def coturn(workdir: Path, *extra: str, secret: str = SECRET) -> Iterator[TurnTarget]:
-    """Debian's coturn (``turnserver``) on loopback with REST secrets, for side-by-side runs."""
-    binary = require_tool("turnserver")
+    """coturn (``coturn_binary()``) on loopback with REST secrets, for side-by-side runs. From
+    4.7 on coturn takes only RFC 8656 channel numbers unless told otherwise; Debian's
+    ``turnutils_uclient`` picks RFC 5766 ones, so the old range is switched back on there."""
+    binary = coturn_binary()
+    old_channels = ["rfc5766-channel-numbers"] if coturn_version(binary) >= (4, 7) else []
     port = free_port()
     low = 40000 + (port % 1000) * 10
     conf = workdir / "coturn.conf"
@@ -129,6 +158,7 @@ def coturn(workdir: Path, *extra: str, secret: str = SECRET) -> Iterator[TurnTar
                 f"log-file={workdir / 'coturn.log'}",
                 "user-quota=0",
                 "total-quota=0",
+                *old_channels,
                 *extra,
             ]
         )

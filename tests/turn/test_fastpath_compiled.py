@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sysconfig
 import time
+import tomllib
 import tracemalloc
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -50,7 +51,7 @@ except ImportError as exc:  # pragma: no cover - depends on the install
         "the Python headers (scripts/install-system-deps.sh), or set SECURECONNECT_NO_EXTENSIONS"
     ) from exc
 
-SOURCE = Path(__file__).resolve().parents[2] / "src" / "secureconnect" / "turn" / "_fastpath.c"
+ROOT = Path(__file__).resolve().parents[2]
 NOW = 1000.0
 INF = float("inf")
 CHANNEL = 0x4001
@@ -699,18 +700,28 @@ def test_memory_is_freed() -> None:
 
 def test_compiles_without_warnings(tmp_path: Path) -> None:
     """The quality bar: -Wall -Wextra -Werror (not in the build flags, where a newer
-    compiler's new warning would silently drop the extension from an install)."""
+    compiler's new warning would silently drop the extension from an install), over every
+    source the build compiles (pyproject.toml's ext-modules entry), which are all the C files
+    of the package's turn/."""
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    (extension,) = (e for e in setuptools["ext-modules"] if e["name"].endswith("._fastpath"))
+    sources = sorted(ROOT / source for source in extension["sources"])
+    assert sources == sorted((ROOT / "src" / "secureconnect" / "turn").glob("*.c"))
     cc = shutil.which("gcc") or shutil.which("cc")
     assert cc is not None, "no C compiler"
     include = sysconfig.get_paths()["include"]
     command = [cc, "-c", "-O2", "-Wall", "-Wextra", "-Werror", "-fPIC", f"-I{include}"]
     result = subprocess.run(
-        [*command, str(SOURCE), "-o", str(tmp_path / "fastpath.o")],
+        [*command, *map(str, sources)],  # each X.c to tmp_path/X.o
+        cwd=tmp_path,
         capture_output=True,
         text=True,
         check=False,
     )
     assert result.returncode == 0, result.stderr
+    assert sorted(path.name for path in tmp_path.glob("*.o")) == sorted(
+        f"{source.stem}.o" for source in sources
+    )
 
 
 # -- random bytes ---------------------------------------------------------------------------

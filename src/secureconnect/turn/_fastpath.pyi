@@ -1,4 +1,4 @@
-"""The compiled UDP fast path (``_fastpath.c``); the contract is docs/fastpath.md."""
+"""The compiled UDP fast path (``_fastpath.c``, ``fastpath_*.c``): docs/fastpath.md."""
 
 from collections.abc import Sequence
 from typing import final
