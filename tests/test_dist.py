@@ -165,6 +165,22 @@ def test_version_and_the_package_come_from_the_file_alone(scratch: Scratch) -> N
     assert os.listdir(scratch.directory) == ["secureconnect"]  # nothing written beside it
 
 
+def test_the_file_carries_the_compiled_fast_path(scratch: Scratch) -> None:
+    """``make dist`` builds the TURN fast path's extension into the file (docs/fastpath.md), and
+    the file runs it, extracted beside the rest."""
+    probe = _run(
+        scratch,
+        "-c",
+        "from secureconnect.turn import fastpath, _fastpath\n"
+        "print(fastpath.ACTIVE)\nprint(_fastpath.__file__)",
+        SHIV_INTERPRETER="1",
+    )
+    assert probe.returncode == 0, probe.stderr
+    active, module_file = probe.stdout.splitlines()
+    assert active == "compiled"
+    assert Path(module_file).is_relative_to(scratch.home / ".shiv"), module_file
+
+
 def _stun_binding(port: int) -> tuple[tuple[str, int], tuple[str, int]]:
     """An RFC 8489 Binding request over UDP: (XOR-MAPPED-ADDRESS, our own address)."""
     tid = secrets.token_bytes(12)
