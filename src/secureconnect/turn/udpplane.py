@@ -10,12 +10,17 @@ trio) - the seam for worker processes (issue #14).
 
 Theory of operation:
 
-- A listening socket's drain reads up to ``BATCH`` datagrams per wake-up: ChannelData takes the
-  fast path straight to the allocation's relay socket; anything else goes to the core, whose
-  answer goes back to the client (or, for a Send indication, to the peer).
-- A relay socket's drain wraps each peer datagram (``relaypath.wrap_peer_data``) and hands it to
-  the allocation's ``deliver``: back through the listening socket for a UDP client; for a
-  TCP/TLS client, whatever ``stream_relay`` arranged (the trio side queues it on the stream).
+- UDP clients' established traffic goes through the fast path (``turn.fastpath``: the compiled
+  ``turn._fastpath`` or its pure-Python twin, docs/fastpath.md). A listening socket's drain reads
+  up to ``BATCH`` datagrams per wake-up; the fast path relays ChannelData and plain Send
+  indications of clients it knows and hands back everything else, which goes to the core, whose
+  answer goes back to the client (or, for a Send indication, to the peer). A UDP client's relay
+  socket is drained by the fast path alone. :meth:`UdpDataPlane.activate` gives each UDP
+  allocation its :class:`~secureconnect.turn.fastpath.Mirror`, through which the allocation keeps
+  the fast path's copy of it current.
+- A TCP/TLS client's relay socket is drained by :meth:`UdpDataPlane.relay_drain`, which wraps each
+  peer datagram (``relaypath.wrap_peer_data``) and hands it to whatever ``stream_relay``
+  arranged (the trio side queues it on the stream).
 - Sockets leave the epoll set before they close. A relay socket not in the set (a TCP/TLS
   client's, waited on by trio) is closed by ``close_elsewhere``.
 - Failures: a send error is counted (``send_errors``); a datagram whose handling raises costs
@@ -223,23 +228,9 @@ class UdpDataPlane:
 
         return drain
 
-    def to_udp(self, allocation: Allocation) -> Deliver:
-        """Relayed data to a UDP client: out of the listening socket its requests came to."""
-        _, client, local = allocation.five_tuple
-        sendto = self.listeners[local].sendto
-
-        def deliver(out: bytes) -> bool:
-            try:
-                sendto(out, client)
-            except OSError:
-                self.send_errors += 1
-                return False
-            return True
-
-        return deliver
-
     def forward_channel_data(self, allocation: Allocation | None, data: bytes, now: float) -> None:
-        """Client -> peer: a ChannelData message out of its allocation's relay socket."""
+        """Client -> peer: a TCP/TLS client's ChannelData message out of its allocation's relay
+        socket (a UDP client's takes the fast path)."""
         counters = self.counters
         if allocation is None:
             counters.dropped_no_allocation += 1
