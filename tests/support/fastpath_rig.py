@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from secureconnect.netaddr import Address
 from secureconnect.stun import (
     AttrType,
     MessageClass,
@@ -76,7 +77,6 @@ DROPS = (
     "dropped_malformed",
     "dropped_own_port",
 )
-Address = tuple[str, int]
 
 
 # -- the rig --------------------------------------------------------------------------------
