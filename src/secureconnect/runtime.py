@@ -9,15 +9,17 @@ process starts with (:mod:`~secureconnect.secretfiles`), the certificate kept cu
 (:mod:`~secureconnect.statusboard`) and the URLs clients are told
 (:mod:`~secureconnect.serviceurls`).
 
-Each entry of :data:`BUILDERS` is a :class:`Builder`: how one kind of component is built from
-its config section, and which URLs it serves once bound, so the start-up banner never has to ask
-what a component is.
+Each entry of :data:`BUILDERS` says how one kind of component is built from its config section
+(a :class:`Builder`; TURN with ``turn.workers`` is several components, see
+:func:`build_turn_components` and :mod:`~secureconnect.workers`), and which URLs it serves once
+bound, so the start-up banner never has to ask what a component is.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
+import socket
 import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +31,7 @@ from secureconnect.certrenewal import ServerCertificate
 from secureconnect.config import Config, ConfigError, SignalConfig, StunConfig, TurnConfig
 from secureconnect.credentials import CredentialMinter, NonceMint
 from secureconnect.logs import fields
+from secureconnect.netaddr import Address
 from secureconnect.ratelimit import RateLimiter, burst_for
 from secureconnect.secretfiles import load_certificates, load_room_secrets, load_turn_secrets
 from secureconnect.serviceurls import (
@@ -48,7 +51,9 @@ from secureconnect.supervisor import Component
 from secureconnect.turn.auth import Authenticator
 from secureconnect.turn.core import TurnSettings
 from secureconnect.turn.peerpolicy import DEFAULT_DENY, LOOPBACK_RANGES, PeerPolicy
+from secureconnect.turn.quotas import QuotaBook, QuotaGate
 from secureconnect.turn.serve import CoreParts, TurnEndpoints, TurnServer
+from secureconnect.workers import TurnWorker, WorkerPool, WorkerSpec, port_slices
 
 if TYPE_CHECKING:
     # Imported where the signaling component is built (or its settings mapped): a STUN- or
@@ -152,12 +157,13 @@ def build_components(runtime: Runtime, names: Sequence[str]) -> list[Component]:
     components: list[Component] = []
     for name in wanted:
         if getattr(config, name).enabled or names:
-            component, urls = BUILDERS[name](runtime)
-            components.append(component)
+            built, urls = BUILDERS[name](runtime)
             runtime.url_sources.append(urls)
-            metrics = getattr(component, "metrics", None)
-            if callable(metrics):
-                runtime.board.sources.append(metrics)
+            for component in built:
+                components.append(component)
+                metrics = getattr(component, "metrics", None)
+                if callable(metrics):  # several processes of TURN: /metrics sums them
+                    runtime.board.sources.append(metrics)
     return components
 
 
@@ -280,8 +286,22 @@ def http_settings(signal: SignalConfig) -> HttpSettings:
     )
 
 
-def build_turn(runtime: Runtime) -> TurnServer:
-    """The TURN component from ``[turn]``; it also answers STUN Binding on its ports."""
+def build_turn(
+    runtime: Runtime,
+    *,
+    udp_sockets: Sequence[socket.socket] = (),
+    udp: bool | None = None,
+    streams: bool = True,
+    port_range: tuple[int, int] | None = None,
+    quotas: QuotaGate | None = None,
+    other_services: Sequence[Address] | None = None,
+) -> TurnServer:
+    """The TURN component from ``[turn]``; it also answers STUN Binding on its ports.
+
+    With workers (docs/workers.md) the parent's serves TCP/TLS clients only (``udp=False``,
+    the pool's listeners among ``other_services``) and each worker's serves its share of the
+    UDP listeners (``udp_sockets``, ``streams=False``); both take a slice of the relay ports
+    and the parent's quota book."""
     turn = runtime.config.turn
     settings = turn_settings(turn)
     users = dict(user.split(":", 1) for user in turn.users)
@@ -298,16 +318,17 @@ def build_turn(runtime: Runtime) -> TurnServer:
         settings,
         auth=auth,
         peers=peer_policy(runtime.config),
-        port_range=(turn.relay_port_min, turn.relay_port_max),
+        port_range=port_range or (turn.relay_port_min, turn.relay_port_max),
+        quotas=quotas,
     )
     return TurnServer(
         parts,
         TurnEndpoints(
             addresses=turn.listen,
             port=turn.port,
-            udp=turn.udp,
-            tcp=turn.tcp,
-            tls_port=turn.tls_port if turn.tls else None,
+            udp=turn.udp if udp is None else udp,
+            tcp=turn.tcp and streams,
+            tls_port=turn.tls_port if turn.tls and streams else None,
         ),
         tls_context=runtime.tls_context,
         max_connections=turn.max_connections,
@@ -315,7 +336,59 @@ def build_turn(runtime: Runtime) -> TurnServer:
         idle_timeout=turn.idle_timeout,
         unallocated_timeout=turn.unallocated_timeout,
         handshake_timeout=turn.handshake_timeout,
-        other_services=stun_udp_endpoints(runtime.config),
+        other_services=(
+            stun_udp_endpoints(runtime.config) if other_services is None else other_services
+        ),
+        udp_sockets=udp_sockets,
+    )
+
+
+def build_turn_components(runtime: Runtime) -> tuple[list[Component], UrlSource]:
+    """TURN as one component, or with ``turn.workers`` > 1 (and UDP on) as a worker process
+    per UDP share plus, for TCP/TLS clients, the main process's own TURN server (started
+    last: the workers bind the listeners it must never relay to). docs/workers.md."""
+    turn = runtime.config.turn
+    if turn.workers <= 1 or not turn.udp:
+        return TURN_BUILDER(runtime)
+    streams = turn.tcp or turn.tls
+    slices = port_slices(turn.relay_port_min, turn.relay_port_max, turn.workers + streams)
+    pool = WorkerPool.create(
+        turn.workers,
+        [(ip, turn.port) for ip in turn.listen],
+        QuotaBook(turn_settings(turn)),
+        partial(worker_spec, runtime, slices[-turn.workers :]),
+        stun_udp_endpoints(runtime.config),
+    )
+    components: list[Component] = [TurnWorker(pool, i) for i in range(1, turn.workers + 1)]
+    parent: TurnServer | None = None
+    if streams:
+        parent = build_turn(
+            runtime,
+            udp=False,
+            port_range=slices[0],
+            quotas=pool.quotas.gate(0),
+            other_services=pool.own_services,
+        )
+        components.append(parent)
+
+    def urls() -> list[str]:
+        return turn_server_urls([*pool.bound(), *(parent.bound if parent else ())])
+
+    return components, urls
+
+
+def worker_spec(runtime: Runtime, slices: Sequence[tuple[int, int]], index: int) -> WorkerSpec:
+    """What TURN worker ``index`` is built from now (the secrets as last reloaded)."""
+    config = runtime.config
+    return WorkerSpec(
+        index=index,
+        count=config.turn.workers,
+        config=config,
+        config_path=runtime.config_path,
+        secrets=runtime.minter.secrets,
+        nonces=runtime.nonces,
+        port_range=slices[index - 1],
+        other_services=stun_udp_endpoints(config),
     )
 
 
@@ -387,17 +460,20 @@ class Builder(Generic[ComponentT]):
     build: Callable[[Runtime], ComponentT]
     urls: Callable[[ComponentT], list[str]]
 
-    def __call__(self, runtime: Runtime) -> tuple[ComponentT, UrlSource]:
+    def __call__(self, runtime: Runtime) -> tuple[list[Component], UrlSource]:
         component = self.build(runtime)
-        return component, partial(self.urls, component)
+        return [component], partial(self.urls, component)
 
 
-BUILDERS: dict[str, Callable[[Runtime], tuple[Component, UrlSource]]] = {
+TURN_BUILDER = Builder(build_turn, lambda turn: turn_server_urls(turn.bound))
+#: How each kind of component is built: its components (TURN with workers is several) and
+#: what they serve once bound.
+BUILDERS: dict[str, Callable[[Runtime], tuple[list[Component], UrlSource]]] = {
     "stun": Builder(
         build_stun,
         lambda stun: stun_server_urls(stun.bound, stun.endpoints.port, stun.endpoints.addresses),
     ),
-    "turn": Builder(build_turn, lambda turn: turn_server_urls(turn.bound)),
+    "turn": build_turn_components,
     "signal": Builder(build_signal, lambda signal: signal_server_urls(signal.bound)),
 }
 #: The components, in start order (the names ``secureconnect run`` takes).

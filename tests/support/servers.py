@@ -26,9 +26,10 @@ from appliance import free_port, run_appliance, stop_process
 from secureconnect.credentials import CredentialMinter
 
 SECRET = "interop-secret"
-#: Both servers in the interop tests: a test that passes against the reference implementation
-#: shows that it checks real behaviour, not our own reading of the RFC.
-SERVERS = ("secureconnect", "coturn")
+#: The servers of the interop tests: a test that passes against the reference implementation
+#: shows that it checks real behaviour, not our own reading of the RFC; ours runs both in one
+#: process and with UDP on two worker processes (turn.workers = 2).
+SERVERS = ("secureconnect", "secureconnect-workers", "coturn")
 #: RFC 8656 §5 / IANA: relay ports come from the dynamic range (coturn is configured the same way).
 RELAY_PORTS = range(49152, 65536)
 
@@ -196,8 +197,10 @@ def udp_echo_peer(port: int | None = None) -> Iterator[int]:
 @contextmanager
 def turn_server(kind: str, workdir: Path, *, tls: bool = False) -> Iterator[TurnTarget]:
     """Our server or coturn, both handing relay ports out of `RELAY_PORTS`."""
-    if kind == "secureconnect":
-        with secureconnect_turn(workdir, tls=tls) as target:
+    if kind.startswith("secureconnect"):
+        # "secureconnect-workers": UDP served by two worker processes (docs/workers.md)
+        workers = ["turn.workers=2"] if kind == "secureconnect-workers" else []
+        with secureconnect_turn(workdir, *workers, tls=tls) as target:
             yield target
     else:
         assert not tls, "the coturn helper runs without TLS"

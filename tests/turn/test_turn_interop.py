@@ -168,6 +168,8 @@ async def exchange_over_ice(
         ("secureconnect", "udp"),
         ("secureconnect", "tcp"),
         ("secureconnect", "tls"),
+        ("secureconnect-workers", "udp"),
+        ("secureconnect-workers", "tcp"),
         ("coturn", "udp"),
         ("coturn", "tcp"),
     ],
@@ -275,7 +277,12 @@ async def exchange_over_aiortc(target: servers.TurnTarget, transport: str) -> No
 
 @pytest.mark.parametrize(
     ("server", "transport"),
-    [("secureconnect", "udp"), ("secureconnect", "tcp"), ("coturn", "udp")],
+    [
+        ("secureconnect", "udp"),
+        ("secureconnect", "tcp"),
+        ("secureconnect-workers", "udp"),
+        ("coturn", "udp"),
+    ],
 )
 def test_aiortc_data_channel_through_relay(tmp_path: Path, server: str, transport: str) -> None:
     """Two aiortc peers with iceTransportPolicy "relay" open a data channel through the server.
@@ -449,6 +456,7 @@ async def session_survives(
         ("secureconnect", "tls-eof"),
         ("secureconnect", "tcp-garbage"),
         ("secureconnect", "tcp-reset"),
+        ("secureconnect-workers", "tcp-reset"),
         ("coturn", "tcp-garbage"),
         ("coturn", "tcp-reset"),
     ],

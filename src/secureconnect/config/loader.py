@@ -197,6 +197,14 @@ def _check_turn(config: Config, source: str) -> None:
         )
     if turn.relay_port_min < 1024:
         raise ConfigError(source, "turn.relay_port_min", "relay ports never come from 0-1023")
+    slices = turn.workers + 1  # docs/workers.md: a slice of the range per process
+    if turn.workers > 1 and turn.relay_port_max - turn.relay_port_min + 1 < 2 * slices:
+        raise ConfigError(
+            source,
+            "turn.workers",
+            f"{turn.workers} workers need at least {2 * slices} relay ports"
+            f" (turn.relay_port_min..max holds {turn.relay_port_max - turn.relay_port_min + 1})",
+        )
     if turn.default_lifetime > turn.max_lifetime:
         raise ConfigError(source, "turn.default_lifetime", "is above turn.max_lifetime")
     for key, addresses in (

@@ -23,6 +23,7 @@ Check = Callable[[Any], "str | None"]
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("kv", "json")
+MAX_WORKERS = 64  # TURN worker processes (turn.workers)
 
 
 def _doc(text: str, *, secret: bool = False, check: Check | None = None) -> dict[str, Any]:
@@ -35,6 +36,10 @@ def _port(value: int) -> str | None:
 
 def _port_or_zero(value: int) -> str | None:
     return None if 0 <= value <= 65535 else "must be 0 (ephemeral) or a port number up to 65535"
+
+
+def _workers(value: int) -> str | None:
+    return None if 1 <= value <= MAX_WORKERS else f"must be 1 to {MAX_WORKERS}"
 
 
 def _positive(value: float) -> str | None:
@@ -249,6 +254,15 @@ class TurnConfig:
             "public addresses advertised as relayed addresses behind a 1:1 NAT (Docker, cloud), "
             "at most one per family; empty: the relay address itself",
             check=_ip_list_or_empty,
+        ),
+    )
+    workers: int = field(
+        default=1,
+        metadata=_doc(
+            "processes serving TURN over UDP, sharing its ports (SO_REUSEPORT, one client "
+            "address per worker); TCP/TLS clients stay in the main process (docs/workers.md). "
+            "init writes the CPU count",
+            check=_workers,
         ),
     )
     relay_port_min: int = field(default=49152, metadata=_doc("lowest relay port", check=_port))

@@ -248,13 +248,16 @@ def _bind_error(what: str, ip: str, port: int, exc: OSError) -> BindError:
     return error
 
 
-def udp_socket(ip: str, port: int) -> socket.socket:
-    """A non-blocking UDP socket bound to (ip, port); IPv6 sockets are IPv6-only."""
+def udp_socket(ip: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """A non-blocking UDP socket bound to (ip, port); IPv6 sockets are IPv6-only. With
+    ``reuse_port`` it joins the group of sockets sharing the port (SO_REUSEPORT)."""
     family = socket.AF_INET6 if ":" in ip else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.setblocking(False)
         sock.bind((ip, port))
     except OSError as exc:

@@ -12,9 +12,9 @@ server address) and owns one relay endpoint (a UDP socket the I/O layer bound). 
 
 All times are the caller's ``now`` (seconds, any monotonic origin): nothing here reads a clock,
 so tests drive expiry with explicit numbers. :class:`AllocationTable` indexes allocations by
-5-tuple and keeps the quota counts. A UDP client's allocation also has a copy in the UDP fast path
-(``turn.fastpath``, docs/fastpath.md): :attr:`Allocation.mirror`, which every change below is
-pushed to.
+5-tuple (the quota counts are :mod:`secureconnect.turn.quotas`'). A UDP client's allocation also
+has a copy in the UDP fast path (``turn.fastpath``, docs/fastpath.md): :attr:`Allocation.mirror`,
+which every change below is pushed to.
 
 :class:`RelayPortPool` chooses relay port numbers in the configured range and remembers which it
 handed out; binding a socket to one is the I/O layer's job (:class:`RelayBinder`), so a port that
@@ -42,7 +42,6 @@ __all__ = [
     "AllocationTable",
     "Channel",
     "FiveTuple",
-    "Quotas",
     "RelayBinder",
     "RelayEndpoint",
     "RelayMirror",
@@ -120,17 +119,6 @@ def source_key(ip: str) -> str:
     if address.ipv4_mapped is not None:
         return str(address.ipv4_mapped)
     return str(ipaddress.IPv6Network((int(address) >> 64 << 64, 64)))
-
-
-class Quotas(Protocol):
-    """The quota settings :meth:`AllocationTable.fits` checks (``TurnSettings`` has them)."""
-
-    @property
-    def total_quota(self) -> int: ...
-    @property
-    def user_quota(self) -> int: ...
-    @property
-    def ip_quota(self) -> int: ...
 
 
 class Channel:
@@ -261,21 +249,19 @@ class Reservation:
 
 
 class AllocationTable:
-    """All allocations of one process, indexed by 5-tuple.
+    """All allocations of one process, indexed by 5-tuple, and the reservations by token.
 
-    It also keeps the quota counts: allocations *and* reservations per user (``quota_key``) and
-    per client address (``source_key``), and in total (:meth:`held`). A reservation holds a
-    relay socket, so it counts like an allocation until an Allocate takes it or it expires (a
-    client that reserved and deleted in a loop once held 8,000 sockets outside every quota).
+    The quota counts live in :class:`~secureconnect.turn.quotas.QuotaBook` (shared by every
+    worker): :class:`~secureconnect.turn.manager.AllocationManager` takes a slot before it binds
+    a relay socket and gives it back when the socket closes. A reservation holds a relay socket,
+    so it counts like an allocation until an Allocate takes it or it expires (a client that
+    reserved and deleted in a loop once held 8,000 sockets outside every quota).
     """
 
-    __slots__ = ("_by_tuple", "_reservations", "by_source", "by_user")
+    __slots__ = ("_by_tuple", "_reservations")
 
     def __init__(self) -> None:
         self._by_tuple: dict[FiveTuple, Allocation] = {}
-        #: local (ip, port) -> client (ip, port) -> allocation; UDP allocations only.
-        self.by_user: dict[str, int] = {}
-        self.by_source: dict[str, int] = {}
         self._reservations: dict[bytes, Reservation] = {}
 
     def __len__(self) -> int:
@@ -288,19 +274,15 @@ class AllocationTable:
         return self._by_tuple.get(five_tuple)
 
     def held(self) -> int:
-        """Allocations plus reservations: what the total quota bounds."""
+        """Allocations plus reservations: the relay sockets this process holds."""
         return len(self._by_tuple) + len(self._reservations)
 
     def add(self, allocation: Allocation) -> None:
-        client = allocation.five_tuple[1]
         self._by_tuple[allocation.five_tuple] = allocation
-        self._count(quota_key(allocation.username), source_key(client[0]), 1)
 
-    def remove(self, allocation: Allocation) -> None:
-        client = allocation.five_tuple[1]
-        if self._by_tuple.pop(allocation.five_tuple, None) is None:
-            return
-        self._count(quota_key(allocation.username), source_key(client[0]), -1)
+    def remove(self, allocation: Allocation) -> bool:
+        """Remove ``allocation``; False when it was not (or no longer) in the table."""
+        return self._by_tuple.pop(allocation.five_tuple, None) is not None
 
     @property
     def reservations(self) -> dict[bytes, Reservation]:
@@ -310,14 +292,11 @@ class AllocationTable:
 
     def reserve(self, token: bytes, reservation: Reservation) -> None:
         self._reservations[token] = reservation
-        self._count(reservation.user, reservation.source, 1)
 
     def take_reservation(self, token: bytes) -> Reservation | None:
-        """Remove and return the reservation of ``token`` (its quota slot is freed)."""
-        reservation = self._reservations.pop(token, None)
-        if reservation is not None:
-            self._count(reservation.user, reservation.source, -1)
-        return reservation
+        """Remove and return the reservation of ``token`` (its quota slot stays taken: the
+        caller hands it on or gives it back)."""
+        return self._reservations.pop(token, None)
 
     def give_back(self, token: bytes | None, reservation: Reservation | None) -> None:
         """Undo :meth:`take_reservation` for an Allocate that failed after taking it."""
@@ -328,24 +307,6 @@ class AllocationTable:
         """Remove and return the reservations expired by ``now`` (every one when None)."""
         tokens = [t for t, r in self._reservations.items() if now is None or r.expires <= now]
         return [r for t in tokens if (r := self.take_reservation(t)) is not None]
-
-    def fits(self, user: str, source: str, needed: int, quotas: Quotas) -> bool:
-        """Whether ``needed`` more relay sockets fit the total quota, ``user``'s and the client
-        address's (one address may take only a share of the total: in open mode anyone can
-        mint credentials for any user name, so the per-user quota alone bounds nothing)."""
-        return (
-            self.held() + needed <= quotas.total_quota
-            and self.by_user.get(user, 0) + needed <= quotas.user_quota
-            and self.by_source.get(source, 0) + needed <= quotas.ip_quota
-        )
-
-    def _count(self, user: str, source: str, delta: int) -> None:
-        for counts, key in ((self.by_user, user), (self.by_source, source)):
-            value = counts.get(key, 0) + delta
-            if value > 0:
-                counts[key] = value
-            else:
-                counts.pop(key, None)
 
     def counts(self) -> tuple[int, int, int]:
         """(allocations, permissions, channels) now, for gauges."""

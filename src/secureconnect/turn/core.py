@@ -59,6 +59,7 @@ from secureconnect.turn.allocation import (
 from secureconnect.turn.auth import Authenticated, Authenticator, Silent
 from secureconnect.turn.manager import AllocationManager
 from secureconnect.turn.peerpolicy import OwnEndpoints, PeerPolicy
+from secureconnect.turn.quotas import QuotaBook, QuotaGate
 from secureconnect.turn.relaypath import (
     spend_to_peer,
     split_send_indication_untrusted,
@@ -95,16 +96,22 @@ class TurnCore:
         ports: RelayPortPool | None = None,
         binding: BindingResponder | None = None,
         counters: TurnCounters | None = None,
+        quotas: QuotaGate | None = None,
     ) -> None:
         """Everything the core uses comes in here and stays (h11's ``Connection`` is the
         model): ``binder`` opens and closes relay sockets (the I/O layer's data plane),
-        ``own_endpoints`` are the server's bound service endpoints (never relayed to)."""
+        ``own_endpoints`` are the server's bound service endpoints (never relayed to),
+        ``quotas`` the quota book (a book of its own by default; the parent's, shared by every
+        worker, in a worker process)."""
         self.settings = settings
         self.auth = auth
         self.peers = peers
         self.own_endpoints = own_endpoints or OwnEndpoints()
         self.allocations = AllocationManager(
-            reservation_lifetime=settings.reservation_lifetime, binder=binder, ports=ports
+            reservation_lifetime=settings.reservation_lifetime,
+            binder=binder,
+            quotas=quotas if quotas is not None else QuotaBook(settings),
+            ports=ports,
         )
         # A TURN server is a STUN server: it answers Binding on its ports (keepalives, RFC 8656),
         # saying what the core's own answers say (SOFTWARE, reason phrases).
@@ -128,6 +135,10 @@ class TurnCore:
     @property
     def ports(self) -> RelayPortPool:
         return self.allocations.ports
+
+    @property
+    def quotas(self) -> QuotaGate:
+        return self.allocations.quotas
 
     # -- entry points ----------------------------------------------------------------------
 
@@ -325,8 +336,7 @@ class TurnCore:
             self.table.give_back(asks.token, reservation)
             raise
         # RFC 8656 §7.2 "the server MAY ... reject with 486 (Allocation Quota Reached)".
-        # A reservation (EVEN-PORT with R) holds a second socket: it needs a second slot.
-        if not self.table.fits(user, source, 2 if asks.reserve else 1, settings):
+        if not self._take_slots(user, source, asks.reserve, reservation):
             self.table.give_back(asks.token, reservation)
             raise StunError(ErrorCode.ALLOCATION_QUOTA_REACHED)
         family = asks.family
@@ -334,13 +344,17 @@ class TurnCore:
         if reservation is not None:
             endpoint, port, family = reservation.endpoint, reservation.port, reservation.family
         else:
-            endpoint, port, reserved_token = self.allocations.bind_relay(
-                family,
-                even=asks.even,
-                reserve=(user, source) if asks.reserve else None,
-                now=now,
-                df=asks.dont_fragment,
-            )
+            try:
+                endpoint, port, reserved_token = self.allocations.bind_relay(
+                    family,
+                    even=asks.even,
+                    reserve=(user, source) if asks.reserve else None,
+                    now=now,
+                    df=asks.dont_fragment,
+                )
+            except StunError:  # 508: no port; the slots taken above go back
+                self.allocations.quotas.give(user, source, 2 if asks.reserve else 1)
+                raise
         allocation = Allocation(
             five_tuple,
             username=identity.username,
@@ -370,6 +384,23 @@ class TurnCore:
         client_ip, client_port = five_tuple[1]
         attributes.append((A.XOR_MAPPED_ADDRESS, encode_xor_address(client_ip, client_port, tid)))
         return allocation, attributes
+
+    def _take_slots(
+        self, user: str, source: str, reserve: bool, reservation: Reservation | None
+    ) -> bool:
+        """Quota slots for a new allocation: one, or two with EVEN-PORT's R bit (the
+        reservation holds a second socket). An Allocate with a RESERVATION-TOKEN takes over the
+        reservation's slot, moved to whoever allocates with it (taken for the new holder before
+        it is given back: at the total quota exactly, a token used by someone else gets 486)."""
+        quotas = self.allocations.quotas
+        if reservation is None:
+            return quotas.take(user, source, 2 if reserve else 1)
+        if (reservation.user, reservation.source) == (user, source):
+            return True
+        if not quotas.take(user, source, 1):
+            return False
+        quotas.give(reservation.user, reservation.source, 1)
+        return True
 
     def _refresh(
         self, msg: StunMessage, allocation: Allocation, identity: Authenticated, now: float

@@ -3,9 +3,11 @@
 :class:`AllocationManager` owns the :class:`~secureconnect.turn.allocation.AllocationTable`, the
 :class:`~secureconnect.turn.allocation.RelayPortPool` and the I/O layer's
 :class:`~secureconnect.turn.allocation.RelayBinder`: it binds relay sockets (with an EVEN-PORT
-reservation when asked, RFC 8656 §7.2), and releases socket and port together whenever an
-allocation or a reservation ends. :class:`~secureconnect.turn.core.TurnCore` decides *whether*
-(authentication, quotas, the RFC's checks); this decides nothing, it keeps the books straight.
+reservation when asked, RFC 8656 §7.2), and releases socket, port and quota slot together
+whenever an allocation or a reservation ends (:class:`~secureconnect.turn.quotas.QuotaGate`:
+the book, shared by every worker). :class:`~secureconnect.turn.core.TurnCore` decides *whether*
+(authentication, quotas, the RFC's checks) and takes the slots; this decides nothing, it keeps
+the books straight.
 Sans-IO like the core: times are the caller's ``now``.
 """
 
@@ -21,22 +23,27 @@ from secureconnect.turn.allocation import (
     RelayEndpoint,
     RelayPortPool,
     Reservation,
+    quota_key,
+    source_key,
 )
+from secureconnect.turn.quotas import QuotaGate
 
 
 class AllocationManager:
     """Relay sockets and ports for allocations and reservations; see the module docstring."""
 
-    __slots__ = ("binder", "ports", "reservation_lifetime", "table")
+    __slots__ = ("binder", "ports", "quotas", "reservation_lifetime", "table")
 
     def __init__(
         self,
         *,
         reservation_lifetime: float,
         binder: RelayBinder,
+        quotas: QuotaGate,
         ports: RelayPortPool | None = None,
     ) -> None:
         self.binder = binder
+        self.quotas = quotas
         self.ports = ports or RelayPortPool()
         self.table = AllocationTable()
         self.reservation_lifetime = reservation_lifetime
@@ -46,7 +53,8 @@ class AllocationManager:
     ) -> tuple[RelayEndpoint, int, bytes]:
         """Bind a relay socket from the pool; with ``reserve`` (the user's and the client
         address's quota keys) also hold port+1 for a later Allocate with the returned
-        RESERVATION-TOKEN (RFC 8656 §7.2, EVEN-PORT R bit), counted against those quotas."""
+        RESERVATION-TOKEN (RFC 8656 §7.2, EVEN-PORT R bit). The caller has taken the quota
+        slots (two with ``reserve``); the reservation keeps its own until it ends."""
         ports = self.ports
         binder = self.binder
         for port in ports.candidates(family, even=even or reserve is not None):
@@ -75,15 +83,21 @@ class AllocationManager:
         raise StunError(ErrorCode.INSUFFICIENT_CAPACITY)
 
     def release_reservation(self, reservation: Reservation) -> None:
-        """A reservation ended (expired, or its token was found stale): socket and port go."""
+        """A reservation ended (expired, or its token was found stale): socket, port and
+        quota slot go."""
         self.binder.close(reservation.endpoint)
         self.ports.release(reservation.family, reservation.port)
+        self.quotas.give(reservation.user, reservation.source, 1)
 
     def delete(self, allocation: Allocation) -> None:
-        """An allocation ended: out of the table, its socket closed, its port free."""
-        self.table.remove(allocation)
+        """An allocation ended: out of the table, its socket closed, its port and quota slot
+        free."""
+        removed = self.table.remove(allocation)
         self.binder.close(allocation.relay)
         self.ports.release(allocation.family, allocation.relayed[1])
+        if removed:  # its slot is given back once, however often it is deleted
+            client_ip = allocation.five_tuple[1][0]
+            self.quotas.give(quota_key(allocation.username), source_key(client_ip), 1)
 
     def expire_reservations(self, now: float | None) -> None:
         """Release the reservations expired by ``now`` (every one when None)."""

@@ -26,7 +26,8 @@ never end a loop. A TCP/TLS client whose writer cannot keep up has datagrams dro
 (a queue bounded in bytes, filled without waiting), so one slow client never stalls a relay loop.
 
 Scaling: every piece of state is keyed by a 5-tuple and lives in one process, so several worker
-processes can later share the listening ports with SO_REUSEPORT (one data plane each).
+processes share the UDP listening ports with SO_REUSEPORT, each a TurnServer of its own with the
+sockets it was given (``udp_sockets``) and the parent's quota book (docs/workers.md).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import math
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -58,6 +59,7 @@ from secureconnect.turn.core import ToPeer, TurnCore, TurnCounters, TurnSettings
 from secureconnect.turn.dataplane import EpollThread
 from secureconnect.turn.peerpolicy import OwnEndpoints, PeerPolicy
 from secureconnect.turn.pyfastpath import RECV_SIZE
+from secureconnect.turn.quotas import QuotaGate
 from secureconnect.turn.settings import counter_samples
 from secureconnect.turn.udpplane import UdpDataPlane
 
@@ -123,8 +125,11 @@ class CoreParts:
     settings: TurnSettings
     auth: Authenticator
     peers: PeerPolicy
-    #: the relay port range (``turn.relay_port_min``/``max``); None: the pool's default
+    #: the relay port range (``turn.relay_port_min``/``max``, or a worker's slice of it);
+    #: None: the pool's default
     port_range: tuple[int, int] | None = None
+    #: the quota book (None: one of the core's own; a worker's is the parent's, over a socket)
+    quotas: QuotaGate | None = None
 
     def build(
         self, binder: RelayBinder, own_endpoints: OwnEndpoints, counters: TurnCounters
@@ -138,6 +143,7 @@ class CoreParts:
             own_endpoints=own_endpoints,
             ports=RelayPortPool(*self.port_range) if self.port_range else None,
             counters=counters,
+            quotas=self.quotas,
         )
 
 
@@ -154,8 +160,12 @@ class TurnServer(StreamComponent):
     unallocated_timeout: float = field(default=10.0, kw_only=True)
     clock: Callable[[], float] = time.monotonic  # timers; wall time only for auth
     name: str = "turn"
-    #: UDP endpoints of the process's other services (the STUN component): never relayed to
-    other_services: tuple[Address, ...] = ()
+    #: UDP endpoints of the process's other services (the STUN component, the TURN workers'
+    #: listeners): never relayed to. Read when ``serve`` starts.
+    other_services: Sequence[Address] = ()
+    #: UDP listening sockets bound already (a worker's share of a reuseport group,
+    #: docs/workers.md): served instead of binding ``endpoints``' UDP ones
+    udp_sockets: Sequence[socket.socket] = ()
     dropped_slow_client: int = 0
     _streams: dict[FiveTuple, StreamOutbox] = field(default_factory=dict)
     _relays: trio.Nursery | None = None
@@ -186,13 +196,15 @@ class TurnServer(StreamComponent):
         self._accept_scope = trio.CancelScope()
         self.udp.wall_offset = time.time() - self.clock()
         endpoints = self.endpoints
+        bind_udp = endpoints.udp and not self.udp_sockets
         sockets = await ListeningSockets.open(
             self._acceptor,
-            udp=[(ip, endpoints.port) for ip in endpoints.addresses] if endpoints.udp else (),
+            udp=[(ip, endpoints.port) for ip in endpoints.addresses] if bind_udp else (),
             addresses=endpoints.addresses,
             tcp_port=endpoints.port if endpoints.tcp else None,
             tls_port=endpoints.tls_port,
         )
+        sockets.udp.update((sock.getsockname()[:2], sock) for sock in self.udp_sockets)
         self.bound[:] = sockets.bound()
         settings = self.parts.settings
         own_endpoints = OwnEndpoints(
@@ -221,6 +233,9 @@ class TurnServer(StreamComponent):
                     with self._accept_scope:
                         async with trio.open_nursery() as nursery:
                             sockets.start_accepting(nursery, self._acceptor, connections)
+                            # Serve until a drain even with no TCP/TLS listener to accept on
+                            # (UDP only: turn.tcp and turn.tls off, or a UDP worker).
+                            nursery.start_soon(trio.sleep_forever)
                             task_status.started()
                 relays.cancel_scope.cancel()
         finally:

@@ -1,0 +1,176 @@
+"""The wire between the parent process and a TURN worker it spawned (docs/workers.md).
+
+Two ``AF_UNIX``/``SOCK_SEQPACKET`` socket pairs per worker, so the kernel keeps message
+boundaries and each side knows at once when the other is gone (EOF):
+
+* **control** (trio on both sides): the worker's spec at start, then ``reload`` (new TURN
+  secrets) and ``drain`` from the parent; ``bound`` (once every socket serves) and ``metrics``
+  (every second) from the worker.
+* **quota** (blocking, one request at a time): the worker's core asks the parent's
+  :class:`~secureconnect.turn.quotas.QuotaBook` before it binds a relay socket
+  (:class:`RemoteQuotas`) and tells it when one closes; the parent answers from a thread
+  (:class:`QuotaService`), so an answer never waits for the parent's trio loop.
+
+Messages are pickled: both ends are this package, the worker a child the parent started with
+these sockets, and nothing else can reach an unnamed socket pair. A message is at most
+:data:`MAX_MESSAGE` bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import socket
+import threading
+from typing import Any
+
+from secureconnect.logs import fields
+from secureconnect.turn.quotas import QuotaBook
+
+__all__ = [
+    "MAX_MESSAGE",
+    "LockedQuotas",
+    "QuotaService",
+    "RemoteQuotas",
+    "decode_message",
+    "encode_message",
+    "receive_message",
+    "send_message",
+    "socket_pair",
+]
+
+log = logging.getLogger("secureconnect.turn.workerlink")
+
+MAX_MESSAGE = 1 << 20
+#: how long a worker waits for a quota answer before it refuses the Allocate (486): the parent
+#: answers from a thread in microseconds; this bounds a wedged parent, not a busy one
+QUOTA_TIMEOUT = 2.0
+
+
+def socket_pair() -> tuple[socket.socket, socket.socket]:
+    """A connected pair of message sockets (parent end, worker end), both blocking."""
+    return socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+
+
+def encode_message(message: Any) -> bytes:
+    """One message's bytes (ValueError beyond :data:`MAX_MESSAGE`)."""
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    if len(data) > MAX_MESSAGE:
+        raise ValueError(f"worker message of {len(data)} bytes exceeds {MAX_MESSAGE}")
+    return data
+
+
+def send_message(sock: socket.socket, message: Any) -> None:
+    """Send one message from a thread or a blocking socket (messages are small and the peer
+    reads them); trio's side sends :func:`encode_message`'s bytes itself."""
+    sock.send(encode_message(message))
+
+
+def decode_message(data: bytes) -> Any:
+    """One received message; EOFError for the empty read that means the peer closed."""
+    if not data:
+        raise EOFError("the other process closed its end")
+    return pickle.loads(data)  # noqa: S301 - our own child or parent, see the module docstring
+
+
+def receive_message(sock: socket.socket) -> Any:
+    """Receive one message (blocking)."""
+    return decode_message(sock.recv(MAX_MESSAGE))
+
+
+class LockedQuotas:
+    """The parent's :class:`QuotaBook` as one owner's :class:`~secureconnect.turn.quotas.QuotaGate`
+    under the book's lock (the parent's own core is owner 0; the service threads share it)."""
+
+    __slots__ = ("book", "lock", "owner")
+
+    def __init__(self, book: QuotaBook, lock: threading.Lock, owner: int = 0) -> None:
+        self.book = book
+        self.lock = lock
+        self.owner = owner
+
+    def take(self, user: str, source: str, needed: int) -> bool:
+        with self.lock:
+            return self.book.take(user, source, needed, self.owner)
+
+    def give(self, user: str, source: str, count: int) -> None:
+        with self.lock:
+            self.book.give(user, source, count, self.owner)
+
+
+class RemoteQuotas:
+    """A worker's :class:`~secureconnect.turn.quotas.QuotaGate`: the parent's book over the
+    quota socket. ``take`` waits for the answer (at most :data:`QUOTA_TIMEOUT`; a late answer is
+    told from the next one by its sequence number and dropped); ``give`` does not wait. A parent
+    that is gone refuses every take: the worker ends anyway when its control socket closes."""
+
+    __slots__ = ("_lock", "_seq", "sock")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        sock.settimeout(QUOTA_TIMEOUT)
+        self._seq = 0
+        self._lock = threading.Lock()
+
+    def take(self, user: str, source: str, needed: int) -> bool:
+        with self._lock:
+            self._seq += 1
+            seq = self._seq
+            try:
+                send_message(self.sock, ("take", seq, user, source, needed))
+                while True:
+                    answer_seq, granted = receive_message(self.sock)
+                    if answer_seq == seq:
+                        return bool(granted)
+            except (OSError, EOFError, ValueError, pickle.UnpicklingError) as exc:
+                log.error("quota-unanswered", extra=fields(error=str(exc) or type(exc).__name__))
+                return False
+
+    def give(self, user: str, source: str, count: int) -> None:
+        with self._lock:
+            try:
+                send_message(self.sock, ("give", 0, user, source, count))
+            except OSError as exc:
+                log.error("quota-unsent", extra=fields(error=str(exc)))
+
+
+class QuotaService:
+    """The parent's side of every worker's quota socket: one :meth:`serve` call (in a thread of
+    its own) per worker, all on one book under one lock."""
+
+    __slots__ = ("book", "lock")
+
+    def __init__(self, book: QuotaBook, lock: threading.Lock | None = None) -> None:
+        self.book = book
+        self.lock = lock or threading.Lock()
+
+    def gate(self, owner: int = 0) -> LockedQuotas:
+        """The book as ``owner``'s gate (for the parent's own core: owner 0)."""
+        return LockedQuotas(self.book, self.lock, owner)
+
+    def serve(self, sock: socket.socket, owner: int) -> None:
+        """Answer ``owner``'s requests until its end closes (or ours is shut down). A request
+        that is not one of ours ends the service for that worker: its takes are then refused."""
+        while True:
+            try:
+                op, seq, user, source, count = receive_message(sock)
+            except (OSError, EOFError):
+                return
+            except Exception as exc:
+                log.error("quota-bad-message", extra=fields(worker=owner, error=repr(exc)))
+                return
+            with self.lock:
+                if op == "take":
+                    granted = self.book.take(str(user), str(source), int(count), owner)
+                else:
+                    self.book.give(str(user), str(source), int(count), owner)
+                    continue
+            try:
+                send_message(sock, (seq, granted))
+            except OSError:
+                return
+
+    def drop_owner(self, owner: int) -> int:
+        """Give back all ``owner`` held (its process has exited); how many slots that was."""
+        with self.lock:
+            return self.book.drop_owner(owner)

@@ -1,0 +1,128 @@
+"""A TURN worker process (``turn.workers``, docs/workers.md): the worker's side.
+
+The parent (:class:`~secureconnect.workers.TurnWorker`) starts it as::
+
+    python -P -m secureconnect.turnworker CONTROL_FD QUOTA_FD LISTENER_FD[,LISTENER_FD...]
+
+with the file descriptors inherited. The first message on the control socket is the
+:class:`~secureconnect.workers.WorkerSpec`; the worker builds a TURN server that serves UDP on
+the listening sockets it was given (its share of each reuseport group), takes relay ports from its
+slice of the range and asks the parent's quota book over the quota socket, then says ``bound``.
+From then on it reports its counters every second and obeys ``reload`` (new TURN secrets, sent
+when the parent gets SIGHUP) and ``drain``. It ends when the parent closes the control socket
+(the parent stops, dies, or restarts it), and an error in the server ends the process: the
+parent starts a fresh one, and the other workers never notice.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import trio
+
+from secureconnect.credentials import CredentialMinter
+from secureconnect.logs import configure_logging, fields
+from secureconnect.runtime import Runtime, build_turn
+from secureconnect.turn.serve import TurnServer
+from secureconnect.turn.workerlink import (
+    MAX_MESSAGE,
+    RemoteQuotas,
+    decode_message,
+    encode_message,
+    receive_message,
+)
+from secureconnect.workers import WorkerSpec
+
+log = logging.getLogger("secureconnect.turnworker")
+
+METRICS_INTERVAL = 1.0  # seconds between counter reports to the parent
+
+
+def build_worker(
+    spec: WorkerSpec, listeners: Sequence[socket.socket], quota: socket.socket
+) -> tuple[TurnServer, CredentialMinter]:
+    """The worker's TURN server (UDP on ``listeners`` only) and its credential minter."""
+    minter = CredentialMinter(spec.secrets)
+    runtime = Runtime(
+        spec.config,
+        spec.config_path,
+        state_dir=Path("/nonexistent"),  # everything read from it came in the spec
+        certificate=None,
+        minter=minter,
+        nonces=spec.nonces,
+    )
+    server = build_turn(
+        runtime,
+        udp_sockets=listeners,
+        streams=False,
+        port_range=spec.port_range,
+        quotas=RemoteQuotas(quota),
+        other_services=spec.other_services,
+    )
+    server.name = f"turn-worker-{spec.index}"
+    return server, minter
+
+
+async def serve_worker(
+    spec: WorkerSpec, server: TurnServer, minter: CredentialMinter, control: socket.socket
+) -> None:
+    """Serve until the parent closes the control socket or a drain completes."""
+    channel = trio.socket.from_stdlib_socket(control)
+    async with trio.open_nursery() as nursery:
+
+        async def run_server(*, task_status: trio.TaskStatus[None]) -> None:
+            await server.serve(task_status=task_status)
+            nursery.cancel_scope.cancel()  # drained: the process ends
+
+        await nursery.start(run_server)
+        await channel.send(encode_message(("bound", list(server.bound))))
+        log.info("worker-serving", extra=fields(worker=spec.index, pid=os.getpid()))
+        nursery.start_soon(_report_metrics, server, channel)
+        while True:
+            try:
+                message = decode_message(await channel.recv(MAX_MESSAGE))
+            except (EOFError, OSError):
+                break  # the parent is gone or wants us gone
+            if message[0] == "reload":
+                minter.replace_secrets(message[1])
+                log.info("reloaded", extra=fields(what="turn-secrets", worker=spec.index))
+            elif message[0] == "drain":
+                server.begin_drain()
+        nursery.cancel_scope.cancel()
+
+
+async def _report_metrics(server: TurnServer, channel: trio.socket.SocketType) -> None:
+    while True:
+        await channel.send(encode_message(("metrics", server.metrics())))
+        await trio.sleep(METRICS_INTERVAL)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point (see the module docstring); exit status 0 when told to stop, 2 on misuse."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 3:
+        print("usage: python -m secureconnect.turnworker CONTROL QUOTA LISTENERS", file=sys.stderr)
+        return 2
+    control = socket.socket(fileno=int(args[0]))
+    quota = socket.socket(fileno=int(args[1]))
+    listeners = [socket.socket(fileno=int(fd)) for fd in args[2].split(",") if fd]
+    for sock in listeners:
+        sock.setblocking(False)
+    spec = receive_message(control)
+    if not isinstance(spec, WorkerSpec):
+        print("secureconnect.turnworker: the first message is not a WorkerSpec", file=sys.stderr)
+        return 2
+    general = spec.config.general
+    configure_logging(general.log_level, general.log_format)
+    server, minter = build_worker(spec, listeners, quota)
+    trio.run(serve_worker, spec, server, minter, control)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
