@@ -88,6 +88,7 @@ def test_init_writes_a_production_config_that_check_config_accepts(tmp_path: Pat
     assert config.signal.ice_host == config.turn.realm == "turn.example.test"
     assert config.general.state_dir == str(state)
     assert config.signal.auth == "token"  # a public server is not an open relay by default
+    assert config.turn.workers == len(os.sched_getaffinity(0))  # a UDP worker per usable CPU
 
     steps = result.stdout
     for needle in (
@@ -159,6 +160,7 @@ def test_existing_certificate_is_linked_not_copied(tmp_path: Path) -> None:
         (["--signal-port", "3478"], "ports must differ"),
         (["--relay-ports", "1000-2000"], "--relay-ports"),
         (["--relay-ports", "60000-50000"], "--relay-ports"),
+        (["--workers", "0"], "--workers must be 1 to 64"),
         (["--cert", "/nonexistent.pem"], "--cert and --key go together"),
         (["--cert", "/nonexistent.pem", "--key", "/nonexistent.key"], "cannot read"),
     ],
@@ -181,6 +183,11 @@ def test_mismatched_certificate_and_key_are_refused(
     args = ["--cert", str(tmp_path / "cert.pem"), "--key", str(tmp_path / "key.pem")]
     assert main(["init", *BASE, *args, "--config-dir", str(tmp_path / "etc")]) == 2
     assert "do not load together" in capsys.readouterr().err
+
+
+def test_workers_are_written_as_asked(tmp_path: Path) -> None:
+    assert main(["init", *BASE, "--workers", "3", "--config-dir", str(tmp_path)]) == 0
+    assert load_config(tmp_path / CONFIG_NAME).turn.workers == 3
 
 
 def test_ipv6_external_address_adds_an_ipv6_listener(tmp_path: Path) -> None:

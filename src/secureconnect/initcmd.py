@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from secureconnect.config import ConfigError, load_config, toml_value
+from secureconnect.config.schema import MAX_WORKERS
 from secureconnect.statedir import ensure_dir, make_self_signed, write_private
 
 DEFAULT_CONFIG_DIR = Path("/etc/secureconnect")
@@ -69,6 +70,7 @@ class InitOptions:
     stun_port: int
     signal_port: int
     relay_ports: tuple[int, int]
+    workers: int
     cert: Path | None
     key: Path | None
     room_tokens: bool
@@ -119,6 +121,11 @@ def add_init_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
         help="STUN component port; equal to --turn-port: TURN answers Binding alone",
     )
     init.add_argument("--signal-port", type=int, default=443, help="WSS signaling port")
+    init.add_argument(
+        "--workers",
+        type=int,
+        help="TURN worker processes for UDP (turn.workers; default: the CPUs this may use)",
+    )
     init.add_argument(
         "--relay-ports", default="49152-65535", metavar="MIN-MAX", help="TURN relay UDP ports"
     )
@@ -175,6 +182,9 @@ def options_from_args(args: argparse.Namespace) -> InitOptions:
     if len(set(tcp.values())) != len(tcp):
         raise InitError(f"ports must differ: {', '.join(f'{k} {v}' for k, v in tcp.items())}")
     relay = _relay_range(args.relay_ports)
+    workers = args.workers if args.workers is not None else usable_cpus()
+    if not 1 <= workers <= MAX_WORKERS:
+        raise InitError(f"--workers must be 1 to {MAX_WORKERS}, not {workers}")
     if (args.cert is None) != (args.key is None):
         raise InitError("--cert and --key go together")
     if args.cert is not None:
@@ -188,6 +198,7 @@ def options_from_args(args: argparse.Namespace) -> InitOptions:
         stun_port=args.stun_port,
         signal_port=args.signal_port,
         relay_ports=relay,
+        workers=workers,
         cert=args.cert.absolute() if args.cert else None,  # not resolved: follow live/ links
         key=args.key.absolute() if args.key else None,
         room_tokens=not args.open_rooms,
@@ -195,6 +206,12 @@ def options_from_args(args: argparse.Namespace) -> InitOptions:
         state_dir=args.state_dir.absolute() if args.state_dir else None,
         force=args.force,
     )
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity, which containers and systemd's
+    CPUAffinity= narrow), at most what ``turn.workers`` allows."""
+    return max(1, min(MAX_WORKERS, len(os.sched_getaffinity(0))))
 
 
 def _address(flag: str, value: str) -> str:
@@ -274,6 +291,8 @@ def render_config(options: InitOptions) -> str:
         "# Each allocation holds one UDP port: the units' LimitNOFILE= covers this range.",
         f"relay_port_min = {o.relay_ports[0]}",
         f"relay_port_max = {o.relay_ports[1]}",
+        "# Processes serving TURN over UDP, one per CPU (docs/workers.md).",
+        f"workers = {o.workers}",
         f"realm = {toml_value(o.domain)}",
         f"secret_file = {toml_value(TURN_SECRET_NAME)}",
         "",

@@ -14,12 +14,17 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def render(sources: Iterable[Mapping[str, float]]) -> str:
-    """All samples of all sources, grouped by family, as exposition text."""
-    families: dict[str, list[tuple[str, float]]] = {}
+    """All samples of all sources, grouped by family, as exposition text. A name reported by
+    several sources (the processes of one component: TURN's workers and the main process,
+    docs/workers.md) is one sample, their sum: every sample is a count, so the sum is the
+    component's."""
+    summed: dict[str, float] = {}
     for samples in sources:
         for name, value in samples.items():
-            family = name.split("{", 1)[0]
-            families.setdefault(family, []).append((name, value))
+            summed[name] = summed.get(name, 0.0) + value
+    families: dict[str, list[tuple[str, float]]] = {}
+    for name, value in summed.items():
+        families.setdefault(name.split("{", 1)[0], []).append((name, value))
     lines: list[str] = []
     for family in sorted(families):
         kind = "counter" if family.endswith("_total") else "gauge"
