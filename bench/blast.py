@@ -5,13 +5,16 @@ it measured its own round-trip latency (0.16-0.20 of a core, "client-bound") rat
 server's ceiling. This generator offers a fixed rate instead and counts what comes back.
 
 ``FLOWS`` allocations (each with channel 0x4000 bound to the UDP echo peer, through
-:class:`turn_client.ChannelClient`, so the same code speaks to coturn and to us) are spread over
-``PROCS`` worker processes. All workers allocate first, then start together at a shared wall
+:class:`turn_client.ChannelClient`, so the same code speaks to coturn and to us; each from a
+loopback address of its own, 127.0.0.2 upwards, so our TURN workers share them) are spread
+over ``PROCS`` worker processes. All workers allocate first, then start together at a shared wall
 time and send ``SIZE``-byte ChannelData datagrams at ``RATE / PROCS`` round trips per second each,
 in 1 ms slices, reading echoes between slices without blocking; after ``DURATION`` seconds they
-keep reading for one more second. The parent prints one JSON line: offered, sent and received
-round trips, loss, the achieved send rate, and each worker's CPU, so a saturated generator shows
-itself (``sent`` below ``offered``, workers near a full core) instead of passing for the server.
+keep reading for one more second. One datagram in 32 carries its send time, so the echoes give
+round-trip samples (p50/p99). The parent prints one JSON line: offered, sent and received
+round trips, loss, the achieved send rate, the round trips, and each worker's CPU, so a
+saturated generator shows itself (``sent`` below ``offered``, workers near a full core) instead
+of passing for the server.
 
 Bounded: at most 500,000 round trips per second offered, 30 s, 16 processes, 64 flows.
 
@@ -24,6 +27,8 @@ import argparse
 import json
 import os
 import select
+import statistics
+import struct
 import subprocess
 import sys
 import time
@@ -36,32 +41,50 @@ MAX_DURATION = 30.0
 MAX_PROCS = 16
 MAX_FLOWS = 64
 SLICE = 0.001  # seconds between send bursts
+STAMP_EVERY = 32  # one datagram in this many carries its send time: the round-trip samples
+STAMPED = b"\x01"  # the payload's first byte in a timestamped datagram (zero otherwise)
+STAMP = struct.Struct("!d")
 DRAIN = 1.0  # seconds of reading after the last send
 
 
-def drain(recvs: Sequence[Callable[[int], bytes]]) -> int:
-    """Read every datagram waiting on the sockets (non-blocking); how many there were."""
+def drain(recvs: Sequence[Callable[[int], bytes]], rtts: list[float] | None = None) -> int:
+    """Read every datagram waiting on the sockets (non-blocking); how many there were. A
+    timestamped one (every :data:`STAMP_EVERY`-th sent) adds its round trip to ``rtts``."""
     count = 0
     for recv in recvs:
         while True:
             try:
-                recv(2048)
+                data = recv(2048)
             except OSError:  # BlockingIOError: empty; anything else: nothing more to read
                 break
             count += 1
+            if rtts is not None and data[4:5] == STAMPED:
+                rtts.append(time.perf_counter() - STAMP.unpack_from(data, 5)[0])
     return count
+
+
+def source_address(flow: int) -> str:
+    """Flow ``flow``'s own loopback source address: 127.0.0.2, .3, ... (our TURN workers map
+    clients by address, docs/workers.md; coturn spreads them by port either way)."""
+    return f"127.0.0.{2 + flow}"
 
 
 def worker(args: argparse.Namespace) -> dict[str, float]:
     """One process: ``args.flows`` allocations, paced sends, echo counting."""
-    clients = [ChannelClient(("127.0.0.1", args.port), args.secret) for _ in range(args.flows)]
+    clients = [
+        ChannelClient(("127.0.0.1", args.port), args.secret, source=source_address(flow))
+        for flow in range(args.first_flow, args.first_flow + args.flows)
+    ]
     try:
         for client in clients:
             client.allocate_and_bind(("127.0.0.1", args.peer_port))
         socks = [c.sock for c in clients]
         for sock in socks:
             sock.setblocking(False)
-        payload = CHANNEL_HEADER.pack(CHANNEL, args.size) + bytes(args.size)
+        header = CHANNEL_HEADER.pack(CHANNEL, args.size)
+        payload = header + bytes(args.size)
+        pad = bytes(args.size - 1 - STAMP.size)
+        rtts: list[float] = []
         sends = [s.send for s in socks]
         recvs = [s.recv for s in socks]
         rate = args.rate / args.procs
@@ -75,20 +98,24 @@ def worker(args: argparse.Namespace) -> dict[str, float]:
         while (now := time.perf_counter()) < stop:
             due = int((now - start) * rate) - sent
             for _ in range(min(due, 10_000)):
+                data = payload
+                if sent % STAMP_EVERY == 0:
+                    data = header + STAMPED + STAMP.pack(time.perf_counter()) + pad
                 try:
-                    sends[sent % n](payload)
+                    sends[sent % n](data)
                 except OSError:  # ENOBUFS or a queued ICMP error: the datagram is lost
                     errors += 1
                 sent += 1
-            received += drain(recvs)
+            received += drain(recvs, rtts)
             remaining = SLICE - (time.perf_counter() - now)
             if remaining > 0:
                 select.select(socks, [], [], remaining)
         end = time.perf_counter() + DRAIN
         while (now := time.perf_counter()) < end and received < sent:
             ready, _, _ = select.select(socks, [], [], end - now)
-            received += drain([sock.recv for sock in ready])
+            received += drain([sock.recv for sock in ready], rtts)
         return {
+            "rtts_ms": [round(1000 * rtt, 4) for rtt in rtts],
             "sent": sent,
             "received": received,
             "send_errors": errors,
@@ -117,16 +144,19 @@ def main() -> int:
     parser.add_argument("--procs", type=int, default=1)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--start-at", type=float, default=0.0, help=argparse.SUPPRESS)
+    parser.add_argument("--first-flow", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.rate = max(1.0, min(args.rate, MAX_RATE))
     args.duration = max(0.5, min(args.duration, MAX_DURATION))
-    args.size = max(16, min(args.size, 1400))
+    args.size = max(16 + STAMP.size, min(args.size, 1400))
     args.flows = max(1, min(args.flows, MAX_FLOWS))
     args.procs = max(1, min(args.procs, MAX_PROCS, args.flows))
     if args.worker:
         print(json.dumps(worker(args)), flush=True)
         return 0
     start_at = time.time() + 1.0 + 0.05 * args.flows  # time for every worker to allocate
+    shares = spread(args.flows, args.procs)
+    firsts = [sum(shares[:i]) for i in range(len(shares))]
     workers = [
         subprocess.Popen(  # noqa: S603 - this script with numeric arguments
             [
@@ -142,11 +172,12 @@ def main() -> int:
                 f"--flows={flows}",
                 f"--procs={args.procs}",
                 f"--start-at={start_at}",
+                f"--first-flow={first}",
             ],
             stdout=subprocess.PIPE,
             text=True,
         )
-        for flows in spread(args.flows, args.procs)
+        for first, flows in zip(firsts, shares, strict=True)
     ]
     results = []
     for proc in workers:
@@ -158,6 +189,8 @@ def main() -> int:
     sent = sum(r["sent"] for r in results)
     received = sum(r["received"] for r in results)
     offered = int(args.rate * args.duration)
+    rtts = sorted(rtt for r in results for rtt in r["rtts_ms"])
+    cuts = statistics.quantiles(rtts, n=100, method="inclusive") if len(rtts) >= 2 else [0.0] * 99
     print(
         json.dumps(
             {
@@ -168,6 +201,9 @@ def main() -> int:
                 "loss_pct": 100.0 * (sent - received) / sent if sent else 100.0,
                 "sent_share": sent / offered if offered else 0.0,
                 "relayed_per_s": 2 * received / args.duration,
+                "rtt_p50_ms": cuts[49],
+                "rtt_p99_ms": cuts[98],
+                "rtt_samples": len(rtts),
                 "send_errors": sum(r["send_errors"] for r in results),
                 "worker_cores": [r["cpu_s"] / r["send_s"] for r in results],
                 "procs": args.procs,

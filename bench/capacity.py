@@ -11,15 +11,22 @@ search offers a rising rate (x1.5 per step, 3 s each) on one fresh server until 
 generator-bound when the generator sent less than 98% of what it was asked to or a worker used
 a whole core: then the figure is the generator's, and the row says so. The servers alternate
 which goes first per load. Every loop is bounded (steps, rates, durations).
+
+Ours runs with one worker and with two (``turn.workers``, docs/workers.md; each flow comes from
+a loopback address of its own, so two workers share the flows), coturn with its defaults (a
+relay thread per CPU). Afterwards: the round trip at 80% of our one-flow capacity, against
+coturn at the same rate, and, with coturn 4.17, its fastest UDP mode (udp-gso with
+multiplex-peer) against ours with two workers.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from collect import Bench, Row
 from common import server_for, wait_udp_ready
-from servers import udp_echo_peer
+from servers import TurnTarget, coturn_binary, coturn_version, udp_echo_peer
 
 LOSS_CAPACITY = 0.1  # percent: the loss ceiling that defines capacity
 START_RATE = 5_000.0  # round trips per second offered at the first step
@@ -44,33 +51,64 @@ def generator_bound(step: dict[str, Any]) -> bool:
     return bool(step["sent_share"] < SENT_SHARE or busy)
 
 
-def search(b: Bench, name: str, flows: int, procs: int) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Contender:
+    """One server setup in the capacity search: ``name`` for the launcher (``server_for``),
+    our ``workers``, coturn's extra config lines."""
+
+    label: str
+    name: str
+    workers: int = 1
+    coturn_extra: tuple[str, ...] = ()
+
+
+COTURN = Contender("coturn", "coturn")
+OURS = {n: Contender(f"ours, {n} worker{'s' if n > 1 else ''}", "secureconnect", n) for n in (1, 2)}
+#: coturn 4.17's fastest UDP relay: sendmmsg batches and UDP GSO, which need its non-standard
+#: multiplex-peer mode (one relay socket per thread); 4.17 receives with recvmmsg by default
+COTURN_BEST = Contender("coturn udp-gso multiplex-peer", "coturn", 1, ("udp-gso", "multiplex-peer"))
+
+
+def offer_step(
+    b: Bench, label: str, target: TurnTarget, peer_port: int, *, flows: int, procs: int, rate: float
+) -> dict[str, Any]:
+    """One blast.py run at ``rate`` round trips/s; its JSON result, logged."""
+    step = b.generator(
+        "capacity",
+        [
+            "blast.py",
+            f"--port={target.port}",
+            f"--secret={target.secret}",
+            f"--peer-port={peer_port}",
+            f"--rate={rate:.0f}",
+            f"--duration={STEP_SECONDS}",
+            f"--flows={flows}",
+            f"--procs={procs}",
+        ],
+        timeout=STEP_SECONDS + 60,
+    )
+    b.log(
+        f"capacity {label:<30} {flows} flow(s) {rate:>8.0f} rt/s: loss "
+        f"{step['loss_pct']:.3f}%, relayed {step['relayed_per_s']:.0f}/s, sent "
+        f"{step['sent_share']:.3f} of offered, rtt p99 {step['rtt_p99_ms']:.3f} ms, "
+        f"workers {step['worker_cores']}"
+    )
+    return step
+
+
+def search(b: Bench, who: Contender, flows: int, procs: int) -> dict[str, Any]:
     """One server, one load: the rising-then-bisecting search, on one fresh server."""
     steps: list[dict[str, Any]] = []
-    with udp_echo_peer() as peer_port, server_for(name, b.workdir(f"cap-{name}-{flows}")) as target:
+    workdir = b.workdir(f"cap-{who.name}-{who.workers}-{len(who.coturn_extra)}-{flows}")
+    with (
+        udp_echo_peer() as peer_port,
+        server_for(who.name, workdir, who.coturn_extra, who.workers) as target,
+    ):
         wait_udp_ready(target)
 
         def offer(rate: float) -> dict[str, Any]:
-            step = b.generator(
-                "capacity",
-                [
-                    "blast.py",
-                    f"--port={target.port}",
-                    f"--secret={target.secret}",
-                    f"--peer-port={peer_port}",
-                    f"--rate={rate:.0f}",
-                    f"--duration={STEP_SECONDS}",
-                    f"--flows={flows}",
-                    f"--procs={procs}",
-                ],
-                timeout=STEP_SECONDS + 60,
-            )
+            step = offer_step(b, who.label, target, peer_port, flows=flows, procs=procs, rate=rate)
             steps.append(step)
-            b.log(
-                f"capacity {name:<13} {flows} flow(s) {rate:>8.0f} rt/s: loss "
-                f"{step['loss_pct']:.3f}%, relayed {step['relayed_per_s']:.0f}/s, sent "
-                f"{step['sent_share']:.3f} of offered, workers {step['worker_cores']}"
-            )
             return step
 
         good: dict[str, Any] | None = None
@@ -97,34 +135,109 @@ def search(b: Bench, name: str, flows: int, procs: int) -> dict[str, Any]:
     return {"flows": flows, "procs": procs, "steps": steps, "best": good}
 
 
+def notes_for(best: dict[str, dict[str, Any] | None]) -> list[str]:
+    """What limited each search: a generator, the search's top rate, loss from the start."""
+    notes = []
+    for label, step in best.items():
+        if step is None:
+            notes.append(f"{label}: loss >= {LOSS_CAPACITY}% already at {START_RATE:.0f} rt/s")
+        elif generator_bound(step):
+            notes.append(f"{label}: generator-bound (the server's ceiling is higher)")
+        elif step["rate"] >= START_RATE * GROWTH ** (MAX_STEPS - 1) * 0.999:
+            notes.append(f"{label}: clean at the search's highest rate (capacity is higher)")
+    cores = {n: max(s["worker_cores"]) for n, s in best.items() if s is not None}
+    notes.append(
+        "generator worker cores at the best step: "
+        + ", ".join(f"{n} {c:.2f}" for n, c in cores.items())
+    )
+    return notes
+
+
+def relayed(step: dict[str, Any] | None) -> float | None:
+    return step["relayed_per_s"] if step else None
+
+
 def capacity_section(b: Bench) -> None:
-    """Both servers, each load; one row per load with the ratio of the best clean rates."""
+    """Per load: coturn, ours with one worker and with two; a row for each of ours against
+    coturn. Then the round trip at 80% of our one-flow capacity, and coturn's best mode."""
     b.raw["capacity"] = {}
+    contenders = (COTURN, OURS[1], OURS[2])
     for index, (flows, procs) in enumerate(LOADS):
-        results = {name: search(b, name, flows, procs) for name in b.order(index)}
+        order = contenders if index % 2 == 0 else contenders[::-1]
+        results = {who.label: search(b, who, flows, procs) for who in order}
         b.raw["capacity"][f"{flows}-flows"] = results
-        best = {name: results[name]["best"] for name in results}
-        notes = []
-        for name, step in best.items():
-            if step is None:
-                notes.append(f"{name}: loss >= {LOSS_CAPACITY}% already at {START_RATE:.0f} rt/s")
-            elif generator_bound(step):
-                notes.append(f"{name}: generator-bound (the server's ceiling is higher)")
-            elif step["rate"] >= START_RATE * GROWTH ** (MAX_STEPS - 1) * 0.999:
-                notes.append(f"{name}: clean at the search's highest rate (capacity is higher)")
-        cores = {n: max(s["worker_cores"]) for n, s in best.items() if s is not None}
-        notes.append(
-            "generator worker cores at the best step: "
-            + ", ".join(f"{n} {c:.2f}" for n, c in cores.items())
+        best = {label: results[label]["best"] for label in results}
+        notes = "; ".join(notes_for(best))
+        for workers in (1, 2):
+            b.rows.append(
+                Row(
+                    "Capacity",
+                    f"relayed datagrams/s, loss < {LOSS_CAPACITY}% (200 B channels, {flows} "
+                    f"flow{'s' if flows > 1 else ''}, blast.py x{procs}; "
+                    f"{OURS[workers].label})",
+                    relayed(best[OURS[workers].label]),
+                    relayed(best[COTURN.label]),
+                    "dgram/s",
+                    notes,
+                )
+            )
+    one_flow = b.raw["capacity"]["1-flows"][OURS[1].label]["best"]
+    if one_flow is not None:
+        latency_under_load(b, 0.8 * one_flow["rate"])
+    best_mode(b)
+
+
+def latency_under_load(b: Bench, rate: float) -> None:
+    """The round trip at ``rate`` (80% of our one-flow capacity) against coturn and ours."""
+    steps: dict[str, dict[str, Any]] = {}
+    for who in (COTURN, OURS[1]):
+        with (
+            udp_echo_peer() as peer_port,
+            server_for(who.name, b.workdir(f"lat80-{who.name}")) as target,
+        ):
+            wait_udp_ready(target)
+            steps[who.name] = offer_step(
+                b, who.label, target, peer_port, flows=1, procs=1, rate=rate
+            )
+    b.raw["latency_at_80pct"] = steps
+    ours, theirs = steps["secureconnect"], steps["coturn"]
+    note = (
+        f"1 flow at {rate:.0f} rt/s (80% of our capacity), 1 in 32 datagrams timed; loss: "
+        f"ours {ours['loss_pct']:.3f}%, coturn {theirs['loss_pct']:.3f}%"
+    )
+    for q in ("p50", "p99"):
+        b.rows.append(
+            Row(
+                "Latency",
+                f"relay round trip {q} at 80% of our capacity",
+                ours[f"rtt_{q}_ms"],
+                theirs[f"rtt_{q}_ms"],
+                "ms",
+                note,
+            )
         )
+
+
+def best_mode(b: Bench) -> None:
+    """coturn 4.17 in its fastest UDP mode against ours with two workers, 1 and 8 flows."""
+    if coturn_version(coturn_binary()) < (4, 17):
+        b.log("capacity: coturn's udp-gso/multiplex-peer mode needs 4.17; not run")
+        return
+    b.raw["capacity_best_mode"] = {}
+    for flows, procs in LOADS[:2]:
+        theirs = search(b, COTURN_BEST, flows, procs)
+        ours = b.raw["capacity"][f"{flows}-flows"][OURS[2].label]
+        b.raw["capacity_best_mode"][f"{flows}-flows"] = theirs
+        best = {COTURN_BEST.label: theirs["best"], OURS[2].label: ours["best"]}
         b.rows.append(
             Row(
                 "Capacity",
-                f"relayed datagrams/s at the highest offered rate with loss < {LOSS_CAPACITY}% "
-                f"(200 B channels, {flows} flow{'s' if flows > 1 else ''}, blast.py x{procs})",
-                best["secureconnect"]["relayed_per_s"] if best["secureconnect"] else None,
-                best["coturn"]["relayed_per_s"] if best["coturn"] else None,
+                f"relayed datagrams/s, loss < {LOSS_CAPACITY}% ({flows} "
+                f"flow{'s' if flows > 1 else ''}; ours, 2 workers, against coturn with "
+                "udp-gso and multiplex-peer)",
+                relayed(ours["best"]),
+                relayed(theirs["best"]),
                 "dgram/s",
-                "; ".join(notes),
+                "; ".join(notes_for(best)),
             )
         )

@@ -107,11 +107,19 @@ def challenge(message: StunMessage) -> tuple[str, bytes] | None:
 class ChannelClient:
     """One blocking allocation with a channel bound to ``peer``: for the latency benchmark."""
 
-    def __init__(self, server: tuple[str, int], secret: str, timeout: float = 2.0) -> None:
+    def __init__(
+        self,
+        server: tuple[str, int],
+        secret: str,
+        timeout: float = 2.0,
+        source: str | None = None,
+    ) -> None:
         self.server = server
         self.user = User.rest(secret, "latency")
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.settimeout(timeout)
+        if source is not None:  # a loopback address of its own (TURN workers map by address)
+            self.sock.bind((source, 0))
         self.sock.connect(server)
         self.realm = ""
         self.nonce = b""

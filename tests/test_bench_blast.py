@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -18,11 +19,19 @@ from servers import TurnTarget, coturn, secureconnect_turn, udp_echo_peer
 BLAST = Path(__file__).resolve().parent.parent / "bench" / "blast.py"
 
 
-@pytest.mark.parametrize("server", ["secureconnect", "coturn"])
+@pytest.mark.parametrize("server", ["secureconnect", "secureconnect-workers", "coturn"])
 def test_blast_relays_a_paced_load_without_loss(server: str, tmp_path: Path) -> None:
-    launcher = secureconnect_turn if server == "secureconnect" else coturn
+    """Three flows from three loopback addresses (two workers share them), half a second of 2,000
+    round trips per second, every echo back, and round-trip samples from the stamped
+    datagrams (one in 32)."""
     target: TurnTarget
-    with udp_echo_peer() as peer_port, launcher(tmp_path) as target:
+    with ExitStack() as stack:
+        peer_port = stack.enter_context(udp_echo_peer())
+        if server == "coturn":
+            target = stack.enter_context(coturn(tmp_path))
+        else:
+            workers = ["turn.workers=2"] if server == "secureconnect-workers" else []
+            target = stack.enter_context(secureconnect_turn(tmp_path, *workers))
         done = subprocess.run(
             [
                 sys.executable,
@@ -48,3 +57,5 @@ def test_blast_relays_a_paced_load_without_loss(server: str, tmp_path: Path) -> 
     assert report["loss_pct"] == 0.0
     assert len(report["worker_cores"]) == 2
     assert report["flows"] == 3
+    assert report["rtt_samples"] >= report["received"] // 32 - 2  # one in 32 per process
+    assert 0 < report["rtt_p50_ms"] <= report["rtt_p99_ms"] < 1000
