@@ -9,7 +9,8 @@ BIN    := $(VENV)/bin
 # (an optional extension: without a compiler the install goes on without it); a changed source
 # reinstalls, which rebuilds it.
 FASTPATH := src/secureconnect/turn/_fastpath.c src/secureconnect/turn/fastpath_tables.c \
-	src/secureconnect/turn/fastpath_wire.c src/secureconnect/turn/fastpath.h
+	src/secureconnect/turn/fastpath_wire.c src/secureconnect/turn/fastpath_loop.c \
+	src/secureconnect/turn/fastpath.h
 # What runs twice, with the extension and without (issue #14: the fallback stays honest).
 TURN_TESTS := tests/turn tests/adversarial/test_turn_state_attacks.py \
 	tests/adversarial/test_turn_auth_attacks.py tests/adversarial/test_turn_sequences.py

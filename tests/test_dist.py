@@ -231,3 +231,26 @@ def test_run_stun_answers_binding_and_stops_on_sigterm(scratch: Scratch, tmp_pat
         assert mapped == mine
         assert app.stop(signal.SIGTERM, timeout=20) == 0
         assert "event=stopped" in app.log_text()
+
+
+def test_turn_workers_run_from_the_file(scratch: Scratch, tmp_path: Path) -> None:
+    """``turn.workers = 2`` from the single file: each worker is started with the file's
+    interpreter and its extracted site-packages (docs/workers.md), serves, and answers Binding
+    on the shared TURN port; SIGTERM stops the parent and both workers."""
+    port = free_port()
+    with run_appliance(
+        tmp_path,
+        "turn",
+        program=(str(scratch.executable),),
+        cwd=scratch.directory,
+        env=scratch.env,
+        state_dir=tmp_path / "run-state",
+        settings=(f"turn.port={port}", "turn.tcp=false", "turn.tls=false", "turn.workers=2"),
+        ready_timeout=60,
+    ) as app:
+        for index in (1, 2):
+            app.wait_log(f"event=worker-serving worker={index}")
+        mapped, mine = _stun_binding(port)
+        assert mapped == mine
+        assert app.stop(signal.SIGTERM, timeout=20) == 0
+        assert "event=stopped" in app.log_text()

@@ -28,7 +28,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,15 +84,6 @@ def port_slices(low: int, high: int, count: int) -> list[tuple[int, int]]:
         slices.append((start, end))
         start = end + 1
     return slices
-
-
-def sum_samples(sources: Sequence[Mapping[str, float]]) -> dict[str, float]:
-    """Samples of several processes of one component, summed name by name."""
-    total: dict[str, float] = {}
-    for samples in sources:
-        for name, value in samples.items():
-            total[name] = total.get(name, 0.0) + value
-    return total
 
 
 @dataclass
@@ -151,6 +142,9 @@ class TurnWorker:
     name: str = ""
     #: the worker's counters as it last reported them (every second)
     samples: dict[str, float] = field(default_factory=dict)
+    #: the ``_total`` counters of this worker's earlier processes: a restart starts its
+    #: counters at zero, and ``/metrics`` must not go backwards
+    retired: dict[str, float] = field(default_factory=dict)
     pid: int | None = None
     _control: socket.socket | None = None
     _draining: bool = False
@@ -196,6 +190,10 @@ class TurnWorker:
             with trio.CancelScope(shield=True):
                 await self._stop(process)
             self._control = None
+            for name, value in self.samples.items():
+                if name.endswith("_total"):
+                    self.retired[name] = self.retired.get(name, 0.0) + value
+            self.samples = {}
             trio_control.close()
             quota.close()
             returned = self.pool.quotas.drop_owner(self.index)
@@ -285,5 +283,9 @@ class TurnWorker:
             log.warning("worker-unreachable", extra=fields(worker=self.index, error=str(exc)))
 
     def metrics(self) -> dict[str, float]:
-        """The worker's counters as last reported (summed with the others' by ``/metrics``)."""
-        return dict(self.samples)
+        """The worker's counters as last reported, its earlier processes' totals added
+        (``/metrics`` sums them with the other workers' and the parent's)."""
+        merged = dict(self.retired)
+        for name, value in self.samples.items():
+            merged[name] = merged.get(name, 0.0) + value
+        return merged

@@ -1,4 +1,7 @@
-"""EpollThread, the TURN server's UDP data-plane loop: handlers, locking, removal, stop, failure."""
+"""EpollThread, the TURN server's UDP data-plane loop: handlers, locking, removal, stop, failure.
+
+Every test runs both loops: the Python one (the pure-Python path) and the compiled one
+(``FastPath.run_epoll``, turn/fastpath_loop.c), which must keep the same rules."""
 
 from __future__ import annotations
 
@@ -9,7 +12,14 @@ from collections.abc import Callable
 
 import pytest
 
+from secureconnect.turn._fastpath import FastPath
 from secureconnect.turn.dataplane import EpollThread
+
+LOOPS = ["python", "compiled"]
+
+
+def new_plane(loop: str, lock: threading.Lock) -> EpollThread:
+    return EpollThread(lock, time.monotonic, FastPath() if loop == "compiled" else None)
 
 
 def udp_pair() -> tuple[socket.socket, socket.socket]:
@@ -43,9 +53,10 @@ def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
         time.sleep(0.005)
 
 
-def test_handlers_run_with_the_lock_held_and_stop_ends_the_loop() -> None:
+@pytest.mark.parametrize("loop", LOOPS)
+def test_handlers_run_with_the_lock_held_and_stop_ends_the_loop(loop: str) -> None:
     lock = threading.Lock()
-    plane = EpollThread(lock, time.monotonic)
+    plane = new_plane(loop, lock)
     receiver, sender = udp_pair()
     got: list[tuple[bytes, bool]] = []
 
@@ -79,12 +90,13 @@ def test_handlers_run_with_the_lock_held_and_stop_ends_the_loop() -> None:
     assert failures == []
 
 
-def test_a_removed_socket_is_never_handled_again() -> None:
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_removed_socket_is_never_handled_again(loop: str) -> None:
     """A removed socket that still has a datagram waiting (level-triggered: epoll would report
     it on every wait) is not handled, while a socket still registered is: the control shows the
     loop ran past the removed one's data."""
     lock = threading.Lock()
-    plane = EpollThread(lock, time.monotonic)
+    plane = new_plane(loop, lock)
     removed, removed_sender = udp_pair()
     control, control_sender = udp_pair()
     calls: list[float] = []
@@ -115,11 +127,12 @@ def test_a_removed_socket_is_never_handled_again() -> None:
     assert failures == []
 
 
-def test_a_failing_handler_ends_the_loop_with_its_exception() -> None:
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_failing_handler_ends_the_loop_with_its_exception(loop: str) -> None:
     """Handlers catch per-datagram failures themselves; anything escaping is a bug, and the
     TURN component must fail loudly rather than go on relaying nothing."""
     lock = threading.Lock()
-    plane = EpollThread(lock, time.monotonic)
+    plane = new_plane(loop, lock)
     receiver, sender = udp_pair()
 
     def broken(now: float) -> None:
@@ -138,3 +151,37 @@ def test_a_failing_handler_ends_the_loop_with_its_exception() -> None:
     with pytest.raises(RuntimeError, match="bug"):
         raise failures[0]
     assert not lock.locked()
+
+
+def test_the_compiled_loop_hands_a_listening_socket_s_leftovers_to_its_callback() -> None:
+    """A listening socket of the compiled loop is drained in C; what the fast path leaves for
+    Python (here everything: no allocation is known) reaches the ``unhandled`` callback as
+    (data, source) pairs in one call per drain, with the lock held, and never its Python
+    handler."""
+    lock = threading.Lock()
+    plane = new_plane("compiled", lock)
+    receiver, sender = udp_pair()
+    got: list[tuple[bytes, tuple[str, int], bool]] = []
+
+    def unhandled(left: list[tuple[bytes, tuple[str, int]]], now: float) -> None:
+        got.extend((data, source, lock.locked()) for data, source in left)
+
+    def python_handler(now: float) -> None:
+        raise AssertionError("the compiled loop drains listening sockets itself")
+
+    with lock:
+        plane.add(receiver.fileno(), python_handler, unhandled)
+    thread, failures = start(plane)
+    try:
+        sender.send(b"\x00\x01first")  # a STUN message's first bits: Python's to judge
+        sender.send(b"\x00\x01second")
+        wait_for(lambda: len(got) == 2)
+        source = sender.getsockname()
+        assert got == [(b"\x00\x01first", source, True), (b"\x00\x01second", source, True)]
+    finally:
+        plane.stop()
+        thread.join(5)
+        plane.close()
+        receiver.close()
+        sender.close()
+    assert failures == []

@@ -196,10 +196,10 @@ def test_a_killed_worker_is_restarted_while_the_other_keeps_relaying(tmp_path: P
     """SIGKILL worker 2 while a client of worker 1 relays through its channel: every echo of
     worker 1's client comes back before, during and after; worker 2 is started again (a new
     pid), its clients' allocations are gone (437 to a Refresh) and their quota slots are
-    returned (user_quota = 2 lets the client allocate again), and the nonce it learnt from the
-    dead worker still verifies in its successor."""
+    returned (user_quota = 2 lets the client allocate again), the nonce it learnt from the
+    dead worker still verifies in its successor, and /metrics keeps the dead worker's totals."""
     with ExitStack() as stack:
-        app = stack.enter_context(workers(tmp_path, "turn.user_quota=2"))
+        app = stack.enter_context(workers(tmp_path, "turn.user_quota=2", signal_port=True))
         peer = stack.enter_context(udp_echo())
         by_worker = sources_by_worker(app)
         steady, doomed = client(app, by_worker[1][0]), client(app, by_worker[2][0])
@@ -218,7 +218,8 @@ def test_a_killed_worker_is_restarted_while_the_other_keeps_relaying(tmp_path: P
 
         thread = threading.Thread(target=relay, daemon=True)
         thread.start()
-        time.sleep(0.3)
+        time.sleep(1.2)  # a metrics report from each worker since the allocations
+        created = metric(app, "turn_allocations_created_total")
         old = app.worker_pid(2)
         os.kill(old, signal.SIGKILL)
         new = app.worker_pid(2, not_pid=old)
@@ -238,6 +239,9 @@ def test_a_killed_worker_is_restarted_while_the_other_keeps_relaying(tmp_path: P
         assert code(again) == 0
         assert process_of(again) == 2
         assert steady.echo(0x4000, b"after", timeout=2.0)
+        time.sleep(1.2)
+        # The dead worker's totals are kept: the counter never goes backwards.
+        assert metric(app, "turn_allocations_created_total") == created + 1
 
 
 def test_sighup_reaches_every_worker(tmp_path: Path) -> None:

@@ -21,7 +21,8 @@
  *
  * Files: fastpath.h (the constants, the structs and what crosses files), fastpath_tables.c (the
  * hash table's, permissions' and channels' lookups), fastpath_wire.c (the datagram path that
- * runs without the GIL) and this one (the Python side: arguments, methods, the type, the module).
+ * runs without the GIL), fastpath_loop.c (the drains and the data plane's epoll loop) and this
+ * one (the Python side: arguments, methods, the type, the module).
  */
 #include "fastpath.h" /* first: Python.h, whose pyconfig.h defines _GNU_SOURCE */
 #include <structmember.h>
@@ -318,75 +319,32 @@ static PyObject *FP_counters(FastPath *s, PyObject *Py_UNUSED(ignored)) {
 
 /* ---- Python side: the drains ----------------------------------------------------------- */
 
-/* (ip, port) as the socket module prints it: inet_ntop, IPv6 trimmed to two items. */
-static PyObject *address_of(const sockaddr_u *sa, socklen_t len) {
-    char text[INET6_ADDRSTRLEN] = "";
-    endpoint_t ep;
-    fp_ep_from_sa(&ep, sa, len);
-    if (ep.ip.family != 0 && inet_ntop(ep.ip.family, ep.ip.addr, text, sizeof text) == NULL)
-        return PyErr_SetFromErrno(PyExc_OSError);
-    return Py_BuildValue("(si)", text, (int)ep.port);
-}
-
-static int append_kept(FastPath *s, PyObject *list) {
-    for (int k = 0; k < s->n_keep; k++) {
-        int i = s->keep[k];
-        const struct mmsghdr *m = &s->rmsgs[i];
-        PyObject *address = address_of(&s->rnames[i], m->msg_hdr.msg_namelen);
-        PyObject *item = address == NULL ? NULL
-            : Py_BuildValue("(y#N)", s->buffers + (size_t)i * (size_t)s->buffer_size,
-                            (Py_ssize_t)m->msg_len, address);
-        if (item == NULL || PyList_Append(list, item) < 0) return Py_XDECREF(item), -1;
-        Py_DECREF(item);
-    }
-    return 0;
-}
-
 static PyObject *FP_drain_listener(FastPath *s, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"listener_fd", "now", "limit", NULL};
-    int fd, stop = 0;
+    int fd;
     double now;
     Py_ssize_t limit;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "idn:drain_listener", kwlist, &fd, &now, &limit) ||
         !idle(s))
         return NULL;
-    PyObject *result = PyList_New(0);
-    while (result != NULL && limit > 0 && !stop) {
-        int want = limit < s->batch ? (int)limit : s->batch, used;
-        s->busy = 1, s->n_keep = 0;
-        Py_BEGIN_ALLOW_THREADS
-        int got = fp_recv_batch(s, fd, want, &used, &stop);
-        for (int i = 0; i < got; i++) fp_on_client_datagram(s, fd, i, now);
-        fp_flush(s);
-        Py_END_ALLOW_THREADS
-        s->busy = 0, limit -= used;
-        if (append_kept(s, result) < 0) Py_CLEAR(result);
-    }
-    return result;
+    return fp_drain_listener(s, fd, now, limit);
 }
 
 static PyObject *FP_drain_relay(FastPath *s, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"relay_fd", "now", "limit", NULL};
-    int fd, stop = 0;
+    int fd;
     double now;
-    Py_ssize_t limit, total = 0;
+    Py_ssize_t limit;
     entry_t *e;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "idn:drain_relay", kwlist, &fd, &now, &limit) ||
         !idle(s))
         return NULL;
     if ((e = fd_entry(s, fd)) == NULL) return PyLong_FromLong(0); /* not ours: nothing read */
-    while (limit > 0 && !stop) {
-        int want = limit < s->batch ? (int)limit : s->batch, used;
-        s->busy = 1;
-        Py_BEGIN_ALLOW_THREADS
-        int got = fp_recv_batch(s, fd, want, &used, &stop);
-        for (int i = 0; i < got; i++) fp_on_peer_datagram(s, e, i, now);
-        fp_flush(s);
-        total += got;
-        Py_END_ALLOW_THREADS
-        s->busy = 0, limit -= used;
-    }
-    return PyLong_FromSsize_t(total);
+    return PyLong_FromSsize_t(fp_drain_relay(s, e, fd, now, limit));
+}
+
+static PyObject *FP_run_epoll(FastPath *s, PyObject *args, PyObject *kw) {
+    return fp_run_epoll(s, args, kw);
 }
 
 /* ---- the type -------------------------------------------------------------------------- */
@@ -473,12 +431,16 @@ static PyMethodDef FP_methods[] = {
     METHOD(spend, "spend(relay_fd, size) -> bool: take size bytes from the budget"),
     METHOD(drain_listener, "drain_listener(listener_fd, now, limit) -> [(data, source)]"),
     METHOD(drain_relay, "drain_relay(relay_fd, now, limit) -> datagrams read"),
+    METHOD(run_epoll, "run_epoll(epoll_fd, wake_fd, lock, clock, listeners, handlers, limit) "
+                      "-> wake-ups: the data plane's loop until the wake-up pipe is readable"),
     {"counters", (PyCFunction)(void (*)(void))FP_counters, METH_NOARGS, "counters() -> dict of the counters"},
     {NULL, NULL, 0, NULL},
 };
 
 static PyMemberDef FP_members[] = {
     {"batch", T_INT, offsetof(FastPath, batch), READONLY, "datagrams per recvmmsg"},
+    {"wakeups", T_ULONGLONG, offsetof(FastPath, wakeups), READONLY,
+     "run_epoll's wake-ups with events, in all"},
     {NULL, 0, 0, 0, NULL},
 };
 

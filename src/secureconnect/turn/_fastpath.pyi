@@ -1,6 +1,7 @@
 """The compiled UDP fast path (``_fastpath.c``, ``fastpath_*.c``): docs/fastpath.md."""
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from typing import final
 
 @final
@@ -9,6 +10,9 @@ class FastPath:
 
     @property
     def batch(self) -> int: ...
+    @property
+    def wakeups(self) -> int:
+        """``run_epoll``'s wake-ups with events, counted as they happen."""
     def __init__(
         self, batch: int = 64, *, seed: int | None = None, buffer_size: int = 65536
     ) -> None:
@@ -59,3 +63,21 @@ class FastPath:
     def drain_relay(self, relay_fd: int, now: float, limit: int) -> int:
         """Read up to ``limit`` datagrams from a relay socket; how many were read (0, reading
         nothing, for a descriptor not in the tables)."""
+
+    def run_epoll(
+        self,
+        epoll_fd: int,
+        wake_fd: int,
+        *,
+        lock: threading.Lock,
+        clock: Callable[[], float],
+        listeners: dict[int, Callable[[list[tuple[bytes, tuple[str, int]]], float], object]],
+        handlers: dict[int, Callable[[float], object]],
+        limit: int,
+    ) -> int:
+        """``turn.dataplane.EpollThread.run`` in C (fastpath_loop.c): wait on ``epoll_fd``
+        without the GIL; per ready socket, with ``lock`` held and ``clock()`` as now, drain a
+        relay socket in these tables, drain a listening socket in ``listeners`` and call its
+        callback with what is left (if anything), or call ``handlers[fd](now)``. Returns the
+        number of wake-ups once ``wake_fd`` is readable (it is drained); an exception from a
+        callback ends it with that exception."""

@@ -23,6 +23,9 @@ Theory of operation:
   from the epoll set *before* it is closed, and events are looked up by descriptor after taking
   the lock: an event for a socket closed meanwhile finds no handler (or, if the number was reused
   by a new relay socket, a harmless empty read).
+- With the compiled fast path the same loop runs in C (``FastPath.run_epoll``,
+  turn/fastpath_loop.c, docs/fastpath.md): no bytecode per ready socket, the lock and the
+  rules above unchanged. The Python loop below stays the reference and the pure-Python path.
 - :meth:`EpollThread.stop` wakes the thread through a pipe; :meth:`EpollThread.run` then returns.
   An exception from a handler ends ``run`` with that exception (each handler already catches
   per-datagram failures, so this is a bug) and the TURN component fails loudly instead of relaying
@@ -36,38 +39,84 @@ import os
 import select
 import threading
 from collections.abc import Callable
+from typing import Protocol, runtime_checkable
 
 Handler = Callable[[float], object]  # called with now; what it returns is ignored
+#: a listening socket's callback in the compiled loop: what the fast path left, and now
+Unhandled = Callable[[list[tuple[bytes, tuple[str, int]]], float], object]
+
+
+@runtime_checkable
+class CompiledLoop(Protocol):
+    """The compiled fast path's loop (``turn._fastpath.FastPath.run_epoll``,
+    turn/fastpath_loop.c): this module's :meth:`EpollThread.run` in C."""
+
+    def run_epoll(
+        self,
+        epoll_fd: int,
+        wake_fd: int,
+        *,
+        lock: threading.Lock,
+        clock: Callable[[], float],
+        listeners: dict[int, Unhandled],
+        handlers: dict[int, Handler],
+        limit: int,
+    ) -> int: ...
+
+    @property
+    def wakeups(self) -> int: ...
 
 
 class EpollThread:
     """One level-triggered epoll loop; see the module docstring."""
 
-    def __init__(self, lock: threading.Lock, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        lock: threading.Lock,
+        clock: Callable[[], float],
+        compiled: CompiledLoop | None = None,
+        limit: int = 256,
+    ) -> None:
+        """``compiled``: the compiled fast path, whose loop then runs instead of the Python
+        one (relay sockets it knows are drained without a Python call, listening sockets'
+        leftovers go to their ``unhandled`` callback); ``limit``: its datagrams per drain."""
         self.lock = lock
         self._clock = clock
+        self._compiled = compiled
+        self._limit = limit
         self._epoll = select.epoll()
         self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._epoll.register(self._wake_read, select.EPOLLIN)
         self._handlers: dict[int, Handler] = {}
+        self._unhandled: dict[int, Unhandled] = {}
         self._stopping = False
         self._closed = False
-        self.wakeups = 0  # epoll_wait returns with events (for tests and metrics)
+        self._wakeups = 0  # the Python loop's; the compiled loop counts its own
 
-    def add(self, fd: int, handler: Handler) -> None:
-        """Start calling ``handler`` whenever ``fd`` is readable (call with the lock held)."""
+    def add(self, fd: int, handler: Handler, unhandled: Unhandled | None = None) -> None:
+        """Start calling ``handler`` whenever ``fd`` is readable (call with the lock held). A
+        listening socket also gives ``unhandled``, which the compiled loop calls instead, with
+        what the fast path's drain left for Python."""
         self._handlers[fd] = handler
+        if unhandled is not None:
+            self._unhandled[fd] = unhandled
         self._epoll.register(fd, select.EPOLLIN)
 
     def remove(self, fd: int) -> bool:
         """Stop watching ``fd`` (before closing it; call with the lock held). False when it was
         not watched here."""
+        self._unhandled.pop(fd, None)
         if self._handlers.pop(fd, None) is None:
             return False
         # Already closed: the kernel has dropped it from the set.
         with contextlib.suppress(OSError, ValueError):
             self._epoll.unregister(fd)
         return True
+
+    @property
+    def wakeups(self) -> int:
+        """``epoll_wait`` returns with events (for tests and metrics)."""
+        return self._wakeups + (self._compiled.wakeups if self._compiled is not None else 0)
 
     def __contains__(self, fd: int) -> bool:
         return fd in self._handlers
@@ -82,6 +131,20 @@ class EpollThread:
 
     def run(self) -> None:
         """The loop, in the data-plane thread; returns after :meth:`stop`."""
+        if self._compiled is not None:
+            run_epoll = self._compiled.run_epoll
+            epoll_fd = self._epoll.fileno()
+            while not self._stopping:
+                run_epoll(
+                    epoll_fd,
+                    self._wake_read,
+                    lock=self.lock,
+                    clock=self._clock,
+                    listeners=self._unhandled,
+                    handlers=self._handlers,
+                    limit=self._limit,
+                )
+            return
         poll = self._epoll.poll
         handlers = self._handlers
         wake = self._wake_read
@@ -90,7 +153,7 @@ class EpollThread:
             events = poll()
             if not events:
                 continue
-            self.wakeups += 1
+            self._wakeups += 1
             for fd, _ in events:
                 # The lock per ready socket, not per wake-up: the trio side waits for one
                 # drain at most, never for every socket's batch (issue #13, item 3).

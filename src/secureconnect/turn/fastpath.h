@@ -2,7 +2,8 @@
  *
  * The constants, the counters' indexes, the structs of the tables and of the FastPath object,
  * small inline helpers on them (the hash mixer, address equality, the lookup by relay fd), and
- * the fp_ functions that cross files (defined in fastpath_tables.c and fastpath_wire.c).
+ * the fp_ functions that cross files (defined in fastpath_tables.c, fastpath_wire.c and
+ * fastpath_loop.c).
  * Everything else stays static in its file.
  */
 #ifndef SECURECONNECT_FASTPATH_H
@@ -98,6 +99,7 @@ typedef struct {
     int *keep; /* indexes of received datagrams left for Python */
     int n_keep;
     uint64_t counters[N_COUNTERS];
+    unsigned long long wakeups; /* epoll_wait returns with events, in run_epoll */
     entry_t **by_fd;
     Py_ssize_t n_fd;
     entry_t **buckets;
@@ -150,6 +152,12 @@ int fp_recv_batch(FastPath *s, int fd, int want, int *used, int *stop);
 void fp_on_client_datagram(FastPath *s, int listener_fd, int i, double now);
 void fp_on_peer_datagram(FastPath *s, entry_t *e, int i, double now);
 void fp_flush(FastPath *s);
+
+/* ---- fastpath_loop.c: the drains (the GIL released per batch), the epoll loop ------------ */
+
+PyObject *fp_drain_listener(FastPath *s, int fd, double now, Py_ssize_t limit);
+Py_ssize_t fp_drain_relay(FastPath *s, entry_t *e, int fd, double now, Py_ssize_t limit);
+PyObject *fp_run_epoll(FastPath *s, PyObject *args, PyObject *kw);
 
 #pragma GCC visibility pop
 

@@ -45,7 +45,7 @@ from collections.abc import Callable
 from secureconnect.logs import fields
 from secureconnect.turn.allocation import Address, Allocation, RelayEndpoint
 from secureconnect.turn.core import ToPeer, TurnCore, TurnSettings
-from secureconnect.turn.dataplane import EpollThread, Handler
+from secureconnect.turn.dataplane import CompiledLoop, EpollThread, Handler, Unhandled
 from secureconnect.turn.fastpath import Mirror, fastpath_reason, new_fastpath
 from secureconnect.turn.pyfastpath import RECV_SIZE, PyFastPath, received
 from secureconnect.turn.relaypath import RelayCounters, route_channel_data, wrap_peer_data
@@ -111,7 +111,10 @@ class UdpDataPlane:
         """Start serving UDP clients of ``core`` (built with this plane as its binder) on
         ``listeners`` (local address -> bound socket); the epoll loop to
         :meth:`~EpollThread.run` in a thread of its own."""
-        epoll = self.epoll = EpollThread(self.lock, self.clock)
+        # The compiled fast path brings its own loop (turn/fastpath_loop.c); the twin runs
+        # dataplane's Python loop.
+        compiled = self.fastpath if isinstance(self.fastpath, CompiledLoop) else None
+        epoll = self.epoll = EpollThread(self.lock, self.clock, compiled, BATCH)
         # Which fast path runs, and why (docs/fastpath.md): an operator's first question when
         # comparing figures.
         kind = "python" if isinstance(self.fastpath, PyFastPath) else "compiled"
@@ -122,7 +125,8 @@ class UdpDataPlane:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
                 self.listeners[local] = sock
                 self.sockets[sock.fileno()] = sock
-                epoll.add(sock.fileno(), self._listener_drain(core, sock, local))
+                unhandled = self._unhandled(core, sock, local)
+                epoll.add(sock.fileno(), self._listener_drain(sock, unhandled), unhandled)
         return epoll
 
     def stop(self) -> None:
@@ -255,22 +259,33 @@ class UdpDataPlane:
         if self.packet_errors == 1:
             log.exception("packet-handling-failed")
 
-    def _listener_drain(self, core: TurnCore, sock: socket.socket, local: Address) -> Handler:
+    def _listener_drain(self, sock: socket.socket, unhandled: Unhandled) -> Handler:
         """Client -> server over UDP (lock held): the fast path relays established traffic
-        (ChannelData, plain Send indications) and hands the rest to the core."""
+        (ChannelData, plain Send indications) and ``unhandled`` gets the rest. The compiled
+        loop drains listening sockets itself and calls ``unhandled`` directly."""
         fd = sock.fileno()
         drain = self.fastpath.drain_listener
-        handle = core.handle_stun
-        sendto = sock.sendto
 
         def handler(now: float) -> None:
-            wall_now = now + self.wall_offset
             try:
-                unhandled = drain(fd, now, BATCH)
+                left = drain(fd, now, BATCH)
             except Exception:  # a bug costs this batch, never the component
                 self.packet_failed()
                 return
-            for data, source in unhandled:
+            if left:
+                unhandled(left, now)
+
+        return handler
+
+    def _unhandled(self, core: TurnCore, sock: socket.socket, local: Address) -> Unhandled:
+        """What the fast path left of a listening socket's batch (every STUN request...) goes
+        to the core, and its answers back to the client or on to a peer (lock held)."""
+        handle = core.handle_stun
+        sendto = sock.sendto
+
+        def handler(left: list[tuple[bytes, Address]], now: float) -> None:
+            wall_now = now + self.wall_offset
+            for data, source in left:
                 try:
                     out = handle(data, ("udp", source, local), now, wall_now)
                 except Exception:  # a bug costs one datagram, never the component
