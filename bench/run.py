@@ -431,7 +431,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--stun-duration", type=float, default=3.0, help="seconds per run")
     parser.add_argument("--alloc-stages", default="1000,5000")
     parser.add_argument("--relay-sizes", default="100,1000")
-    parser.add_argument("--latency-count", type=int, default=2000)
+    parser.add_argument("--latency-count", type=int, default=6000)
     parser.add_argument("--latency-rate", type=float, default=500.0)
     parser.add_argument("--signal-connections", default="1000,5000")
     parser.add_argument("--signal-round-trips", type=int, default=1000)

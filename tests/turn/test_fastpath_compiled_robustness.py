@@ -135,6 +135,39 @@ def test_failed_sends(plane: Plane) -> None:
         assert changes(other.fp, {k: 0 for k in other.fp.counters()}) == {"send_errors": 2}
 
 
+def test_runs_to_one_address_go_out_segmented_and_arrive_one_by_one(plane: Plane) -> None:
+    """UDP GSO (docs/fastpath.md): a drain's run of datagrams to one address, all of one size,
+    is one segmented send; the client still gets every datagram, whole and in order. Runs end
+    where the size changes, and sizes above 1452 bytes are never grouped."""
+    plane.open_path()
+    sizes = [200] * 40 + [100] * 3 + [200] * 10 + [1460] * 3
+    payloads = [bytes([i]) * size for i, size in enumerate(sizes)]
+    before = plane.fp.counters()
+    plane.from_peer(NOW, *payloads)
+    got = [receive(plane.client) for _ in payloads]
+    header = CHANNEL.to_bytes(2, "big")
+    assert got == [
+        (header + len(p).to_bytes(2, "big") + p, address(plane.listener)) for p in payloads
+    ]
+    assert plane.fp.gso == 1
+    assert plane.fp.gso_messages == 3  # the 40, the 3 and the 10: not the 1460-byte ones
+    assert changes(plane.fp, before) == {
+        "to_client_packets": len(sizes),
+        "to_client_bytes": sum(sizes),
+    }
+
+
+def test_a_failing_segmented_send_is_counted_datagram_by_datagram() -> None:
+    """A segmented send the kernel refuses (here: to port 0) is sent again the plain way, so
+    each datagram fails on its own, as Python counts it; GSO stays on."""
+    with rig(add=False) as other:
+        other.fp.add(other.relay.fileno(), other.listener.fileno(), (other.ip, 0), INF)
+        other.open_path()
+        other.from_peer(NOW, b"same", b"size", b"four")
+        assert changes(other.fp, {k: 0 for k in other.fp.counters()}) == {"send_errors": 3}
+        assert other.fp.gso == 1
+
+
 def test_gone_descriptors_end_the_drains() -> None:
     with rig() as plane:
         plane.open_path()

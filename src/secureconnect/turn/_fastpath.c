@@ -361,6 +361,9 @@ static void FP_dealloc(FastPath *s) {
     PyMem_Free(s->smsgs);
     PyMem_Free(s->outs);
     PyMem_Free(s->keep);
+    PyMem_Free(s->gmsgs);
+    PyMem_Free(s->giov);
+    PyMem_Free(s->groups);
     Py_TYPE(s)->tp_free((PyObject *)s);
 }
 
@@ -404,8 +407,12 @@ static PyObject *FP_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     s->outs = PyMem_Calloc(n, sizeof *s->outs);
     s->keep = PyMem_Calloc(n, sizeof *s->keep);
     s->buckets = PyMem_Calloc(s->n_buckets, sizeof *s->buckets);
+    s->gmsgs = PyMem_Calloc(n, sizeof *s->gmsgs);
+    s->giov = PyMem_Calloc(3 * n, sizeof *s->giov);
+    s->groups = PyMem_Calloc(n, sizeof *s->groups);
+    s->gso = 1;
     if (!s->buffers || !s->rmsgs || !s->riov || !s->rnames || !s->smsgs || !s->outs ||
-        !s->keep || !s->buckets)
+        !s->keep || !s->buckets || !s->gmsgs || !s->giov || !s->groups)
         return Py_DECREF(s), PyErr_NoMemory();
     for (size_t i = 0; i < n; i++) {
         s->riov[i].iov_base = s->buffers + i * (size_t)buffer_size;
@@ -441,6 +448,10 @@ static PyMemberDef FP_members[] = {
     {"batch", T_INT, offsetof(FastPath, batch), READONLY, "datagrams per recvmmsg"},
     {"wakeups", T_ULONGLONG, offsetof(FastPath, wakeups), READONLY,
      "run_epoll's wake-ups with events, in all"},
+    {"gso_messages", T_ULONGLONG, offsetof(FastPath, gso_messages), READONLY,
+     "messages sent with UDP GSO (several datagrams to one address in one send)"},
+    {"gso", T_INT, offsetof(FastPath, gso), READONLY,
+     "1 while UDP GSO is used (0 once the kernel has refused a segmented send)"},
     {NULL, 0, 0, 0, NULL},
 };
 

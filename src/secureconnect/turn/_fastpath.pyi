@@ -13,6 +13,12 @@ class FastPath:
     @property
     def wakeups(self) -> int:
         """``run_epoll``'s wake-ups with events, counted as they happen."""
+    @property
+    def gso(self) -> int:
+        """1 while UDP GSO is used; 0 once the kernel has refused to segment (for good)."""
+    @property
+    def gso_messages(self) -> int:
+        """Segmented messages sent: runs of datagrams to one address sent as one."""
     def __init__(
         self, batch: int = 64, *, seed: int | None = None, buffer_size: int = 65536
     ) -> None:

@@ -85,6 +85,12 @@ typedef struct {
     struct iovec iov[3];
 } out_t;
 
+/* One message of a sendmmsg with UDP GSO: outs[first:first+count], one address, one size. */
+typedef struct {
+    int first, count;
+    union { char buf[CMSG_SPACE(sizeof(uint16_t))]; struct cmsghdr align; } control;
+} group_t;
+
 typedef struct {
     PyObject_HEAD
     int batch, busy; /* busy: a drain runs without the GIL; the tables must not change */
@@ -100,6 +106,12 @@ typedef struct {
     int n_keep;
     uint64_t counters[N_COUNTERS];
     unsigned long long wakeups; /* epoll_wait returns with events, in run_epoll */
+    /* UDP GSO (fastpath_wire.c's send_run): the messages, their iovecs and groups */
+    struct mmsghdr *gmsgs;
+    struct iovec *giov; /* 3 per out: header, payload, padding */
+    group_t *groups;
+    int gso; /* 1 until the kernel says it cannot segment (EIO, EOPNOTSUPP...) */
+    unsigned long long gso_messages; /* segmented messages sent (tests, docs/fastpath.md) */
     entry_t **by_fd;
     Py_ssize_t n_fd;
     entry_t **buckets;
