@@ -124,6 +124,7 @@ def worker(args: argparse.Namespace) -> dict[str, float]:
         }
     finally:
         for client in clients:
+            client.release()  # the next step may bind the same source port
             client.close()
 
 

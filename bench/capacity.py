@@ -96,6 +96,20 @@ def offer_step(
     return step
 
 
+def failed_step(rate: float, error: str) -> dict[str, Any]:
+    """A step whose generator failed: counted as lossy, with the error kept."""
+    return {
+        "rate": rate,
+        "loss_pct": 100.0,
+        "relayed_per_s": 0.0,
+        "sent_share": 0.0,
+        "worker_cores": [0.0],
+        "rtt_p50_ms": 0.0,
+        "rtt_p99_ms": 0.0,
+        "error": error[-400:],
+    }
+
+
 def search(b: Bench, who: Contender, flows: int, procs: int) -> dict[str, Any]:
     """One server, one load: the rising-then-bisecting search, on one fresh server."""
     steps: list[dict[str, Any]] = []
@@ -107,7 +121,13 @@ def search(b: Bench, who: Contender, flows: int, procs: int) -> dict[str, Any]:
         wait_udp_ready(target)
 
         def offer(rate: float) -> dict[str, Any]:
-            step = offer_step(b, who.label, target, peer_port, flows=flows, procs=procs, rate=rate)
+            try:
+                step = offer_step(
+                    b, who.label, target, peer_port, flows=flows, procs=procs, rate=rate
+                )
+            except RuntimeError as exc:  # a generator that failed: this step is not clean
+                b.log(f"capacity {who.label}: the step at {rate:.0f} rt/s failed: {exc}")
+                step = failed_step(rate, str(exc))
             steps.append(step)
             return step
 

@@ -11,6 +11,7 @@ and ours (realm "secureconnect").
 
 from __future__ import annotations
 
+import contextlib
 import select
 import socket
 import struct
@@ -170,6 +171,15 @@ class ChannelClient:
             (int(AttrType.XOR_PEER_ADDRESS), encode_xor_address(peer[0], peer[1], tid)),
         ]
         self._request(Method.CHANNEL_BIND, bind)
+
+    def release(self) -> None:
+        """Delete the allocation (Refresh with LIFETIME 0, RFC 8656 §7.3), so that a later run
+        that happens to bind the same source port does not meet it (437); errors are ignored:
+        the server expires it anyway."""
+        self.sock.setblocking(True)
+        self.sock.settimeout(1.0)
+        with contextlib.suppress(RuntimeError, OSError):
+            self._request(Method.REFRESH, [(int(AttrType.LIFETIME), bytes(4))])
 
 
 def relay_latency(

@@ -99,6 +99,12 @@ class WorkerPool:
     #: own TURN server (TCP/TLS clients) never relays to; filled in when the groups are bound
     own_services: list[Address] = field(default_factory=list)
     groups: list[ReuseportGroup] = field(default_factory=list)
+    #: a thread per worker answers its quota requests for as long as it lives: they must
+    #: not take tokens of trio's default limiter (40), which 40 workers would use up
+    threads: trio.CapacityLimiter = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.threads = trio.CapacityLimiter(max(1, self.count))
 
     @classmethod
     def create(
@@ -166,6 +172,10 @@ class TurnWorker:
                 stdin=subprocess.DEVNULL,
                 env=self._environment(),
             )
+        except BaseException:
+            control.close()
+            quota.close()
+            raise
         finally:
             control_child.close()
             quota_child.close()
@@ -248,7 +258,11 @@ class TurnWorker:
         """The quota service for this worker in a thread; shut down to end it."""
         try:
             await trio.to_thread.run_sync(
-                self.pool.quotas.serve, quota, self.index, abandon_on_cancel=True
+                self.pool.quotas.serve,
+                quota,
+                self.index,
+                abandon_on_cancel=True,
+                limiter=self.pool.threads,  # not trio's default limiter, which DNS shares
             )
         finally:
             with contextlib.suppress(OSError):
