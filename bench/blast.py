@@ -76,8 +76,9 @@ def worker(args: argparse.Namespace) -> dict[str, float]:
         for flow in range(args.first_flow, args.first_flow + args.flows)
     ]
     try:
-        for client in clients:
-            client.allocate_and_bind(("127.0.0.1", args.peer_port))
+        for flow, client in enumerate(clients, start=args.first_flow):
+            peer = args.peer_ports[flow % len(args.peer_ports)]
+            client.allocate_and_bind(("127.0.0.1", peer))
         socks = [c.sock for c in clients]
         for sock in socks:
             sock.setblocking(False)
@@ -137,7 +138,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--secret", required=True)
-    parser.add_argument("--peer-port", type=int, required=True)
+    parser.add_argument(
+        "--peer-port",
+        required=True,
+        help="the echo peer's port, or a comma-separated list: flow i uses port i mod n",
+    )
     parser.add_argument("--rate", type=float, required=True, help="round trips per second")
     parser.add_argument("--duration", type=float, default=3.0)
     parser.add_argument("--size", type=int, default=200)
@@ -147,6 +152,7 @@ def main() -> int:
     parser.add_argument("--start-at", type=float, default=0.0, help=argparse.SUPPRESS)
     parser.add_argument("--first-flow", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.peer_ports = [int(port) for port in str(args.peer_port).split(",") if port]
     args.rate = max(1.0, min(args.rate, MAX_RATE))
     args.duration = max(0.5, min(args.duration, MAX_DURATION))
     args.size = max(16 + STAMP.size, min(args.size, 1400))

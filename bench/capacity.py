@@ -15,12 +15,13 @@ which goes first per load. Every loop is bounded (steps, rates, durations).
 Ours runs with one worker and with two (``turn.workers``, docs/workers.md; each flow comes from
 a loopback address of its own, so two workers share the flows), coturn with its defaults (a
 relay thread per CPU). Afterwards: the round trip at 80% of our one-flow capacity, against
-coturn at the same rate, and, with coturn 4.17, its fastest UDP mode (udp-gso with
-multiplex-peer) against ours with two workers.
+coturn at the same rate. The ``capacity-best`` section runs coturn 4.17's fastest UDP mode
+(udp-gso with multiplex-peer) against ours with two workers.
 """
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,17 +61,23 @@ class Contender:
     name: str
     workers: int = 1
     coturn_extra: tuple[str, ...] = ()
+    #: an echo peer of its own for every flow, fresh for every step: coturn's multiplex-peer
+    #: mode tells allocations apart by peer address on its one relay socket per thread, so it
+    #: refuses (400) a ChannelBind to a peer another allocation uses, even one just deleted
+    peer_per_flow: bool = False
 
 
 COTURN = Contender("coturn", "coturn")
 OURS = {n: Contender(f"ours, {n} worker{'s' if n > 1 else ''}", "secureconnect", n) for n in (1, 2)}
 #: coturn 4.17's fastest UDP relay: sendmmsg batches and UDP GSO, which need its non-standard
 #: multiplex-peer mode (one relay socket per thread); 4.17 receives with recvmmsg by default
-COTURN_BEST = Contender("coturn udp-gso multiplex-peer", "coturn", 1, ("udp-gso", "multiplex-peer"))
+COTURN_BEST = Contender(
+    "coturn udp-gso multiplex-peer", "coturn", 1, ("udp-gso", "multiplex-peer"), peer_per_flow=True
+)
 
 
 def offer_step(
-    b: Bench, label: str, target: TurnTarget, peer_port: int, *, flows: int, procs: int, rate: float
+    b: Bench, label: str, target: TurnTarget, peer_port: str, *, flows: int, procs: int, rate: float
 ) -> dict[str, Any]:
     """One blast.py run at ``rate`` round trips/s; its JSON result, logged."""
     step = b.generator(
@@ -121,13 +128,19 @@ def search(b: Bench, who: Contender, flows: int, procs: int) -> dict[str, Any]:
         wait_udp_ready(target)
 
         def offer(rate: float) -> dict[str, Any]:
-            try:
-                step = offer_step(
-                    b, who.label, target, peer_port, flows=flows, procs=procs, rate=rate
-                )
-            except RuntimeError as exc:  # a generator that failed: this step is not clean
-                b.log(f"capacity {who.label}: the step at {rate:.0f} rt/s failed: {exc}")
-                step = failed_step(rate, str(exc))
+            with ExitStack() as peers:
+                ports = str(peer_port)
+                if who.peer_per_flow:  # fresh ones per step, one per flow
+                    ports = ",".join(
+                        str(peers.enter_context(udp_echo_peer())) for _ in range(flows)
+                    )
+                try:
+                    step = offer_step(
+                        b, who.label, target, ports, flows=flows, procs=procs, rate=rate
+                    )
+                except RuntimeError as exc:  # a generator that failed: this step is not clean
+                    b.log(f"capacity {who.label}: the step at {rate:.0f} rt/s failed: {exc}")
+                    step = failed_step(rate, str(exc))
             steps.append(step)
             return step
 
@@ -179,7 +192,7 @@ def relayed(step: dict[str, Any] | None) -> float | None:
 
 def capacity_section(b: Bench) -> None:
     """Per load: coturn, ours with one worker and with two; a row for each of ours against
-    coturn. Then the round trip at 80% of our one-flow capacity, and coturn's best mode."""
+    coturn. Then the round trip at 80% of our one-flow capacity."""
     b.raw["capacity"] = {}
     contenders = (COTURN, OURS[1], OURS[2])
     for index, (flows, procs) in enumerate(LOADS):
@@ -204,7 +217,6 @@ def capacity_section(b: Bench) -> None:
     one_flow = b.raw["capacity"]["1-flows"][OURS[1].label]["best"]
     if one_flow is not None:
         latency_under_load(b, 0.8 * one_flow["rate"])
-    best_mode(b)
 
 
 def latency_under_load(b: Bench, rate: float) -> None:
@@ -217,7 +229,7 @@ def latency_under_load(b: Bench, rate: float) -> None:
         ):
             wait_udp_ready(target)
             steps[who.name] = offer_step(
-                b, who.label, target, peer_port, flows=1, procs=1, rate=rate
+                b, who.label, target, str(peer_port), flows=1, procs=1, rate=rate
             )
     b.raw["latency_at_80pct"] = steps
     ours, theirs = steps["secureconnect"], steps["coturn"]
@@ -238,25 +250,27 @@ def latency_under_load(b: Bench, rate: float) -> None:
         )
 
 
-def best_mode(b: Bench) -> None:
-    """coturn 4.17 in its fastest UDP mode against ours with two workers, 1 and 8 flows."""
+def best_mode_section(b: Bench) -> None:
+    """coturn 4.17 in its fastest UDP mode against ours with two workers, 1 and 8 flows (the
+    ``capacity-best`` section; needs coturn 4.17)."""
     if coturn_version(coturn_binary()) < (4, 17):
-        b.log("capacity: coturn's udp-gso/multiplex-peer mode needs 4.17; not run")
+        b.log("capacity-best: not run, coturn's udp-gso/multiplex-peer mode needs coturn 4.17")
+        b.raw["capacity_best_mode"] = {"not run": "coturn older than 4.17"}
         return
     b.raw["capacity_best_mode"] = {}
-    for flows, procs in LOADS[:2]:
-        theirs = search(b, COTURN_BEST, flows, procs)
-        ours = b.raw["capacity"][f"{flows}-flows"][OURS[2].label]
-        b.raw["capacity_best_mode"][f"{flows}-flows"] = theirs
-        best = {COTURN_BEST.label: theirs["best"], OURS[2].label: ours["best"]}
+    for index, (flows, procs) in enumerate(LOADS[:2]):
+        order = (COTURN_BEST, OURS[2]) if index % 2 == 0 else (OURS[2], COTURN_BEST)
+        results = {who.label: search(b, who, flows, procs) for who in order}
+        b.raw["capacity_best_mode"][f"{flows}-flows"] = results
+        best = {label: results[label]["best"] for label in results}
         b.rows.append(
             Row(
                 "Capacity",
                 f"relayed datagrams/s, loss < {LOSS_CAPACITY}% ({flows} "
                 f"flow{'s' if flows > 1 else ''}; ours, 2 workers, against coturn with "
-                "udp-gso and multiplex-peer)",
-                relayed(ours["best"]),
-                relayed(theirs["best"]),
+                "udp-gso and multiplex-peer, an echo peer per flow)",
+                relayed(best[OURS[2].label]),
+                relayed(best[COTURN_BEST.label]),
                 "dgram/s",
                 "; ".join(notes_for(best)),
             )

@@ -18,8 +18,11 @@ commands). Sections, each one bounded in count and time:
   peer (``turn_client.relay_latency``).
 - **signal** (ours only): memory per idle WSS connection and routed-message latency
   (``signal_measure.py``).
-- **capacity**: the highest offered rate with loss under 0.1%, one flow and eight, with our own
-  paced generator (``capacity.py`` and ``blast.py``: uclient saturates first).
+- **capacity**: the highest offered rate with loss under 0.1%, 1, 8 and 64 flows, ours with one
+  and two workers, with our own paced generator (``capacity.py`` and ``blast.py``: uclient
+  saturates first); then the round trip at 80% of our one-flow capacity.
+- **capacity-best** (coturn 4.17 only): coturn's fastest UDP mode (udp-gso, multiplex-peer)
+  against ours with two workers.
 
 Absolute numbers on a shared 2-core machine are noise; ratios from the same run are the result.
 """
@@ -45,7 +48,7 @@ from typing import Any
 
 import signal_measure
 import turn_relay
-from capacity import capacity_section
+from capacity import best_mode_section, capacity_section
 from collect import BENCH, Bench, Row
 from common import (
     SERVERS,
@@ -418,7 +421,7 @@ def markdown(b: Bench, info: dict[str, Any], argv: list[str], total: float) -> s
     return "\n".join(lines) + "\n"
 
 
-SECTIONS = ("stun", "alloc", "relay", "latency", "signal", "capacity")
+SECTIONS = ("stun", "alloc", "relay", "latency", "signal", "capacity", "capacity-best")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -482,6 +485,7 @@ def main(argv: list[str] | None = None) -> int:
                 b, ints(args.signal_connections, 1, 5000), args.signal_round_trips
             ),
             "capacity": lambda: capacity_section(b),
+            "capacity-best": lambda: best_mode_section(b),
         }
         for name in args.sections:
             log(f"== {name}")
