@@ -22,13 +22,14 @@ outlives the parent, even one killed with SIGKILL.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,9 @@ class WorkerPool:
     #: a thread per worker answers its quota requests for as long as it lives: they must
     #: not take tokens of trio's default limiter (40), which 40 workers would use up
     threads: trio.CapacityLimiter = field(init=False)
+
+    #: quota book owners: one per worker process started (0 is the parent's own server)
+    owners: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
     def __post_init__(self) -> None:
         self.threads = trio.CapacityLimiter(max(1, self.count))
@@ -180,12 +184,13 @@ class TurnWorker:
             control_child.close()
             quota_child.close()
         self.pid = process.pid
+        owner = next(self.pool.owners)  # this process's slots in the quota book
         self._control = control
         self._draining = False
         trio_control = trio.socket.from_stdlib_socket(control)
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._serve_quotas, quota)
+                nursery.start_soon(self._serve_quotas, quota, owner)
                 await trio_control.send(encode_message(self.pool.spec(self.index)))
                 with trio.fail_after(START_TIMEOUT):
                     await self._until_bound(trio_control, process)
@@ -206,7 +211,7 @@ class TurnWorker:
             self.samples = {}
             trio_control.close()
             quota.close()
-            returned = self.pool.quotas.drop_owner(self.index)
+            returned = self.pool.quotas.drop_owner(owner)
             if returned:
                 log.info("worker-quota-returned", extra=fields(worker=self.index, slots=returned))
 
@@ -254,13 +259,13 @@ class TurnWorker:
         except (EOFError, OSError):
             return None
 
-    async def _serve_quotas(self, quota: socket.socket) -> None:
+    async def _serve_quotas(self, quota: socket.socket, owner: int) -> None:
         """The quota service for this worker in a thread; shut down to end it."""
         try:
             await trio.to_thread.run_sync(
                 self.pool.quotas.serve,
                 quota,
-                self.index,
+                owner,
                 abandon_on_cancel=True,
                 limiter=self.pool.threads,  # not trio's default limiter, which DNS shares
             )

@@ -135,6 +135,9 @@ def test_a_dead_owner_gives_back_everything_it_held_and_nothing_else() -> None:
     assert quota.drop_owner(1) == 2
     assert (quota.held, quota.by_user, quota.by_source) == (1, {"alice": 1}, {"192.0.2.1": 1})
     assert quota.drop_owner(1) == 0
+    # A request of the dead owner's that arrives late takes nothing: no slot outlives it.
+    assert not quota.take("alice", "192.0.2.9", 1, owner=1)
+    assert quota.held == 1
 
 
 def test_a_give_beyond_what_the_owner_holds_cannot_free_anyone_elses_slot() -> None:

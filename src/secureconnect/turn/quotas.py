@@ -7,9 +7,9 @@ either taken whole or not at all.
 
 Several TURN workers (``turn.workers``, docs/workers.md) share one book, kept by the parent
 process: a user with quota 10 gets 10 allocations in all, not 10 per worker. The book therefore
-counts what each *owner* holds (the parent's own TCP/TLS clients are owner 0, worker ``i`` is
-owner ``i``), so that a worker that dies gives back every slot it held at once
-(:meth:`QuotaBook.drop_owner`): its relay sockets died with it.
+counts what each *owner* holds (the parent's own TCP/TLS clients are owner 0, each worker
+process an owner of its own, a fresh one each time it starts), so that a worker that dies gives
+back every slot it held at once (:meth:`QuotaBook.drop_owner`): its relay sockets died with it.
 
 The core reaches the book through :class:`QuotaGate` (``take``/``give``): in one process the book
 itself (owner 0), in a worker a client of the parent's book (:mod:`secureconnect.turn.workerlink`).
@@ -52,7 +52,7 @@ class QuotaBook:
     """Slots held per user, per client address, in total, and by owner; see the module
     docstring. Also a :class:`QuotaGate` for owner 0 (the one-process case)."""
 
-    __slots__ = ("_owned", "by_source", "by_user", "held", "limits")
+    __slots__ = ("_closed", "_owned", "by_source", "by_user", "held", "limits")
 
     def __init__(self, limits: Quotas) -> None:
         self.limits = limits
@@ -61,6 +61,9 @@ class QuotaBook:
         self.held = 0  # what the total quota bounds
         #: owner -> (user, source) -> slots: what to give back when an owner dies
         self._owned: dict[int, Counter[tuple[str, str]]] = {}
+        #: owners dropped for good (a worker process is a new owner each time it starts): a
+        #: request of theirs that arrives late is refused, so no slot outlives its socket
+        self._closed: set[int] = set()
 
     def take(self, user: str, source: str, needed: int, owner: int = 0) -> bool:
         """Hold ``needed`` slots, all or none. "The server MAY ... reject with 486 (Allocation
@@ -68,6 +71,8 @@ class QuotaBook:
         matters as much as the per-user one: in open mode anyone can mint credentials for any
         user name, so the per-user quota alone bounds nothing."""
         limits = self.limits
+        if owner in self._closed:
+            return False
         if (
             needed <= 0
             or self.held + needed > limits.total_quota
@@ -96,7 +101,8 @@ class QuotaBook:
 
     def drop_owner(self, owner: int) -> int:
         """Give back everything ``owner`` holds (a worker died with its relay sockets);
-        returns how many slots that was."""
+        returns how many slots that was. The owner is closed: later takes of its are refused."""
+        self._closed.add(owner)
         owned = self._owned.pop(owner, Counter())
         for (user, source), count in owned.items():
             self._count(user, source, -count)

@@ -157,7 +157,7 @@ class QuotaService:
             except (OSError, EOFError):
                 return
             except Exception as exc:
-                log.error("quota-bad-message", extra=fields(worker=owner, error=repr(exc)))
+                log.error("quota-bad-message", extra=fields(owner=owner, error=repr(exc)))
                 return
             with self.lock:
                 if op == "take":
