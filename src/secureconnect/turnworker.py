@@ -33,7 +33,7 @@ from secureconnect.turn.workerlink import (
     MAX_MESSAGE,
     RemoteQuotas,
     decode_message,
-    encode_message,
+    encode_report,
     receive_message,
 )
 from secureconnect.workers import WorkerSpec
@@ -80,7 +80,7 @@ async def serve_worker(
             nursery.cancel_scope.cancel()  # drained: the process ends
 
         await nursery.start(run_server)
-        await channel.send(encode_message(("bound", list(server.bound))))
+        await channel.send(encode_report(["bound", list(server.bound)]))
         log.info("worker-serving", extra=fields(worker=spec.index, pid=os.getpid()))
         nursery.start_soon(_report_metrics, server, channel)
         while True:
@@ -98,7 +98,7 @@ async def serve_worker(
 
 async def _report_metrics(server: TurnServer, channel: trio.socket.SocketType) -> None:
     while True:
-        await channel.send(encode_message(("metrics", server.metrics())))
+        await channel.send(encode_report(["metrics", server.metrics()]))
         await trio.sleep(METRICS_INTERVAL)
 
 

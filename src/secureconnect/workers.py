@@ -43,8 +43,9 @@ from secureconnect.netaddr import Address
 from secureconnect.turn.quotas import QuotaBook
 from secureconnect.turn.reuseport import ReuseportGroup, bind_groups
 from secureconnect.turn.workerlink import (
+    MAX_MESSAGE,
     QuotaService,
-    decode_message,
+    decode_report,
     encode_message,
     send_message,
     socket_pair,
@@ -249,15 +250,25 @@ class TurnWorker:
     async def _follow(self, control: trio.socket.SocketType) -> None:
         """Take the worker's reports until it closes its end (it exits)."""
         while (message := await self._receive(control)) is not None:
-            if message[0] == "metrics":
-                self.samples = dict(message[1])
+            if message[0] == "metrics" and len(message) == 2 and isinstance(message[1], dict):
+                self.samples = {
+                    str(name): float(value)
+                    for name, value in message[1].items()
+                    if isinstance(value, int | float)
+                }
 
     @staticmethod
     async def _receive(control: trio.socket.SocketType) -> Any:
+        """The worker's next report (JSON, never unpickled here); None once it is gone or has
+        sent something that is not a report (it is stopped then: see ``serve``)."""
         try:
-            return decode_message(await control.recv(1 << 20))
+            message = decode_report(await control.recv(MAX_MESSAGE))
         except (EOFError, OSError):
             return None
+        except ValueError as exc:
+            log.error("worker-bad-report", extra=fields(error=repr(exc)))
+            return None
+        return message if isinstance(message, list) and message else None
 
     async def _serve_quotas(self, quota: socket.socket, owner: int) -> None:
         """The quota service for this worker in a thread; shut down to end it."""

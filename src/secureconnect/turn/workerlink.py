@@ -6,18 +6,21 @@ boundaries and each side knows at once when the other is gone (EOF):
 * **control** (trio on both sides): the worker's spec at start, then ``reload`` (new TURN
   secrets) and ``drain`` from the parent; ``bound`` (once every socket serves) and ``metrics``
   (every second) from the worker.
-* **quota** (blocking, one request at a time): the worker's core asks the parent's
+* **quota** (blocking, one request at a time, JSON both ways): the worker's core asks the parent's
   :class:`~secureconnect.turn.quotas.QuotaBook` before it binds a relay socket
   (:class:`RemoteQuotas`) and tells it when one closes; the parent answers from a thread
   (:class:`QuotaService`), so an answer never waits for the parent's trio loop.
 
-Messages are pickled: both ends are this package, the worker a child the parent started with
-these sockets, and nothing else can reach an unnamed socket pair. A message is at most
-:data:`MAX_MESSAGE` bytes.
+What the parent sends a worker is pickled (the spec holds the whole config): the worker trusts
+the process that started it. What a worker sends the parent is JSON (:func:`encode_report`):
+the parent never unpickles a worker's bytes, so a worker that went wrong (a memory bug in the
+compiled fast path, say) cannot run code in the parent through the link. Nothing else can reach
+an unnamed socket pair. A message is at most :data:`MAX_MESSAGE` bytes.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import pickle
 import socket
@@ -33,7 +36,9 @@ __all__ = [
     "QuotaService",
     "RemoteQuotas",
     "decode_message",
+    "decode_report",
     "encode_message",
+    "encode_report",
     "receive_message",
     "send_message",
     "socket_pair",
@@ -45,6 +50,7 @@ MAX_MESSAGE = 1 << 20
 #: how long a worker waits for a quota answer before it refuses the Allocate (486): the parent
 #: answers from a thread in microseconds; this bounds a wedged parent, not a busy one
 QUOTA_TIMEOUT = 2.0
+LATE_TAKES = 64  # unanswered takes remembered, so that a late grant is given back
 
 
 def socket_pair() -> tuple[socket.socket, socket.socket]:
@@ -74,8 +80,24 @@ def decode_message(data: bytes) -> Any:
 
 
 def receive_message(sock: socket.socket) -> Any:
-    """Receive one message (blocking)."""
+    """Receive one message from the parent (blocking)."""
     return decode_message(sock.recv(MAX_MESSAGE))
+
+
+def encode_report(message: Any) -> bytes:
+    """A worker's message to the parent, as JSON (lists, strings, numbers)."""
+    data = json.dumps(message, separators=(",", ":")).encode()
+    if len(data) > MAX_MESSAGE:
+        raise ValueError(f"worker report of {len(data)} bytes exceeds {MAX_MESSAGE}")
+    return data
+
+
+def decode_report(data: bytes) -> Any:
+    """A worker's message; EOFError when it has closed its end, ValueError when it is not
+    JSON."""
+    if not data:
+        raise EOFError("the worker closed its end")
+    return json.loads(data)
 
 
 class LockedQuotas:
@@ -101,35 +123,45 @@ class LockedQuotas:
 class RemoteQuotas:
     """A worker's :class:`~secureconnect.turn.quotas.QuotaGate`: the parent's book over the
     quota socket. ``take`` waits for the answer (at most :data:`QUOTA_TIMEOUT`; a late answer is
-    told from the next one by its sequence number and dropped); ``give`` does not wait. A parent
-    that is gone refuses every take: the worker ends anyway when its control socket closes."""
+    told from the next one by its sequence number, and a late grant is given straight back);
+    ``give`` does not wait. A parent that is gone refuses every take: the worker ends anyway
+    when its control socket closes."""
 
-    __slots__ = ("_lock", "_seq", "sock")
+    __slots__ = ("_late", "_lock", "_seq", "sock")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         sock.settimeout(QUOTA_TIMEOUT)
         self._seq = 0
         self._lock = threading.Lock()
+        #: takes given up on (seq -> what they asked): a grant that comes after all is given
+        #: straight back, since the Allocate was refused; bounded, oldest forgotten
+        self._late: dict[int, tuple[str, str, int]] = {}
 
     def take(self, user: str, source: str, needed: int) -> bool:
         with self._lock:
             self._seq += 1
             seq = self._seq
             try:
-                send_message(self.sock, ("take", seq, user, source, needed))
+                self.sock.send(encode_report(["take", seq, user, source, needed]))
                 while True:
-                    answer_seq, granted = receive_message(self.sock)
+                    answer_seq, granted = decode_report(self.sock.recv(MAX_MESSAGE))
                     if answer_seq == seq:
                         return bool(granted)
-            except (OSError, EOFError, ValueError, pickle.UnpicklingError) as exc:
+                    late = self._late.pop(answer_seq, None)
+                    if late is not None and granted:
+                        self.sock.send(encode_report(["give", 0, *late]))
+            except (OSError, EOFError, ValueError) as exc:
                 log.error("quota-unanswered", extra=fields(error=str(exc) or type(exc).__name__))
+                self._late[seq] = (user, source, needed)
+                while len(self._late) > LATE_TAKES:
+                    del self._late[next(iter(self._late))]
                 return False
 
     def give(self, user: str, source: str, count: int) -> None:
         with self._lock:
             try:
-                send_message(self.sock, ("give", 0, user, source, count))
+                self.sock.send(encode_report(["give", 0, user, source, count]))
             except OSError as exc:
                 log.error("quota-unsent", extra=fields(error=str(exc)))
 
@@ -153,20 +185,20 @@ class QuotaService:
         that is not one of ours ends the service for that worker: its takes are then refused."""
         while True:
             try:
-                op, seq, user, source, count = receive_message(sock)
+                op, seq, user, source, count = decode_report(sock.recv(MAX_MESSAGE))
+                user, source, count = str(user), str(source), int(count)
             except (OSError, EOFError):
                 return
-            except Exception as exc:
+            except (ValueError, TypeError) as exc:  # not ours: this link ends, nothing else
                 log.error("quota-bad-message", extra=fields(owner=owner, error=repr(exc)))
                 return
             with self.lock:
-                if op == "take":
-                    granted = self.book.take(str(user), str(source), int(count), owner)
-                else:
-                    self.book.give(str(user), str(source), int(count), owner)
+                if op != "take":
+                    self.book.give(user, source, count, owner)
                     continue
+                granted = self.book.take(user, source, count, owner)
             try:
-                send_message(sock, (seq, granted))
+                sock.send(encode_report([seq, granted]))
             except OSError:
                 return
 
