@@ -23,11 +23,12 @@ import struct
 import subprocess
 import sys
 import time
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from appliance import free_port, run_appliance
+from appliance import Running, free_port, run_appliance
 
 REPO = Path(__file__).resolve().parents[1]
 BUILD_SCRIPT = REPO / "scripts" / "build-dist.sh"
@@ -215,18 +216,26 @@ def _stun_binding(port: int) -> tuple[tuple[str, int], tuple[str, int]]:
     raise AssertionError(f"no XOR-MAPPED-ADDRESS in {reply.hex()}")
 
 
-def test_run_stun_answers_binding_and_stops_on_sigterm(scratch: Scratch, tmp_path: Path) -> None:
-    port = free_port()
-    with run_appliance(
+def run_from_file(
+    scratch: Scratch, tmp_path: Path, component: str, settings: tuple[str, ...]
+) -> AbstractContextManager[Running]:
+    """``secureconnect run COMPONENT`` from the built file, in its scratch directory."""
+    return run_appliance(
         tmp_path,
-        "stun",
+        component,
         program=(str(scratch.executable),),
         cwd=scratch.directory,
         env=scratch.env,
         state_dir=tmp_path / "run-state",
-        settings=(f"stun.port={port}", "stun.tcp=false", "stun.tls=false"),
+        settings=settings,
         ready_timeout=60,
-    ) as app:
+    )
+
+
+def test_run_stun_answers_binding_and_stops_on_sigterm(scratch: Scratch, tmp_path: Path) -> None:
+    port = free_port()
+    settings = (f"stun.port={port}", "stun.tcp=false", "stun.tls=false")
+    with run_from_file(scratch, tmp_path, "stun", settings) as app:
         mapped, mine = _stun_binding(port)
         assert mapped == mine
         assert app.stop(signal.SIGTERM, timeout=20) == 0
@@ -238,16 +247,8 @@ def test_turn_workers_run_from_the_file(scratch: Scratch, tmp_path: Path) -> Non
     interpreter and its extracted site-packages (docs/workers.md), serves, and answers Binding
     on the shared TURN port; SIGTERM stops the parent and both workers."""
     port = free_port()
-    with run_appliance(
-        tmp_path,
-        "turn",
-        program=(str(scratch.executable),),
-        cwd=scratch.directory,
-        env=scratch.env,
-        state_dir=tmp_path / "run-state",
-        settings=(f"turn.port={port}", "turn.tcp=false", "turn.tls=false", "turn.workers=2"),
-        ready_timeout=60,
-    ) as app:
+    settings = (f"turn.port={port}", "turn.tcp=false", "turn.tls=false", "turn.workers=2")
+    with run_from_file(scratch, tmp_path, "turn", settings) as app:
         for index in (1, 2):
             app.wait_log(f"event=worker-serving worker={index}")
         mapped, mine = _stun_binding(port)
