@@ -327,7 +327,9 @@ static PyObject *FP_drain_listener(FastPath *s, PyObject *args, PyObject *kw) {
     if (!PyArg_ParseTupleAndKeywords(args, kw, "idn:drain_listener", kwlist, &fd, &now, &limit) ||
         !idle(s))
         return NULL;
-    return fp_drain_listener(s, fd, now, limit);
+    PyObject *kept;
+    if (fp_drain_listener(s, fd, now, limit, &kept) < 0) return NULL;
+    return kept != NULL ? kept : PyList_New(0);
 }
 
 static PyObject *FP_drain_relay(FastPath *s, PyObject *args, PyObject *kw) {

@@ -167,7 +167,7 @@ void fp_flush(FastPath *s);
 
 /* ---- fastpath_loop.c: the drains (the GIL released per batch), the epoll loop ------------ */
 
-PyObject *fp_drain_listener(FastPath *s, int fd, double now, Py_ssize_t limit);
+int fp_drain_listener(FastPath *s, int fd, double now, Py_ssize_t limit, PyObject **kept);
 Py_ssize_t fp_drain_relay(FastPath *s, entry_t *e, int fd, double now, Py_ssize_t limit);
 PyObject *fp_run_epoll(FastPath *s, PyObject *args, PyObject *kw);
 

@@ -51,10 +51,12 @@ static int append_kept(FastPath *s, PyObject *list) {
     return 0;
 }
 
-PyObject *fp_drain_listener(FastPath *s, int fd, double now, Py_ssize_t limit) {
+/* Drain a listening socket; *kept gets a list of what is left for Python, or stays NULL when
+ * nothing is (the common case of relayed traffic: no list is made). -1 on a Python error. */
+int fp_drain_listener(FastPath *s, int fd, double now, Py_ssize_t limit, PyObject **kept) {
     int stop = 0;
-    PyObject *result = PyList_New(0);
-    while (result != NULL && limit > 0 && !stop) {
+    *kept = NULL;
+    while (limit > 0 && !stop) {
         int want = limit < s->batch ? (int)limit : s->batch, used;
         s->busy = 1, s->n_keep = 0;
         Py_BEGIN_ALLOW_THREADS
@@ -63,9 +65,13 @@ PyObject *fp_drain_listener(FastPath *s, int fd, double now, Py_ssize_t limit) {
         fp_flush(s);
         Py_END_ALLOW_THREADS
         s->busy = 0, limit -= used;
-        if (append_kept(s, result) < 0) Py_CLEAR(result);
+        if (s->n_keep > 0 && *kept == NULL && (*kept = PyList_New(0)) == NULL) return -1;
+        if (s->n_keep > 0 && append_kept(s, *kept) < 0) {
+            Py_CLEAR(*kept);
+            return -1;
+        }
     }
-    return result;
+    return 0;
 }
 
 Py_ssize_t fp_drain_relay(FastPath *s, entry_t *e, int fd, double now, Py_ssize_t limit) {
@@ -116,15 +122,14 @@ static int dispatch(FastPath *s, const loop_t *lp, int fd) {
     Py_INCREF(callback); /* a callback may remove itself from the dict */
     int rc = 0;
     if (listener) {
-        PyObject *kept = fp_drain_listener(s, fd, now, lp->limit);
-        if (kept == NULL) {
-            rc = -1;
-        } else if (PyList_GET_SIZE(kept) > 0) {
+        PyObject *kept;
+        rc = fp_drain_listener(s, fd, now, lp->limit, &kept);
+        if (kept != NULL) {
             r = PyObject_CallFunction(callback, "Od", kept, now);
             rc = r == NULL ? -1 : 0;
             Py_XDECREF(r);
+            Py_DECREF(kept);
         }
-        Py_XDECREF(kept);
     } else {
         r = PyObject_CallFunction(callback, "d", now);
         rc = r == NULL ? -1 : 0;
