@@ -98,3 +98,16 @@ class FailureBackoff:
     def forgive(self, key: str) -> None:
         """``key`` succeeded: its count starts over."""
         self._keys.pop(key, None)
+
+    def blocked_until(self, key: str) -> float:
+        """When ``key``'s backoff ends (0.0 when it has none)."""
+        entry = self._keys.get(key)
+        return entry[1] if entry is not None else 0.0
+
+    def block(self, key: str, until: float, now: float) -> None:
+        """Back ``key`` off until ``until`` at least: a backoff another process decided (the
+        TURN workers share one for static users, docs/workers.md)."""
+        failures, blocked, _ = self._keys.pop(key, (self.threshold, 0.0, now))
+        self._keys[key] = (max(failures, self.threshold), max(blocked, until), now)
+        while len(self._keys) > self.max_keys:
+            self._keys.popitem(last=False)

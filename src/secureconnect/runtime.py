@@ -48,7 +48,7 @@ from secureconnect.statusboard import StatusBoard
 from secureconnect.stun.responder import BindingResponder, ResponderConfig
 from secureconnect.stun.serve import StunEndpoints, StunServer
 from secureconnect.supervisor import Component
-from secureconnect.turn.auth import Authenticator
+from secureconnect.turn.auth import Authenticator, UserBackoff
 from secureconnect.turn.core import TurnSettings
 from secureconnect.turn.peerpolicy import DEFAULT_DENY, LOOPBACK_RANGES, PeerPolicy
 from secureconnect.turn.quotas import QuotaBook, QuotaGate
@@ -295,13 +295,15 @@ def build_turn(
     port_range: tuple[int, int] | None = None,
     quotas: QuotaGate | None = None,
     other_services: Sequence[Address] | None = None,
+    user_backoff: UserBackoff | None = None,
 ) -> TurnServer:
     """The TURN component from ``[turn]``; it also answers STUN Binding on its ports.
 
     With workers (docs/workers.md) the parent's serves TCP/TLS clients only (``udp=False``,
     the pool's listeners among ``other_services``) and each worker's serves its share of the
-    UDP listeners (``udp_sockets``, ``streams=False``); both take a slice of the relay ports
-    and the parent's quota book."""
+    UDP listeners (``udp_sockets``, ``streams=False``); both take a slice of the relay ports,
+    the parent's quota book and the static users' backoff shared by every process
+    (``user_backoff``)."""
     turn = runtime.config.turn
     settings = turn_settings(turn)
     users = dict(user.split(":", 1) for user in turn.users)
@@ -313,6 +315,7 @@ def build_turn(
         strict_expiry=turn.strict_expiry,
         sha256=turn.sha256_integrity,
         unauthorized=RateLimiter.per_second(turn.unauthorized_rate),
+        user_backoff=user_backoff,
     )
     parts = CoreParts(
         settings,
@@ -368,6 +371,7 @@ def build_turn_components(runtime: Runtime) -> tuple[list[Component], UrlSource]
             port_range=slices[0],
             quotas=pool.quotas.gate(0),
             other_services=pool.own_services,
+            user_backoff=pool.quotas.user_backoff(),
         )
         components.append(parent)
 

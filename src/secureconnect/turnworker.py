@@ -9,7 +9,8 @@ with the file descriptors inherited. The first message on the control socket is 
 the listening sockets it was given (its share of each reuseport group), takes relay ports from its
 slice of the range and asks the parent's quota book over the quota socket, then says ``bound``.
 From then on it reports its counters every second and obeys ``reload`` (new TURN secrets, sent
-when the parent gets SIGHUP) and ``drain``. It ends when the parent closes the control socket
+when the parent gets SIGHUP), ``block-user`` (a static user's backoff, counted over every
+process) and ``drain``. It ends when the parent closes the control socket
 (the parent stops, dies, or restarts it), and an error in the server ends the process: the
 parent starts a fresh one, and the other workers never notice.
 """
@@ -20,6 +21,7 @@ import logging
 import os
 import socket
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,6 +34,7 @@ from secureconnect.turn.serve import TurnServer
 from secureconnect.turn.workerlink import (
     MAX_MESSAGE,
     RemoteQuotas,
+    ReportedUserBackoff,
     decode_message,
     encode_report,
     receive_message,
@@ -45,9 +48,12 @@ METRICS_INTERVAL = 1.0  # seconds between counter reports to the parent
 
 def build_worker(
     spec: WorkerSpec, listeners: Sequence[socket.socket], quota: socket.socket
-) -> tuple[TurnServer, CredentialMinter]:
-    """The worker's TURN server (UDP on ``listeners`` only) and its credential minter."""
+) -> tuple[TurnServer, CredentialMinter, ReportedUserBackoff]:
+    """The worker's TURN server (UDP on ``listeners`` only), its credential minter and its
+    share of the static users' backoff."""
     minter = CredentialMinter(spec.secrets)
+    link = RemoteQuotas(quota)
+    backoff = ReportedUserBackoff(link)
     runtime = Runtime(
         spec.config,
         spec.config_path,
@@ -61,15 +67,20 @@ def build_worker(
         udp_sockets=listeners,
         streams=False,
         port_range=spec.port_range,
-        quotas=RemoteQuotas(quota),
+        quotas=link,
         other_services=spec.other_services,
+        user_backoff=backoff,
     )
     server.name = f"turn-worker-{spec.index}"
-    return server, minter
+    return server, minter, backoff
 
 
 async def serve_worker(
-    spec: WorkerSpec, server: TurnServer, minter: CredentialMinter, control: socket.socket
+    spec: WorkerSpec,
+    server: TurnServer,
+    minter: CredentialMinter,
+    backoff: ReportedUserBackoff,
+    control: socket.socket,
 ) -> None:
     """Serve until the parent closes the control socket or a drain completes."""
     channel = trio.socket.from_stdlib_socket(control)
@@ -93,6 +104,8 @@ async def serve_worker(
                 log.info("reloaded", extra=fields(what="turn-secrets", worker=spec.index))
             elif message[0] == "drain":
                 server.begin_drain()
+            elif message[0] == "block-user":  # a static user backs off in every process
+                backoff.block(message[1], message[2], time.time())
         nursery.cancel_scope.cancel()
 
 
@@ -119,8 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     general = spec.config.general
     configure_logging(general.log_level, general.log_format)
-    server, minter = build_worker(spec, listeners, quota)
-    trio.run(serve_worker, spec, server, minter, control)
+    server, minter, backoff = build_worker(spec, listeners, quota)
+    trio.run(serve_worker, spec, server, minter, backoff, control)
     return 0
 
 

@@ -6,7 +6,8 @@ The parent keeps everything the workers share and starts one process per worker:
   :class:`~secureconnect.turn.reuseport.ReuseportGroup` per address, and keeps them open for
   its whole life (a crashed worker's socket stays in the group, so no other worker's clients
   move); it holds the quota book every worker asks (:class:`~secureconnect.turn.workerlink.
-  QuotaService`), and knows what a worker is built from (:class:`WorkerSpec`).
+  QuotaService`) and the static users' backoff, which it sends every worker when it starts,
+  and knows what a worker is built from (:class:`WorkerSpec`).
 * :class:`TurnWorker` is one worker process as a supervised component: ``serve`` spawns
   ``python -m secureconnect.turnworker`` with its share of the sockets, reports started once
   the worker says every socket serves (so the supervisor's READY=1 waits for every worker),
@@ -107,6 +108,8 @@ class WorkerPool:
 
     #: quota book owners: one per worker process started (0 is the parent's own server)
     owners: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+    #: the live workers' control sockets, by worker index (for :meth:`broadcast_block`)
+    controls: dict[int, socket.socket] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.threads = trio.CapacityLimiter(max(1, self.count))
@@ -120,7 +123,16 @@ class WorkerPool:
         spec: Callable[[int], WorkerSpec],
         other_services: Sequence[Address] = (),
     ) -> WorkerPool:
-        return cls(count, addresses, QuotaService(book), spec, list(other_services))
+        pool = cls(count, addresses, QuotaService(book), spec, list(other_services))
+        pool.quotas.on_block = pool.broadcast_block
+        return pool
+
+    def broadcast_block(self, user: str, until: float) -> None:
+        """Tell every live worker that static user ``user`` backs off until ``until`` (from
+        the quota service's thread; a worker that cannot be told is being replaced)."""
+        for control in list(self.controls.values()):
+            with contextlib.suppress(OSError):
+                send_message(control, ("block-user", user, until))
 
     def sockets_for(self, index: int) -> list[socket.socket]:
         """Worker ``index``'s socket of every group, binding the groups on first use (a
@@ -187,6 +199,7 @@ class TurnWorker:
         self.pid = process.pid
         owner = next(self.pool.owners)  # this process's slots in the quota book
         self._control = control
+        self.pool.controls[self.index] = control
         self._draining = False
         trio_control = trio.socket.from_stdlib_socket(control)
         try:
@@ -206,6 +219,7 @@ class TurnWorker:
             with trio.CancelScope(shield=True):
                 await self._stop(process)
             self._control = None
+            self.pool.controls.pop(self.index, None)
             for name, value in self.samples.items():
                 if name.endswith("_total"):
                     self.retired[name] = self.retired.get(name, 0.0) + value

@@ -57,3 +57,18 @@ def test_a_static_user_backs_off_from_every_address_after_many_failures() -> Non
     throttle.failed("198.51.100.99", "alice", 0.0, static=True)
     assert not throttle.admits("203.0.113.1", "alice", 0.5)
     assert throttle.admits("203.0.113.1", "alice", 1.0)
+
+
+def test_a_backoff_decided_elsewhere_is_kept_and_reported() -> None:
+    """``block`` (a backoff the parent decided for every TURN worker) makes a key back off
+    until then at least, counts it as past the threshold, and never shortens a longer one."""
+    backoff = FailureBackoff(20, base=1.0, cap=30.0)
+    assert backoff.blocked_until("carol") == 0.0
+    backoff.block("carol", 108.0, 100.0)
+    assert backoff.blocked("carol", 107.9)
+    assert not backoff.blocked("carol", 108.0)
+    assert backoff.blocked_until("carol") == 108.0
+    backoff.block("carol", 104.0, 101.0)  # a shorter verdict arriving late changes nothing
+    assert backoff.blocked_until("carol") == 108.0
+    backoff.failed("carol", 109.0)  # past the threshold already: the next failure backs off
+    assert backoff.blocked("carol", 109.5)

@@ -25,6 +25,7 @@ from pathlib import Path
 from appliance import Running, appliance_env, free_port, run_appliance
 from turnwire import (
     REQUESTED_UDP,
+    Conn,
     Credential,
     Session,
     StreamConn,
@@ -335,3 +336,63 @@ def test_too_few_relay_ports_for_the_workers_is_a_config_error(tmp_path: Path) -
         assert running.proc.wait(timeout=20) == 2
         running.stop()
         assert "turn.workers" in running.log_text()
+
+
+def answer_to(conn: Conn, tid: bytes, timeout: float) -> StunMessage | None:
+    """The answer to transaction ``tid`` within ``timeout`` s (other frames are skipped: a
+    late answer to a retransmitted challenge, say); None if none came."""
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        for frame in conn.receive(left):
+            message = decode(frame)
+            if message is not None and message.transaction_id == tid:
+                return message
+    return None
+
+
+def failures(app: Appliance, source: str, count: int) -> None:
+    """``count`` Allocates as static user carol with a wrong password from ``source``, each
+    answered 401 (one failed attempt each)."""
+    session = Session(UdpConn(app.server, (source, 0)), Credential("carol", "wrong"))
+    nonce = session.challenge()
+    assert nonce
+    attributes = [(A.REQUESTED_TRANSPORT, REQUESTED_UDP)]
+    for _ in range(count):
+        tid = os.urandom(12)
+        session.conn.send(request(Method.ALLOCATE, tid, attributes, session.credential, nonce))
+        assert code(answer_to(session.conn, tid, 2.0)) == 401
+    session.conn.close()
+
+
+def right_password_answered(conn: Conn) -> bool:
+    """Whether carol's right password gets any answer at all (a backing-off user's requests
+    are dropped unevaluated)."""
+    session = Session(conn, Credential("carol", "right-password"))
+    nonce = session.challenge()
+    assert nonce
+    tid = os.urandom(12)
+    attributes = [(A.REQUESTED_TRANSPORT, REQUESTED_UDP)]
+    conn.send(request(Method.ALLOCATE, tid, attributes, session.credential, nonce))
+    answered = answer_to(conn, tid, 0.5) is not None
+    conn.close()
+    return answered
+
+
+def test_a_static_user_s_failures_count_once_across_the_workers(tmp_path: Path) -> None:
+    """A static user backs off after 20 failures from any address, 1 s, then 2 s, 4 s... for
+    each further failure (docs/security.md). Spread over both workers' addresses (4 per
+    address: the per-address backoff starts after 5) they are counted once, by the parent:
+    23 failures, of which neither worker saw 20, put carol in a 4 s backoff, during which her
+    right password gets no answer on either worker, nor over TCP."""
+    with workers(tmp_path, 'turn.users=["carol:right-password"]') as app:
+        one, two = sources_by_worker(app, each=5).values()
+        for source in (*one[:3], *two[:2]):
+            failures(app, source, 4)  # 20: worker 1 saw 12, worker 2 saw 8
+        failures(app, two[2], 1)  # the 21st, on worker 2: a 1 s backoff everywhere
+        time.sleep(1.2)
+        failures(app, one[3], 1)  # the 22nd, on worker 1 once the backoff is over: 2 s
+        time.sleep(2.2)
+        failures(app, two[3], 1)  # the 23rd (worker 1 saw 13, worker 2 10): 4 s
+        assert not right_password_answered(UdpConn(app.server, (one[4], 0)))
+        assert not right_password_answered(UdpConn(app.server, (two[4], 0)))
+        assert not right_password_answered(StreamConn(app.server))

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
 
 from secureconnect.credentials import (
     CredentialMinter,
@@ -68,6 +68,19 @@ class Silent(Exception):
         self.reason = reason
 
 
+def static_user_backoff() -> FailureBackoff:
+    """A static user from any address: 20 failures, then 1 s doubling to 30 s."""
+    return FailureBackoff(20, base=1.0, cap=30.0)
+
+
+class UserBackoff(Protocol):
+    """What :class:`GuessThrottle` asks and tells about static users (a
+    :class:`~secureconnect.ratelimit.FailureBackoff`, or one shared across processes)."""
+
+    def blocked(self, key: str, now: float) -> bool: ...
+    def failed(self, key: str, now: float) -> None: ...
+
+
 class GuessThrottle:
     """Backoff against online password guessing (RFC 8489 §9.2.4 leaves it to the server).
 
@@ -88,9 +101,12 @@ class GuessThrottle:
 
     __slots__ = ("pairs", "users")
 
-    def __init__(self) -> None:
+    def __init__(self, users: UserBackoff | None = None) -> None:
+        """``users``: the static users' backoff, this process's own by default; with TURN
+        workers one shared by every process (docs/workers.md), since a guesser can spread
+        over the workers by choosing its addresses."""
         self.pairs = FailureBackoff(5, base=1.0, cap=64.0)
-        self.users = FailureBackoff(20, base=1.0, cap=30.0)
+        self.users: UserBackoff = users if users is not None else static_user_backoff()
 
     def admits(self, source_ip: str, username: str, now: float) -> bool:
         """Whether a request for ``username`` from ``source_ip`` may be evaluated now."""
@@ -156,6 +172,7 @@ class Authenticator:
         strict_expiry: bool = False,
         unauthorized: RateLimiter | None = None,
         sha256: bool = False,
+        user_backoff: UserBackoff | None = None,
     ) -> None:
         self.realm = realm
         self.sha256 = sha256  # offer RFC 8489 password algorithms (SHA-256 integrity)
@@ -167,7 +184,7 @@ class Authenticator:
         self.unauthorized = unauthorized or RateLimiter.per_second(20.0)
         limit = self.unauthorized
         self.named = RateLimiter(5 * limit.rate, 5 * limit.burst, limit.max_sources)
-        self.guesses = GuessThrottle()
+        self.guesses = GuessThrottle(user_backoff)
 
     def challenge(
         self, code: int, source_ip: str, now: float, username: str | None = None

@@ -25,9 +25,13 @@ import logging
 import pickle
 import socket
 import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 from secureconnect.logs import fields
+from secureconnect.ratelimit import FailureBackoff
+from secureconnect.turn.auth import static_user_backoff
 from secureconnect.turn.quotas import QuotaBook
 
 __all__ = [
@@ -35,6 +39,8 @@ __all__ = [
     "LockedQuotas",
     "QuotaService",
     "RemoteQuotas",
+    "ReportedUserBackoff",
+    "SharedUserBackoff",
     "decode_message",
     "decode_report",
     "encode_message",
@@ -159,22 +165,89 @@ class RemoteQuotas:
                 return False
 
     def give(self, user: str, source: str, count: int) -> None:
+        self._tell(["give", 0, user, source, count])
+
+    def report_failure(self, user: str) -> None:
+        """A failed attempt on static user ``user`` here: the parent counts it with every
+        other process's (:class:`ReportedUserBackoff`)."""
+        self._tell(["failed", 0, user, "", 0])
+
+    def _tell(self, message: list[object]) -> None:
         with self._lock:
             try:
-                self.sock.send(encode_report(["give", 0, user, source, count]))
+                self.sock.send(encode_report(message))
             except OSError as exc:
                 log.error("quota-unsent", extra=fields(error=str(exc)))
+
+
+class ReportedUserBackoff:
+    """A worker's static-user backoff (``turn.auth.UserBackoff``): its own, plus every
+    failure reported to the parent, which counts them over all processes and sends each
+    worker the backoffs that follow (``block``). A guesser who spreads over the workers by
+    choosing addresses meets one count, not one per worker."""
+
+    __slots__ = ("link", "local")
+
+    def __init__(self, link: RemoteQuotas, local: FailureBackoff | None = None) -> None:
+        self.link = link
+        self.local = local if local is not None else static_user_backoff()
+
+    def blocked(self, key: str, now: float) -> bool:
+        return self.local.blocked(key, now)
+
+    def failed(self, key: str, now: float) -> None:
+        self.local.failed(key, now)
+        self.link.report_failure(key)
+
+    def block(self, key: str, until: float, now: float) -> None:
+        """The parent's verdict: ``key`` backs off until ``until`` (wall time)."""
+        self.local.block(key, until, now)
+
+
+class SharedUserBackoff:
+    """The parent's own TURN server's view of the shared static-user backoff: the service's,
+    under its lock; a backoff that starts here is sent to every worker too."""
+
+    __slots__ = ("service",)
+
+    def __init__(self, service: QuotaService) -> None:
+        self.service = service
+
+    def blocked(self, key: str, now: float) -> bool:
+        with self.service.lock:
+            return self.service.users.blocked(key, now)
+
+    def failed(self, key: str, now: float) -> None:
+        self.service.user_failed(key, now)
 
 
 class QuotaService:
     """The parent's side of every worker's quota socket: one :meth:`serve` call (in a thread of
     its own) per worker, all on one book under one lock."""
 
-    __slots__ = ("book", "lock")
+    __slots__ = ("book", "lock", "on_block", "users")
 
     def __init__(self, book: QuotaBook, lock: threading.Lock | None = None) -> None:
         self.book = book
         self.lock = lock or threading.Lock()
+        #: static users' failures from every process (docs/workers.md)
+        self.users = static_user_backoff()
+        #: told (user, until) when a static user's backoff starts or grows: the pool sends it
+        #: to every worker
+        self.on_block: Callable[[str, float], object] | None = None
+
+    def user_backoff(self) -> SharedUserBackoff:
+        """The shared static-user backoff for the parent's own server."""
+        return SharedUserBackoff(self)
+
+    def user_failed(self, user: str, now: float) -> None:
+        """A failed attempt on static user ``user`` somewhere: counted once for all, and a
+        backoff that follows goes to every worker."""
+        with self.lock:
+            self.users.failed(user, now)
+            until = self.users.blocked_until(user)
+        if until > now and self.on_block is not None:
+            self.on_block(user, until)
 
     def gate(self, owner: int = 0) -> LockedQuotas:
         """The book as ``owner``'s gate (for the parent's own core: owner 0)."""
@@ -192,6 +265,9 @@ class QuotaService:
             except (ValueError, TypeError) as exc:  # not ours: this link ends, nothing else
                 log.error("quota-bad-message", extra=fields(owner=owner, error=repr(exc)))
                 return
+            if op == "failed":
+                self.user_failed(user, time.time())  # auth's clock is wall time
+                continue
             with self.lock:
                 if op != "take":
                     self.book.give(user, source, count, owner)
