@@ -59,7 +59,7 @@ class FastPath:
         0. Nothing else is counted: the caller counts what it relays."""
 
     def counters(self) -> dict[str, int]:
-        """The relay counters by name."""
+        """The relay counters by name; readable while a drain runs (a snapshot as of then)."""
 
     def drain_listener(
         self, listener_fd: int, now: float, limit: int
