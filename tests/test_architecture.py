@@ -23,6 +23,7 @@ TRIO_ALLOWED = {
     "turn.serve",
     "signal.serve",
     "signal.serve_admission",
+    "signal.redisplane",  # the Redis backplane's I/O (its scripts and events are sans-IO)
     "workers",  # the TURN worker processes, from the parent's side
     "turnworker",  # and from the worker's
 }

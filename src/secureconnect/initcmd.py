@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from secureconnect.config import ConfigError, load_config, toml_value
-from secureconnect.config.schema import MAX_WORKERS
+from secureconnect.config.checks import MAX_WORKERS
 from secureconnect.statedir import ensure_dir, make_self_signed, write_private
 
 DEFAULT_CONFIG_DIR = Path("/etc/secureconnect")

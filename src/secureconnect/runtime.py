@@ -424,7 +424,21 @@ def build_signal(runtime: Runtime) -> SignalServer:
         turn_urls=tuple(turn_uris(config)) if config.turn.enabled else (),
         ttl=sig.ice_ttl,
     )
-    hub = SignalHub(hub_settings(sig), ice.servers_for, tokens=runtime.room_tokens)
+    settings = hub_settings(sig)
+    backplane = None
+    if sig.backplane:
+        from secureconnect.signal.hub import mailbox_limits  # noqa: PLC0415
+        from secureconnect.signal.redisplane import RedisBackplane  # noqa: PLC0415
+
+        redis = RedisBackplane(
+            sig.backplane,
+            mailbox_limits(settings),
+            prefix=sig.backplane_prefix,
+            node=sig.node_name or None,
+        )
+        runtime.board.checks["signal-backplane"] = redis.health_state
+        backplane = redis
+    hub = SignalHub(settings, ice.servers_for, tokens=runtime.room_tokens, backplane=backplane)
     routes = HttpRoutes(
         ice=ice,
         health=runtime.board.health,

@@ -23,10 +23,13 @@ class StatusBoard:
 
     states: dict[str, str] = field(default_factory=dict)
     sources: list[Callable[[], Mapping[str, float]]] = field(default_factory=list)
+    #: parts a component depends on (e.g. ``signal-backplane``), each reporting ``running`` or
+    #: what is wrong; anything but ``running`` makes ``/healthz`` say degraded
+    checks: dict[str, Callable[[], str]] = field(default_factory=dict)
 
     def health(self) -> dict[str, str]:
-        """A copy of the states, for ``/healthz``."""
-        return dict(self.states)
+        """A copy of the states and the checks' answers, for ``/healthz``."""
+        return {**self.states, **{name: check() for name, check in self.checks.items()}}
 
     def metrics(self) -> list[Mapping[str, float]]:
         """Every source's counters as of now, for ``/metrics``."""

@@ -515,8 +515,8 @@ def test_a_receiver_that_never_reads_costs_a_bounded_amount_of_memory(app: Targe
 
 def _join_cost(rooms: int, joins: int = 300) -> float:
     """Seconds for ``joins`` joins into fresh rooms on a hub that already has ``rooms`` rooms."""
-    hub = SignalHub(hub_settings(rate_limit=1e9, rate_burst=1e9), lambda p, n: ([], 3600))
-    hub.rng = random.Random(1)
+    settings = hub_settings(rate_limit=1e9, rate_burst=1e9)
+    hub = SignalHub(settings, lambda p, n: ([], 3600), rng=random.Random(1))
     for conn in range(rooms):
         hub.open(conn, 0.0)
         hub.receive(conn, json.dumps({"type": "join", "room": f"r{conn}"}), 0.0, 0.0)
@@ -546,6 +546,7 @@ async def test_an_unencodable_message_is_dropped_and_the_recipient_kept(
     ever be routed, the send path and the resume buffer drop it (counted, logged once) and the
     recipient's connection carries on."""
     # Imported here: the rest of the module runs against any version of the server.
+    from secureconnect.signal.backplane import MemoryBackplane  # noqa: PLC0415
     from secureconnect.signal.serve import SignalServer, _Outbox  # noqa: PLC0415
     from secureconnect.signal.serve_admission import AdmissionLimits  # noqa: PLC0415
 
@@ -573,9 +574,11 @@ async def test_an_unencodable_message_is_dropped_and_the_recipient_kept(
     assert len([r for r in caplog.records if "unencodable" in r.getMessage()]) == 1
     # An away peer's buffer: dropped and counted, not raised on the sender's path.
     hub.receive(1, json.dumps({"type": "join", "room": "r"}), 0.0, 0.0)
-    session = next(iter(hub.rooms["r"].values()))
+    directory = hub.backplane
+    assert isinstance(directory, MemoryBackplane)
+    member = next(iter(directory.rooms["r"].values()))
     hub.closed(1, 1.0)
-    assert hub._deliver(session, bad[0]) == []
-    assert hub._deliver(session, bad[1]) == []
-    assert not session.buffer
-    assert hub.counters.unencodable == 2
+    assert directory._deliver(member, bad[0]) == []
+    assert directory._deliver(member, bad[1]) == []
+    assert not member.box
+    assert directory.counters.unencodable == 2

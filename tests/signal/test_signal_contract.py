@@ -72,7 +72,12 @@ def test_peers_see_each_other_and_signals_arrive_verbatim(main: Appliance) -> No
         assert bob.welcome["peers"] == [alice.id]
         await alice.expect("peer-joined", peer=bob.id)
         await alice.send({"type": "signal", "to": bob.id, "data": data})
-        assert await bob.expect("signal") == {"type": "signal", "from": alice.id, "data": data}
+        assert await bob.expect("signal") == {
+            "type": "signal",
+            "from": alice.id,
+            "data": data,
+            "seq": 1,
+        }
         await bob.send({"type": "signal", "to": alice.id, "data": "candidate:1"})
         await alice.expect("signal", data="candidate:1", **{"from": bob.id})
         for peer in (alice, bob):
@@ -343,11 +348,12 @@ def test_signal_client_resumes_by_itself(main: Appliance) -> None:
                 assert (welcome["type"], welcome["resumed"]) == ("welcome", True)
                 missed = await bob.receive()  # carol joined while bob was away
                 assert missed == {"type": "peer-joined", "peer": carol.peer, "synthetic": True}
-                for data in ("one", "two"):
+                for seq, data in enumerate(("one", "two"), 1):
                     assert await bob.receive() == {
                         "type": "signal",
                         "from": alice.peer,
                         "data": data,
+                        "seq": seq,
                     }
             assert bob.peer == old_id
             assert bob.reconnects == 1

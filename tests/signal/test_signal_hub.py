@@ -15,6 +15,7 @@ import pytest
 from default_settings import hub_settings
 from prometheus_client.parser import text_string_to_metric_families
 
+from secureconnect.signal.backplane import MemoryBackplane
 from secureconnect.signal.exposition import render
 from secureconnect.signal.hub import (
     CLOSE_POLICY,
@@ -43,6 +44,12 @@ ICE_TTL = 100
 def ice(peer: str, now: float) -> tuple[list[dict[str, Any]], int]:
     """A fake ICE source that says for whom and when it minted."""
     return [{"urls": ["turn:192.0.2.1:3478"], "username": f"{int(now)}:{peer}"}], ICE_TTL
+
+
+def directory(hub: SignalHub) -> MemoryBackplane:
+    """The hub's in-memory directory (the default backplane)."""
+    assert isinstance(hub.backplane, MemoryBackplane)
+    return hub.backplane
 
 
 class Harness:
@@ -113,9 +120,9 @@ def test_join_announces_and_signal_routes(h: Harness) -> None:
     assert out[1] == [{"type": "peer-joined", "peer": h.peer(2)}]
     data = {"sdp": "v=0", "list": [1, None]}
     assert h.signal(1, h.peer(2), data) == {
-        2: [{"type": "signal", "from": h.peer(1), "data": data}]
+        2: [{"type": "signal", "from": h.peer(1), "data": data, "seq": 1}]
     }
-    assert h.hub.counters.signals_routed == 1
+    assert directory(h.hub).counters.signals_routed == 1
 
 
 def test_rooms_are_separate_and_unknown_peers_are_errors(h: Harness) -> None:
@@ -144,7 +151,7 @@ def test_leave_announces_and_allows_another_join(h: Harness) -> None:
     h.join(2)
     assert h.send(2, {"type": "leave"}) == {1: [{"type": "peer-left", "peer": h.peer(2)}]}
     assert h.send(1, {"type": "leave"}) == {}
-    assert h.hub.rooms == {}
+    assert directory(h.hub).rooms == {}
     assert h.join(1, "again")["resumed"] is False
 
 
@@ -175,10 +182,10 @@ def test_resume_within_grace_keeps_id_and_delivers_the_buffer(h: Harness) -> Non
     welcome, buffered = out.pop(3)
     assert out == {}  # conn 1 sees neither peer-left nor peer-joined
     assert (welcome["peer"], welcome["resumed"], welcome["peers"]) == (h.peer(2), True, [h.peer(1)])
-    assert buffered == {"type": "signal", "from": h.peer(1), "data": "while away"}
-    assert h.hub.counters.resumes == 1
+    assert buffered == {"type": "signal", "from": h.peer(1), "data": "while away", "seq": 1}
+    assert directory(h.hub).counters.resumes == 1
     assert h.signal(1, h.peer(2), "live", T0 + 29) == {
-        3: [{"type": "signal", "from": h.peer(1), "data": "live"}]
+        3: [{"type": "signal", "from": h.peer(1), "data": "live", "seq": 2}]
     }
 
 
@@ -190,7 +197,7 @@ def test_grace_expiry_tells_the_room_and_the_secret_stops_working(h: Harness) ->
     h.hub.closed(2, T0)
     assert h.tick(T0 + 29.9) == {}
     assert h.tick(T0 + 30) == {1: [{"type": "peer-left", "peer": h.peer(2)}]}
-    assert h.hub.counters.sessions_expired == 1
+    assert directory(h.hub).counters.sessions_expired == 1
     h.open(3)
     welcome = h.join(3, resume=secret, now=T0 + 31)
     assert welcome["resumed"] is False
@@ -202,7 +209,7 @@ def test_the_last_peer_expiring_removes_the_room(h: Harness) -> None:
     h.join(1)
     h.hub.closed(1, T0)
     assert h.tick(T0 + 30) == {}
-    assert h.hub.rooms == {}
+    assert directory(h.hub).rooms == {}
 
 
 def test_unknown_or_wrong_room_resume_starts_a_new_session(h: Harness) -> None:
@@ -230,8 +237,50 @@ def test_takeover_closes_the_half_dead_connection_with_4001(h: Harness) -> None:
     assert {m["type"] for messages in late.values() for m in messages} == {"ice"}
     assert h.hub.metrics()["signal_sessions_away"] == 0
     assert h.signal(1, h.peer(2), "y", T0 + 100) == {
-        3: [{"type": "signal", "from": h.peer(1), "data": "y"}]
+        3: [{"type": "signal", "from": h.peer(1), "data": "y", "seq": 1}]
     }
+
+
+def test_resume_with_last_replays_what_the_dead_connection_swallowed(h: Harness) -> None:
+    """Messages handed to a connection that then died are sent again after ``last``, once."""
+    h.open(1, 2)
+    h.join(1)
+    h.join(2)
+    for n in range(3):
+        assert h.signal(1, h.peer(2), n)[2][0]["seq"] == n + 1  # live
+    h.hub.closed(2, T0 + 1)  # the client had seen seq 1 only
+    assert h.signal(1, h.peer(2), 3, T0 + 2) == {}  # away: kept
+    h.open(3)
+    out = h.send(3, {"type": "join", "room": "r", "resume": h.welcomes[2]["resume"], "last": 1})
+    assert [(m["seq"], m["data"]) for m in out[3][1:]] == [(2, 1), (3, 2), (4, 3)]
+    h.hub.closed(3, T0 + 3)  # everything was seen this time
+    h.open(4)
+    secret = h.welcomes[2]["resume"]
+    out = h.send(4, {"type": "join", "room": "r", "resume": secret, "last": 4}, T0 + 4)
+    assert len(out[4]) == 1  # the welcome alone
+    assert h.signal(1, h.peer(2), "next", T0 + 4)[4][0]["seq"] == 5
+
+
+def test_history_of_a_connected_session_is_forgotten_after_a_minute(h: Harness) -> None:
+    h.open(1, 2)
+    h.join(1)
+    h.join(2)
+    h.signal(1, h.peer(2), "old")
+    assert directory(h.hub).metrics()["signal_buffered_bytes"] > 0
+    h.tick(T0 + 61)
+    assert directory(h.hub).metrics()["signal_buffered_bytes"] == 0
+    h.hub.closed(2, T0 + 62)
+    h.open(3)
+    secret = h.welcomes[2]["resume"]
+    out = h.send(3, {"type": "join", "room": "r", "resume": secret, "last": 0}, T0 + 62)
+    assert len(out[3]) == 1  # nothing left to replay
+
+
+@pytest.mark.parametrize("last", [-1, 1.5, True, "3", 2**53])
+def test_last_must_be_a_message_number(h: Harness, last: object) -> None:
+    h.open(1)
+    (error,) = h.send(1, {"type": "join", "room": "r", "resume": "x", "last": last})[1]
+    assert (error["code"], error["ref"]) == ("bad-message", "join")
 
 
 def test_buffer_overflow_drops_the_oldest(h: Harness) -> None:
@@ -241,8 +290,8 @@ def test_buffer_overflow_drops_the_oldest(h: Harness) -> None:
     h.hub.closed(2, T0)
     for n in range(5):
         h.signal(1, h.peer(2), n)
-    assert h.hub.counters.buffer_dropped == 2
-    assert h.hub.counters.signals_buffered == 5
+    assert directory(h.hub).counters.buffer_dropped == 2
+    assert directory(h.hub).counters.signals_buffered == 5
     h.open(3)
     out = h.send(3, {"type": "join", "room": "r", "resume": h.welcomes[2]["resume"]})
     assert [m["data"] for m in out[3][1:]] == [2, 3, 4]
@@ -443,12 +492,13 @@ def test_away_buffers_are_bounded_in_bytes_per_session_and_in_total() -> None:
     chunk = "x" * 400
     for _ in range(3):  # ~430 bytes each: the third pushes the first out of B's 1000 bytes
         hub.receive(1, json.dumps({"type": "signal", "to": b, "data": chunk}), 2.0, 2.0)
-    assert hub.counters.buffer_dropped == 1
+    assert directory(hub).counters.buffer_dropped == 1
     for _ in range(2):  # C may take one more before the 1500-byte total is reached
         hub.receive(1, json.dumps({"type": "signal", "to": c, "data": chunk}), 2.0, 2.0)
-    assert hub.counters.buffer_dropped == 2
+    assert directory(hub).counters.buffer_dropped == 2
     hub.open(4, 3.0)
-    resume = next(s for room in hub.rooms.values() for s in room.values() if s.peer == b).resume
+    member = next(m for room in directory(hub).rooms.values() for m in room.values() if m.peer == b)
+    resume = member.resume
     out = hub.receive(4, json.dumps({"type": "join", "room": "r", "resume": resume}), 3.0, 3.0)
     assert [o.message["type"] for o in out if o.message is not None] == [
         "welcome",

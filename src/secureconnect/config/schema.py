@@ -14,64 +14,18 @@ Conventions:
 
 from __future__ import annotations
 
-import ipaddress
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-Check = Callable[[Any], "str | None"]
+from secureconnect.config import checks
+from secureconnect.config.checks import Check
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("kv", "json")
-MAX_WORKERS = 64  # TURN worker processes (turn.workers)
 
 
 def _doc(text: str, *, secret: bool = False, check: Check | None = None) -> dict[str, Any]:
     return {"doc": text, "secret": secret, "check": check}
-
-
-def _port(value: int) -> str | None:
-    return None if 1 <= value <= 65535 else "must be a port number from 1 to 65535"
-
-
-def _port_or_zero(value: int) -> str | None:
-    return None if 0 <= value <= 65535 else "must be 0 (ephemeral) or a port number up to 65535"
-
-
-def _workers(value: int) -> str | None:
-    return None if 1 <= value <= MAX_WORKERS else f"must be 1 to {MAX_WORKERS}"
-
-
-def _positive(value: float) -> str | None:
-    return None if value > 0 else "must be greater than 0"
-
-
-def _one_of(*choices: str) -> Check:
-    def check(value: str) -> str | None:
-        return None if value in choices else f"must be one of {', '.join(choices)}"
-
-    return check
-
-
-def _ip(value: str) -> str | None:
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        return f"{value!r} is not an IP address"
-    return None
-
-
-def _ip_or_empty(value: str) -> str | None:
-    return None if value == "" else _ip(value)
-
-
-def _ip_list(values: tuple[str, ...]) -> str | None:
-    if not values:
-        return "must name at least one address"
-    for value in values:
-        if (problem := _ip(value)) is not None:
-            return problem
-    return None
 
 
 def _software_field() -> Any:
@@ -90,7 +44,7 @@ def _max_connections_field() -> Any:
         metadata=_doc(
             "TCP connections open at once, and TLS connections (each has its own cap); more "
             "are closed at accept",
-            check=_positive,
+            check=checks.positive,
         ),
     )
 
@@ -107,7 +61,9 @@ def _per_ip_field(default: int) -> Any:
 
 
 def _handshake_timeout_field() -> Any:
-    return field(default=10.0, metadata=_doc("seconds a TLS handshake may take", check=_positive))
+    return field(
+        default=10.0, metadata=_doc("seconds a TLS handshake may take", check=checks.positive)
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,11 +72,11 @@ class GeneralConfig:
 
     log_level: str = field(
         default="info",
-        metadata=_doc("log level: debug, info, warning or error", check=_one_of(*LOG_LEVELS)),
+        metadata=_doc("log level: debug, info, warning or error", check=checks.one_of(*LOG_LEVELS)),
     )
     log_format: str = field(
         default="kv",
-        metadata=_doc("log line format: kv (key=value) or json", check=_one_of(*LOG_FORMATS)),
+        metadata=_doc("log line format: kv (key=value) or json", check=checks.one_of(*LOG_FORMATS)),
     )
     state_dir: str = field(
         default="",
@@ -132,7 +88,7 @@ class GeneralConfig:
     drain_timeout: float = field(
         default=3.0,
         metadata=_doc(
-            "seconds to drain connections on SIGTERM before they are cut", check=_positive
+            "seconds to drain connections on SIGTERM before they are cut", check=checks.positive
         ),
     )
 
@@ -162,65 +118,35 @@ class StunConfig:
     enabled: bool = field(default=True, metadata=_doc("run the STUN responder"))
     listen: tuple[str, ...] = field(
         default=("127.0.0.1",),
-        metadata=_doc("addresses to listen on (loopback by default)", check=_ip_list),
+        metadata=_doc("addresses to listen on (loopback by default)", check=checks.ip_list),
     )
-    port: int = field(default=3478, metadata=_doc("UDP and TCP port", check=_port_or_zero))
+    port: int = field(default=3478, metadata=_doc("UDP and TCP port", check=checks.port_or_zero))
     udp: bool = field(default=True, metadata=_doc("answer over UDP"))
     tcp: bool = field(default=True, metadata=_doc("answer over TCP"))
     tls: bool = field(default=True, metadata=_doc("answer over TLS on tls_port"))
-    tls_port: int = field(default=5349, metadata=_doc("STUN over TLS port", check=_port_or_zero))
+    tls_port: int = field(
+        default=5349, metadata=_doc("STUN over TLS port", check=checks.port_or_zero)
+    )
     alternate_address: str = field(
         default="",
         metadata=_doc(
             "second IP of this host: enables RFC 5780 discovery (OTHER-ADDRESS, CHANGE-REQUEST); "
             "empty: off",
-            check=_ip_or_empty,
+            check=checks.ip_or_empty,
         ),
     )
     alternate_port: int = field(
         default=3479,
-        metadata=_doc("second UDP port used with alternate_address", check=_port),
+        metadata=_doc("second UDP port used with alternate_address", check=checks.port),
     )
     software: str = _software_field()
     max_connections: int = _max_connections_field()
     max_connections_per_ip: int = _per_ip_field(32)
     idle_timeout: float = field(
         default=30.0,
-        metadata=_doc("seconds a TCP/TLS connection may stay silent", check=_positive),
+        metadata=_doc("seconds a TCP/TLS connection may stay silent", check=checks.positive),
     )
     handshake_timeout: float = _handshake_timeout_field()
-
-
-def _ip_list_or_empty(values: tuple[str, ...]) -> str | None:
-    return None if not values else _ip_list(values)
-
-
-def _cidr_list(values: tuple[str, ...]) -> str | None:
-    for value in values:
-        try:
-            ipaddress.ip_network(value)  # strict, like the peer policy: no host bits set
-        except ValueError:
-            return f"{value!r} is not an address or CIDR range (with no host bits set)"
-    return None
-
-
-def _user_list(values: tuple[str, ...]) -> str | None:
-    for value in values:
-        name, colon, password = value.partition(":")
-        if not colon or not name or not password:
-            return 'entries must be "user:password"'
-        if name.isdigit():  # a bare Unix time is a TURN REST API username
-            return f"user name {name!r} looks like a REST credential expiry: add a letter"
-    return None
-
-
-def _ttl(value: int) -> str | None:
-    # The credential minter refuses more than a week (it catches milliseconds-for-seconds).
-    return None if 0 < value <= 7 * 86400 else "must be from 1 second to 7 days (604800)"
-
-
-def _non_negative(value: float) -> str | None:
-    return None if value >= 0 else "must be 0 or more"
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,22 +156,26 @@ class TurnConfig:
     enabled: bool = field(default=True, metadata=_doc("run the TURN relay"))
     listen: tuple[str, ...] = field(
         default=("127.0.0.1",),
-        metadata=_doc("addresses clients reach TURN on (loopback by default)", check=_ip_list),
+        metadata=_doc(
+            "addresses clients reach TURN on (loopback by default)", check=checks.ip_list
+        ),
     )
     port: int = field(
         default=3478,
-        metadata=_doc("UDP and TCP port; also answers STUN Binding", check=_port_or_zero),
+        metadata=_doc("UDP and TCP port; also answers STUN Binding", check=checks.port_or_zero),
     )
     udp: bool = field(default=True, metadata=_doc("accept clients over UDP"))
     tcp: bool = field(default=True, metadata=_doc("accept clients over TCP"))
     tls: bool = field(default=True, metadata=_doc("accept clients over TLS on tls_port"))
-    tls_port: int = field(default=5349, metadata=_doc("TURN over TLS port", check=_port_or_zero))
+    tls_port: int = field(
+        default=5349, metadata=_doc("TURN over TLS port", check=checks.port_or_zero)
+    )
     relay_addresses: tuple[str, ...] = field(
         default=(),
         metadata=_doc(
             "local addresses relay sockets bind to, at most one per family; empty: the first "
             "listen address of each family",
-            check=_ip_list_or_empty,
+            check=checks.ip_list_or_empty,
         ),
     )
     external_addresses: tuple[str, ...] = field(
@@ -253,7 +183,7 @@ class TurnConfig:
         metadata=_doc(
             "public addresses advertised as relayed addresses behind a 1:1 NAT (Docker, cloud), "
             "at most one per family; empty: the relay address itself",
-            check=_ip_list_or_empty,
+            check=checks.ip_list_or_empty,
         ),
     )
     workers: int = field(
@@ -262,11 +192,15 @@ class TurnConfig:
             "processes serving TURN over UDP, sharing its ports (SO_REUSEPORT, one client "
             "address per worker); TCP/TLS clients stay in the main process (docs/workers.md). "
             "init writes the CPU count",
-            check=_workers,
+            check=checks.workers,
         ),
     )
-    relay_port_min: int = field(default=49152, metadata=_doc("lowest relay port", check=_port))
-    relay_port_max: int = field(default=65535, metadata=_doc("highest relay port", check=_port))
+    relay_port_min: int = field(
+        default=49152, metadata=_doc("lowest relay port", check=checks.port)
+    )
+    relay_port_max: int = field(
+        default=65535, metadata=_doc("highest relay port", check=checks.port)
+    )
     realm: str = field(default="secureconnect", metadata=_doc("long-term credential realm"))
     secrets: tuple[str, ...] = field(
         repr=False,  # a secret: never in a repr or a traceback
@@ -288,12 +222,12 @@ class TurnConfig:
         metadata=_doc(
             'static long-term users as "user:password" (labs, legacy clients)',
             secret=True,
-            check=_user_list,
+            check=checks.user_list,
         ),
     )
     credential_ttl: int = field(
         default=86400,
-        metadata=_doc("seconds a minted REST credential stays valid", check=_ttl),
+        metadata=_doc("seconds a minted REST credential stays valid", check=checks.ttl),
     )
     sha256_integrity: bool = field(
         default=False,
@@ -311,10 +245,10 @@ class TurnConfig:
     )
     default_lifetime: int = field(
         default=600,
-        metadata=_doc("allocation lifetime when the client asks for less", check=_positive),
+        metadata=_doc("allocation lifetime when the client asks for less", check=checks.positive),
     )
     max_lifetime: int = field(
-        default=3600, metadata=_doc("longest allocation lifetime granted", check=_positive)
+        default=3600, metadata=_doc("longest allocation lifetime granted", check=checks.positive)
     )
     user_quota: int = field(
         default=32,
@@ -322,7 +256,7 @@ class TurnConfig:
             "allocations (and EVEN-PORT reservations) one user may hold; a REST username counts "
             "for its user part. A browser allocates once per TURN URL per peer connection: a "
             "peer in a 10-person mesh with our three TURN URLs needs 27",
-            check=_positive,
+            check=checks.positive,
         ),
     )
     ip_quota: int = field(
@@ -331,23 +265,23 @@ class TurnConfig:
             "allocations (and reservations) one client address may hold, an IPv6 client by its "
             "/64; keeps one host from taking every slot of total_quota (raise it for many users "
             "behind one NAT)",
-            check=_positive,
+            check=checks.positive,
         ),
     )
     total_quota: int = field(
-        default=1000, metadata=_doc("allocations the server holds at most", check=_positive)
+        default=1000, metadata=_doc("allocations the server holds at most", check=checks.positive)
     )
     max_permissions: int = field(
-        default=64, metadata=_doc("permissions per allocation", check=_positive)
+        default=64, metadata=_doc("permissions per allocation", check=checks.positive)
     )
     max_channels: int = field(
-        default=64, metadata=_doc("channel bindings per allocation", check=_positive)
+        default=64, metadata=_doc("channel bindings per allocation", check=checks.positive)
     )
     bandwidth_limit: int = field(
         default=5_000_000,
         metadata=_doc(
             "bytes per second one allocation may relay, both directions; 0: unlimited",
-            check=_non_negative,
+            check=checks.non_negative,
         ),
     )
     rfc5766_channels: bool = field(
@@ -361,26 +295,28 @@ class TurnConfig:
         default=(),
         metadata=_doc(
             "CIDR ranges relayed to even though the denylist covers them (labs, tests)",
-            check=_cidr_list,
+            check=checks.cidr_list,
         ),
     )
     denied_peers: tuple[str, ...] = field(
         default=(),
-        metadata=_doc("CIDR ranges refused in addition to the built-in denylist", check=_cidr_list),
+        metadata=_doc(
+            "CIDR ranges refused in addition to the built-in denylist", check=checks.cidr_list
+        ),
     )
     loopback_peers: str = field(
         default="auto",
         metadata=_doc(
             "relay to loopback peers: auto (only when every listen address is loopback, for "
             "local demos), allow or deny",
-            check=_one_of("auto", "allow", "deny"),
+            check=checks.one_of("auto", "allow", "deny"),
         ),
     )
     unauthorized_rate: float = field(
         default=20.0,
         metadata=_doc(
             "401 responses per second per source address (amplification); 0: unlimited",
-            check=_non_negative,
+            check=checks.non_negative,
         ),
     )
     software: str = _software_field()
@@ -389,7 +325,7 @@ class TurnConfig:
     idle_timeout: float = field(
         default=300.0,
         metadata=_doc(
-            "seconds a TCP/TLS client with an allocation may stay silent", check=_positive
+            "seconds a TCP/TLS client with an allocation may stay silent", check=checks.positive
         ),
     )
     unallocated_timeout: float = field(
@@ -397,7 +333,7 @@ class TurnConfig:
         metadata=_doc(
             "seconds a TCP/TLS connection without an allocation may stay silent (a slot is "
             "for relaying: idle connections must not lock others out)",
-            check=_positive,
+            check=checks.positive,
         ),
     )
     handshake_timeout: float = _handshake_timeout_field()
@@ -410,12 +346,13 @@ class SignalConfig:
     enabled: bool = field(default=True, metadata=_doc("run the signaling endpoint"))
     listen: tuple[str, ...] = field(
         default=("127.0.0.1",),
-        metadata=_doc("addresses to listen on (loopback by default)", check=_ip_list),
+        metadata=_doc("addresses to listen on (loopback by default)", check=checks.ip_list),
     )
     port: int = field(
         default=8443,
         metadata=_doc(
-            "HTTPS/WSS port (the demo page, /ws, /ice, /healthz, /metrics)", check=_port_or_zero
+            "HTTPS/WSS port (the demo page, /ws, /ice, /healthz, /metrics)",
+            check=checks.port_or_zero,
         ),
     )
     tls: bool = field(
@@ -426,7 +363,7 @@ class SignalConfig:
         default="open",
         metadata=_doc(
             "open (any room, no token) or token (HMAC room tokens, docs/signaling-protocol.md)",
-            check=_one_of("open", "token"),
+            check=checks.one_of("open", "token"),
         ),
     )
     token_secrets: tuple[str, ...] = field(
@@ -447,7 +384,8 @@ class SignalConfig:
     trusted_proxies: tuple[str, ...] = field(
         default=(),
         metadata=_doc(
-            "CIDR ranges of reverse proxies whose X-Forwarded-For is believed", check=_cidr_list
+            "CIDR ranges of reverse proxies whose X-Forwarded-For is believed",
+            check=checks.cidr_list,
         ),
     )
     metrics_from: tuple[str, ...] = field(
@@ -463,7 +401,7 @@ class SignalConfig:
             "CIDR ranges whose clients may read /metrics (others get 403); loopback and private "
             "networks by default, where scrapers live; add your monitoring host's address; an "
             "empty list serves everyone",
-            check=_cidr_list,
+            check=checks.cidr_list,
         ),
     )
     ice_host: str = field(
@@ -475,45 +413,78 @@ class SignalConfig:
     )
     ice_ttl: int = field(
         default=3600,
-        metadata=_doc("seconds the TURN credentials handed to a peer live", check=_ttl),
+        metadata=_doc("seconds the TURN credentials handed to a peer live", check=checks.ttl),
     )
-    max_room_size: int = field(default=16, metadata=_doc("peers per room", check=_positive))
+    backplane: str = field(
+        default="",
+        metadata=_doc(
+            "where rooms live: empty for this process's memory; redis://HOST:PORT/DB, "
+            "rediss:// (TLS) or redis+sentinel://HOST:PORT,HOST:PORT/SERVICE to share them with "
+            "every node using the same Redis (docs/cluster.md)",
+            check=checks.backplane_url,
+        ),
+    )
+    backplane_prefix: str = field(
+        default="secureconnect",
+        metadata=_doc(
+            "Redis key prefix: clusters sharing one Redis need different prefixes",
+            check=checks.name,
+        ),
+    )
+    node_name: str = field(
+        default="",
+        metadata=_doc(
+            "this node's name in the cluster (unique); empty: the host name and a random suffix",
+            check=checks.name_or_empty,
+        ),
+    )
+    region: str = field(
+        default="",
+        metadata=_doc(
+            "this node's region label: clients here are offered TURN nodes of the same region "
+            "first",
+            check=checks.name_or_empty,
+        ),
+    )
+    max_room_size: int = field(default=16, metadata=_doc("peers per room", check=checks.positive))
     max_message_bytes: int = field(
-        default=65536, metadata=_doc("largest message accepted", check=_positive)
+        default=65536, metadata=_doc("largest message accepted", check=checks.positive)
     )
     rate_limit: float = field(
         default=50.0,
         metadata=_doc(
             "messages per second per connection before rate-limited errors; also /ice "
             "requests per second per client address (429 beyond a burst of twice this)",
-            check=_positive,
+            check=checks.positive,
         ),
     )
     resume_grace: float = field(
         default=30.0,
-        metadata=_doc("seconds a disconnected peer may resume its session", check=_positive),
+        metadata=_doc("seconds a disconnected peer may resume its session", check=checks.positive),
     )
     resume_buffer: int = field(
         default=64,
-        metadata=_doc("messages kept for a disconnected peer (oldest dropped)", check=_positive),
+        metadata=_doc(
+            "messages kept for a disconnected peer (oldest dropped)", check=checks.positive
+        ),
     )
     ping_interval: float = field(
         default=20.0,
         metadata=_doc(
             "seconds between WebSocket pings (keeps proxies from dropping idle sockets)",
-            check=_positive,
+            check=checks.positive,
         ),
     )
     max_connections_per_ip: int = field(
         default=64,
-        metadata=_doc("WebSocket connections one client address may hold", check=_positive),
+        metadata=_doc("WebSocket connections one client address may hold", check=checks.positive),
     )
     max_connections: int = field(
         default=4096,
         metadata=_doc(
             "TCP connections open at once (handshakes, HTTP requests, WebSockets); more are "
             "closed at accept",
-            check=_positive,
+            check=checks.positive,
         ),
     )
     max_pending_handshakes: int = field(
@@ -521,7 +492,7 @@ class SignalConfig:
         metadata=_doc(
             "connections still in their TLS/HTTP handshake at once; more are closed at accept "
             "(slowloris)",
-            check=_positive,
+            check=checks.positive,
         ),
     )
     max_pending_handshakes_per_ip: int = field(
@@ -529,14 +500,14 @@ class SignalConfig:
         metadata=_doc(
             "connections one client address may have in their TLS/HTTP handshake at once "
             "(not applied to trusted_proxies)",
-            check=_positive,
+            check=checks.positive,
         ),
     )
     handshake_timeout: float = field(
         default=5.0,
         metadata=_doc(
             "seconds a client has to finish the TLS handshake and send its HTTP request",
-            check=_positive,
+            check=checks.positive,
         ),
     )
 

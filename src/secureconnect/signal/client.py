@@ -11,7 +11,9 @@ order (unbounded: the server rate-limits every sender). When the link drops with
 code it reconnects (``retries`` attempts, exponential backoff with jitter: by default 10 over
 about 25 s, enough to outlast a restart of the server under systemd, ``RestartSec=2s`` plus its
 start-up, which six attempts over ~6 s barely did) and re-joins with the
-``resume`` secret: same peer id, plus the ``signal`` messages sent meanwhile. The new ``welcome``
+``resume`` secret and ``last``, the highest ``seq`` received: same peer id, plus every ``signal``
+message after that one, including those lost with the old connection or its node (a message
+that arrives twice is dropped by ``seq``, so each is received once). The new ``welcome``
 is queued (``resumed`` false: the grace period had passed, ``peer`` is new), then the membership
 changes missed while away as ``peer-joined``/``peer-left`` marked ``"synthetic": true``. Close
 codes 1000, 1008 (policy, e.g. flooding) and 4001 (another connection took the session over) are
@@ -86,6 +88,8 @@ class SignalClient:
         self.peer: str | None = None
         self.room: str | None = None
         self.resume_token: str | None = None
+        #: the highest ``seq`` of a ``signal`` received: a resume asks for what came after it
+        self.last_seq = 0
         self.ice_servers: list[dict[str, Any]] = []
         self.ice_ttl = 0
         self._initial_room = room
@@ -307,7 +311,10 @@ class SignalClient:
         return False
 
     async def _rejoin(self, ws: ClientConnection) -> None:
-        await ws.send(json.dumps(_join_message(self.room or "", self.token, self.resume_token)))
+        join = _join_message(self.room or "", self.token, self.resume_token)
+        if self.resume_token is not None:
+            join["last"] = self.last_seq  # what we have: the server sends what came after
+        await ws.send(json.dumps(join))
         async with asyncio.timeout(self.timeout):
             while (message := _decode(await ws.recv())) is None or message["type"] != "welcome":
                 if (
@@ -345,6 +352,8 @@ class SignalClient:
             if self._ice is not None and not self._ice.done():
                 self._ice.set_result(message)
                 return
+        elif kind == "signal" and not self._first_time(message):
+            return
         elif kind == "peer-joined":
             self._peers[str(message.get("peer"))] = None
         elif kind == "peer-left":
@@ -357,11 +366,24 @@ class SignalClient:
                 return
         self._queue.put_nowait(message)
 
+    def _first_time(self, signal: Message) -> bool:
+        """Whether ``signal`` is new: one at or below :attr:`last_seq` was delivered before a
+        reconnect (exactly once); a message without ``seq`` is always new."""
+        seq = signal.get("seq")
+        if not isinstance(seq, int) or isinstance(seq, bool):
+            return True
+        if seq <= self.last_seq:
+            return False
+        self.last_seq = seq
+        return True
+
     def _apply_welcome(self, welcome: Message) -> None:
         self.peer, self.room, self.resume_token = (
             str(welcome[k]) for k in ("peer", "room", "resume")
         )
         self._peers = dict.fromkeys(str(p) for p in welcome.get("peers", []))
+        if not welcome.get("resumed"):
+            self.last_seq = 0  # a new session numbers its messages from 1
         self.ice_servers = list(welcome.get("iceServers") or [])
         self.ice_ttl = int(welcome.get("iceTtl") or 0)
 

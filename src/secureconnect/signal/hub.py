@@ -8,12 +8,17 @@ closed (:meth:`SignalHub.closed`); plus :meth:`SignalHub.handle_timeout` about o
 Each call returns a list of :class:`Outbound` (a message for a connection, and optionally "close
 it with this code afterwards"). Nothing here touches a socket or a clock.
 
-A *session* is a peer in a room: its server-generated id, its resume secret, the connection it is
-attached to (None while it is away) and a bounded buffer of what was sent to it while away. A
-connection has at most one session. When a connection closes, its session stays in the room for
-``resume_grace`` seconds; a ``join`` with its resume secret re-attaches it (same id, buffered
-messages delivered, no ``peer-left``/``peer-joined`` for the others). After the grace period the
-others see ``peer-left``.
+A *session* is a peer in a room: its server-generated id, its resume secret and the connection
+it is attached to. A connection has at most one session. Rooms, peer ids, routing and what is
+kept for a session that is away belong to the *backplane*
+(:mod:`~secureconnect.signal.backplane`): in memory by default, in Redis across nodes. The hub
+asks it (join, route, leave, detach, tick) and turns its events into :class:`Outbound`; a
+backplane that answers later hands its events to :meth:`SignalHub.apply`.
+
+When a connection closes, its session stays in the room for ``resume_grace`` seconds; a ``join``
+with its resume secret re-attaches it, on this process or (with Redis) on another node: same id,
+owed messages delivered, no ``peer-left``/``peer-joined`` for the others. After the grace period
+the others see ``peer-left``.
 
 Errors are raised as :class:`~secureconnect.signal.messages.SignalError` where they are found
 and become an ``error`` message at one site, :meth:`SignalHub.receive`.
@@ -26,14 +31,23 @@ a join costs the same however many rooms and sessions there are.
 
 from __future__ import annotations
 
-import json
 import random
 import secrets
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from secureconnect.signal.backplane import (
+    Backplane,
+    Deliver,
+    Event,
+    MailboxLimits,
+    MemoryBackplane,
+    Notify,
+    Replaced,
+    Welcome,
+    decode_replay,
+)
 from secureconnect.signal.messages import (
     PROTOCOL_VERSION,
     ClientMessage,
@@ -43,7 +57,6 @@ from secureconnect.signal.messages import (
     Ping,
     Signal,
     SignalError,
-    encode,
     parse_client_message,
 )
 from secureconnect.signal.tokens import RoomTokens
@@ -77,6 +90,16 @@ class HubSettings:
     max_buffered_bytes: int = 64 * 1024 * 1024
 
 
+def mailbox_limits(settings: HubSettings) -> MailboxLimits:
+    """The backplane's bounds for what is kept per session, from the hub's settings."""
+    return MailboxLimits(
+        resume_grace=settings.resume_grace,
+        resume_buffer=settings.resume_buffer,
+        resume_buffer_bytes=settings.resume_buffer_bytes,
+        max_buffered_bytes=settings.max_buffered_bytes,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Outbound:
     """Send ``message`` on connection ``conn`` (None: nothing); then close it if ``close``."""
@@ -90,48 +113,32 @@ class Outbound:
 class HubCounters:
     connections_opened: int = 0
     messages_received: int = 0
-    signals_routed: int = 0
-    signals_buffered: int = 0
-    buffer_dropped: int = 0
-    resumes: int = 0
-    sessions_expired: int = 0
     abusive_closed: int = 0
-    unencodable: int = 0  # messages dropped because they could not be encoded
     errors: dict[str, int] = field(default_factory=dict)
 
 
 class Session:
-    """A peer in a room; see the module docstring."""
+    """A peer of this process: in a room, attached to one of its connections."""
 
-    __slots__ = (
-        "buffer",
-        "buffer_bytes",
-        "conn",
-        "detached_at",
-        "ice_due",
-        "peer",
-        "resume",
-        "room",
-    )
+    __slots__ = ("conn", "epoch", "ice_due", "peer", "resume", "room")
 
-    def __init__(self, peer: str, room: str, resume: str, conn: int, resume_buffer: int) -> None:
+    def __init__(self, peer: str, room: str, resume: str, conn: int, epoch: int) -> None:
         self.peer = peer
         self.room = room
         self.resume = resume
-        self.conn: int | None = conn
-        self.detached_at = 0.0
+        self.conn = conn
+        self.epoch = epoch
         self.ice_due = 0.0
-        self.buffer: deque[bytes] = deque(maxlen=resume_buffer)  # encoded messages
-        self.buffer_bytes = 0
 
 
 class Connection:
-    """Per-connection state: its session and its rate-limit bucket."""
+    """Per-connection state: its session, whether a join is on its way, its rate-limit bucket."""
 
-    __slots__ = ("closing", "session", "stamp", "strikes", "tokens")
+    __slots__ = ("closing", "joining", "session", "stamp", "strikes", "tokens")
 
     def __init__(self, now: float, burst: float) -> None:
         self.closing = False  # the hub asked to close it: ignore what it still sends
+        self.joining = False  # a join waits for the backplane's answer
         self.session: Session | None = None
         self.tokens = burst
         self.stamp = now
@@ -139,7 +146,8 @@ class Connection:
 
 
 class SignalHub:
-    """Rooms and routing without I/O; see the module docstring."""
+    """Connections, rate limits and ICE without I/O; the directory is the backplane's. See the
+    module docstring."""
 
     def __init__(
         self,
@@ -147,19 +155,23 @@ class SignalHub:
         ice: IceSource,
         tokens: RoomTokens | None = None,
         rng: random.Random | None = None,
+        backplane: Backplane | None = None,
     ) -> None:
         if settings.require_tokens and tokens is None:
             raise ValueError("require_tokens needs RoomTokens")
         self.settings = settings
         self.ice = ice
         self.tokens = tokens
-        self.rng = rng or random.Random(secrets.randbits(64))
         self.counters = HubCounters()
         self.connections: dict[int, Connection] = {}
-        self.rooms: dict[str, dict[str, Session]] = {}
-        self._by_resume: dict[str, Session] = {}
-        self._peer_ids: set[str] = set()  # of every session in every room: O(1) fresh ids
-        self._buffered_bytes = 0  # across every away session
+        self.sessions: dict[str, Session] = {}  # peer id -> the session attached here
+        self.local_rooms: dict[str, set[str]] = {}  # room -> peers attached here
+        if backplane is None:
+            backplane = MemoryBackplane(
+                mailbox_limits(settings), rng=rng or random.Random(secrets.randbits(64))
+            )
+        self.backplane = backplane
+        self._now = self._wall = 0.0  # the clocks of the call in progress
 
     # -- connection events -------------------------------------------------------------------
 
@@ -170,10 +182,11 @@ class SignalHub:
     def closed(self, conn: int, now: float) -> list[Outbound]:
         """The connection is gone; its session waits ``resume_grace`` seconds for a resume."""
         state = self.connections.pop(conn, None)
-        if state is not None and state.session is not None and state.session.conn == conn:
-            state.session.conn = None
-            state.session.detached_at = now
-        return []
+        if state is None or state.session is None:
+            return []
+        session = state.session
+        self._forget(session)
+        return self._run(self.backplane.detach(session.peer, session.epoch, now), now, now)
 
     def receive(self, conn: int, frame: str | bytes, now: float, wall_now: float) -> list[Outbound]:
         """One frame from ``conn``: the messages to send in answer (the one error site).
@@ -193,24 +206,20 @@ class SignalHub:
             self.counters.abusive_closed += 1
             return [Outbound(conn, None, close=CLOSE_POLICY)]
         except SignalError as exc:
-            errors = self.counters.errors
-            errors[exc.code] = errors.get(exc.code, 0) + 1
-            return [Outbound(conn, exc.to_message())]
+            return [self._error(conn, exc.code, exc.message, exc.ref)]
 
     def handle_timeout(self, now: float, wall_now: float) -> list[Outbound]:
         """End sessions whose grace period passed; push ICE servers that are about to expire
         (``now`` and ``wall_now`` as for :meth:`receive`)."""
-        out: list[Outbound] = []
-        grace = self.settings.resume_grace
-        for room in list(self.rooms.values()):
-            for session in list(room.values()):
-                if session.conn is None:
-                    if now - session.detached_at >= grace:
-                        self.counters.sessions_expired += 1
-                        out += self._remove(session)
-                elif session.ice_due <= now:
-                    out.append(Outbound(session.conn, self._ice_message(session, now, wall_now)))
+        out = self._run(self.backplane.tick(now), now, wall_now)
+        for session in self.sessions.values():
+            if session.ice_due <= now:
+                out.append(Outbound(session.conn, self._ice_message(session, now, wall_now)))
         return out
+
+    def apply(self, events: list[Event], now: float, wall_now: float) -> list[Outbound]:
+        """Events of the backplane that came later than the call that caused them."""
+        return self._run(events, now, wall_now)
 
     # -- messages ----------------------------------------------------------------------------
 
@@ -226,10 +235,17 @@ class SignalHub:
             kind = type(message).__name__.lower().replace("icerequest", "ice")
             raise SignalError("not-joined", "join a room first", ref=kind)
         if isinstance(message, Signal):
-            return self._signal(session, message)
+            if message.to == session.peer:
+                raise SignalError(
+                    "unknown-peer", f"no peer {message.to[:64]!r} in this room", "signal"
+                )
+            routed = {"type": "signal", "from": session.peer, "data": message.data}
+            events = self.backplane.route(conn, session.peer, session.room, message.to, routed)
+            return self._run(events, now, wall)
         if isinstance(message, Leave):
             state.session = None
-            return self._remove(session)
+            self._forget(session)
+            return self._run(self.backplane.leave(session.peer, session.epoch), now, wall)
         if isinstance(message, IceRequest):
             return [Outbound(conn, self._ice_message(session, now, wall))]
         raise SignalError("unknown-type", "unhandled message")  # pragma: no cover
@@ -237,130 +253,103 @@ class SignalHub:
     def _join(
         self, conn: int, state: Connection, join: Join, now: float, wall: float
     ) -> list[Outbound]:
-        if state.session is not None:
+        if state.session is not None or state.joining:
             raise SignalError("already-joined", "leave the current room first", ref="join")
         if self.settings.require_tokens and (
             self.tokens is None or not self.tokens.check(join.token, join.room, wall)
         ):
             raise SignalError("unauthorized", "a valid token for this room is required", "join")
-        out: list[Outbound] = []
-        session = self._by_resume.get(join.resume or "")
-        if session is not None and session.room == join.room:
-            if session.conn is not None and session.conn != conn:
-                # The old connection is half dead: this one takes the session over.
-                old = self.connections.get(session.conn)
-                if old is not None:
-                    old.session = None
-                out.append(Outbound(session.conn, None, close=CLOSE_REPLACED))
-            session.conn = conn
-            state.session = session
-            self.counters.resumes += 1
-            out.append(Outbound(conn, self._welcome(session, now, wall, resumed=True)))
-            out += [Outbound(conn, json.loads(text)) for text in session.buffer]
-            self._drop_buffer(session)
-            return out
-        room = self.rooms.setdefault(join.room, {})
-        if len(room) >= self.settings.max_room_size:
-            if not room:
-                del self.rooms[join.room]
-            raise SignalError("room-full", "the room is full", ref="join")
-        session = Session(
-            self._new_peer_id(),
-            join.room,
-            secrets.token_urlsafe(24),
-            conn,
-            self.settings.resume_buffer,
+        state.joining = True
+        events = self.backplane.join(
+            conn, join.room, join.resume, join.last, self.settings.max_room_size
         )
-        out.append(Outbound(conn, self._welcome(session, now, wall, resumed=False)))
-        joined = {"type": "peer-joined", "peer": session.peer}
-        out += self._broadcast(room, joined)
-        room[session.peer] = session
-        self._peer_ids.add(session.peer)
-        self._by_resume[session.resume] = session
-        state.session = session
+        return self._run(events, now, wall)
+
+    # -- backplane events --------------------------------------------------------------------
+
+    def _run(self, events: list[Event] | None, now: float, wall: float) -> list[Outbound]:
+        out: list[Outbound] = []
+        for event in events or ():
+            if isinstance(event, Deliver):
+                session = self.sessions.get(event.peer)
+                if session is not None:
+                    out.append(Outbound(session.conn, event.message))
+            elif isinstance(event, Notify):
+                for peer in self.local_rooms.get(event.room, ()):
+                    if peer != event.peer:
+                        out.append(Outbound(self.sessions[peer].conn, event.message))
+            elif isinstance(event, Welcome):
+                out += self._welcomed(event, now, wall)
+            elif isinstance(event, Replaced):
+                out += self._replaced(event.peer, event.epoch)
+            else:
+                state = self.connections.get(event.conn)
+                if state is not None:
+                    state.joining = False
+                out.append(self._error(event.conn, event.code, event.message, event.ref))
         return out
 
-    def _signal(self, session: Session, signal: Signal) -> list[Outbound]:
-        target = self.rooms.get(session.room, {}).get(signal.to)
-        if target is None or target is session:
-            raise SignalError("unknown-peer", f"no peer {signal.to[:64]!r} in this room", "signal")
-        message = {"type": "signal", "from": session.peer, "data": signal.data}
-        return self._deliver(target, message)
-
-    # -- helpers -----------------------------------------------------------------------------
-
-    def _deliver(self, target: Session, message: Message) -> list[Outbound]:
-        if target.conn is not None:
-            self.counters.signals_routed += 1
-            return [Outbound(target.conn, message)]
-        try:
-            text = encode(message)
-        except (ValueError, RecursionError):  # kept out by parsing; never the sender's failure
-            self.counters.unencodable += 1
-            return []
-        size = len(text)
-        limit = self.settings.resume_buffer_bytes
-        if size > limit or self._buffered_bytes + size > self.settings.max_buffered_bytes:
-            self.counters.buffer_dropped += 1
-            return []
-        buffer = target.buffer
-        while buffer and (len(buffer) == buffer.maxlen or target.buffer_bytes + size > limit):
-            dropped = len(buffer.popleft())  # the oldest goes first
-            target.buffer_bytes -= dropped
-            self._buffered_bytes -= dropped
-            self.counters.buffer_dropped += 1
-        buffer.append(text)
-        target.buffer_bytes += size
-        self._buffered_bytes += size
-        self.counters.signals_buffered += 1
-        return []
-
-    def _broadcast(self, room: dict[str, Session], message: Message) -> list[Outbound]:
-        return [Outbound(s.conn, message) for s in room.values() if s.conn is not None]
-
-    def _drop_buffer(self, session: Session) -> None:
-        self._buffered_bytes -= session.buffer_bytes
-        session.buffer.clear()
-        session.buffer_bytes = 0
-
-    def _remove(self, session: Session) -> list[Outbound]:
-        self._drop_buffer(session)
-        room = self.rooms.get(session.room)
-        self._by_resume.pop(session.resume, None)
-        self._peer_ids.discard(session.peer)
-        if room is None or room.pop(session.peer, None) is None:
-            return []
-        if not room:
-            del self.rooms[session.room]
-            return []
-        return self._broadcast(room, {"type": "peer-left", "peer": session.peer})
-
-    def _welcome(self, session: Session, now: float, wall: float, *, resumed: bool) -> Message:
+    def _welcomed(self, event: Welcome, now: float, wall: float) -> list[Outbound]:
+        state = self.connections.get(event.conn)
+        if state is None or state.closing:
+            # The connection closed while its join was on its way: the session starts away.
+            return self._run(self.backplane.detach(event.peer, event.epoch, now), now, wall)
+        state.joining = False
+        out = self._replaced(event.peer, None) if event.peer in self.sessions else []
+        session = Session(event.peer, event.room, event.resume, event.conn, event.epoch)
+        state.session = session
+        self.sessions[session.peer] = session
+        self.local_rooms.setdefault(session.room, set()).add(session.peer)
         servers, ttl = self.ice(session.peer, wall)
         session.ice_due = now + ttl * 0.8
-        peers = [p for p in self.rooms.get(session.room, {}) if p != session.peer]
-        return {
+        welcome = {
             "type": "welcome",
             "version": PROTOCOL_VERSION,
             "peer": session.peer,
             "room": session.room,
-            "peers": peers,
+            "peers": list(event.peers),
             "iceServers": servers,
             "iceTtl": ttl,
             "resume": session.resume,
-            "resumed": resumed,
+            "resumed": event.resumed,
         }
+        out.append(Outbound(event.conn, welcome))
+        out += [Outbound(event.conn, m) for m in decode_replay(event.replay)]
+        return out
+
+    def _replaced(self, peer: str, epoch: int | None) -> list[Outbound]:
+        """Close the connection here that holds ``peer`` (of ``epoch``, if given): a newer
+        connection took the session over."""
+        session = self.sessions.get(peer)
+        if session is None or (epoch is not None and session.epoch != epoch):
+            return []
+        self._forget(session)
+        old = self.connections.get(session.conn)
+        if old is not None:
+            old.session = None
+        return [Outbound(session.conn, None, close=CLOSE_REPLACED)]
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _forget(self, session: Session) -> None:
+        """``session`` is no longer attached here."""
+        if self.sessions.get(session.peer) is session:
+            del self.sessions[session.peer]
+            peers = self.local_rooms.get(session.room)
+            if peers is not None:
+                peers.discard(session.peer)
+                if not peers:
+                    del self.local_rooms[session.room]
+
+    def _error(self, conn: int, code: str, message: str, ref: str | None) -> Outbound:
+        errors = self.counters.errors
+        errors[code] = errors.get(code, 0) + 1
+        return Outbound(conn, SignalError(code, message, ref).to_message())
 
     def _ice_message(self, session: Session, now: float, wall: float) -> Message:
         servers, ttl = self.ice(session.peer, wall)
         session.ice_due = now + ttl * 0.8
         return {"type": "ice", "iceServers": servers, "iceTtl": ttl}
-
-    def _new_peer_id(self) -> str:
-        while True:
-            peer = f"p-{self.rng.getrandbits(48):012x}"
-            if peer not in self._peer_ids:
-                return peer
 
     def _rate_limit(self, state: Connection, now: float) -> None:
         settings = self.settings
@@ -378,25 +367,16 @@ class SignalHub:
         raise SignalError("rate-limited", "too many messages; this one was dropped")
 
     def metrics(self) -> dict[str, float]:
-        """Gauges and counters as Prometheus samples."""
+        """Gauges and counters as Prometheus samples (the directory's from the backplane)."""
         counters = self.counters
-        sessions = sum(len(room) for room in self.rooms.values())
-        away = sum(1 for room in self.rooms.values() for s in room.values() if s.conn is None)
         samples: dict[str, float] = {
             "signal_connections": len(self.connections),
-            "signal_rooms": len(self.rooms),
-            "signal_sessions": sessions,
-            "signal_sessions_away": away,
+            "signal_sessions_here": len(self.sessions),
             "signal_connections_opened_total": counters.connections_opened,
             "signal_messages_received_total": counters.messages_received,
-            "signal_signals_routed_total": counters.signals_routed,
-            "signal_signals_buffered_total": counters.signals_buffered,
-            "signal_buffer_dropped_total": counters.buffer_dropped,
-            "signal_resumes_total": counters.resumes,
-            "signal_sessions_expired_total": counters.sessions_expired,
             "signal_abusive_closed_total": counters.abusive_closed,
-            "signal_messages_unencodable_total": counters.unencodable,
         }
+        samples.update(self.backplane.metrics())
         for code, count in counters.errors.items():
             samples[f'signal_errors_total{{code="{code}"}}'] = count
         return samples

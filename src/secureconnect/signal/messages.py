@@ -26,6 +26,7 @@ PROTOCOL_VERSION: Final = 1
 ROOM_PATTERN: Final = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 PEER_PATTERN: Final = re.compile(r"p-[0-9a-f]{1,32}")
 MAX_TOKEN_CHARS: Final = 2048
+MAX_SEQ: Final = 2**53 - 1  # ``seq`` numbers stay exact in JavaScript
 MAX_DEPTH: Final = 32  # nesting of arrays and objects in a message, the message itself included
 # A JSON escape of a UTF-16 surrogate (D800-DFFF): how a lone one gets into a parsed string when
 # the frame itself is valid UTF-8 (RFC 6455 §5.6). A match is only a hint (a pair is fine, and an
@@ -56,6 +57,7 @@ class Join:
     room: str
     token: str | None = None
     resume: str | None = None
+    last: int | None = None  # the highest ``seq`` the client has seen (a resume)
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +173,17 @@ def _join(obj: dict[str, Any]) -> Join:
         room,
         token=_optional_text(obj, "token", "join", MAX_TOKEN_CHARS),
         resume=_optional_text(obj, "resume", "join", 128),
+        last=_optional_seq(obj, "last", "join"),
     )
+
+
+def _optional_seq(obj: dict[str, Any], key: str, ref: str) -> int | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEQ:
+        raise SignalError("bad-message", f"'{key}' must be a message number", ref=ref)
+    return value
 
 
 def _signal(obj: dict[str, Any]) -> Signal:

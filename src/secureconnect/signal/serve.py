@@ -44,6 +44,7 @@ from websockets.trio.server import ServerConnection
 from websockets.trio.server import serve as serve_websockets
 
 from secureconnect.logs import fields
+from secureconnect.signal.backplane import Event
 from secureconnect.signal.http import HttpRoutes, client_address
 from secureconnect.signal.hub import CLOSE_POLICY, Outbound, SignalHub
 from secureconnect.signal.messages import encode
@@ -110,6 +111,7 @@ class SignalServer:
     _ids: itertools.count[int] = field(default_factory=itertools.count)
     _server: Any = None
     _nursery: trio.Nursery | None = None
+    _outer: trio.CancelScope | None = None
     slow_closed: int = 0  # connections closed because their outbox was full
     unencodable: int = 0  # messages dropped because they could not be encoded
     duplicate_headers: int = 0  # requests answered 400 for a repeated Origin/Host/Authorization
@@ -127,6 +129,15 @@ class SignalServer:
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Listen, report started, serve until cancelled."""
         self.wall_offset = time.time() - self.clock()
+        async with trio.open_nursery() as outer:
+            self._outer = outer.cancel_scope
+            run = getattr(self.hub.backplane, "run", None)
+            if run is not None:  # a backplane with I/O of its own (Redis): up before we listen
+                await outer.start(run, self._from_backplane)
+            await outer.start(self._serve)
+            task_status.started()
+
+    async def _serve(self, *, task_status: trio.TaskStatus[None]) -> None:
         listeners = await open_tcp_listeners(self.addresses, self.port)
         scheme = "tls" if self.tls_context is not None else "tcp"
         self.bound[:] = [(scheme, *lst.socket.getsockname()[:2]) for lst in listeners]
@@ -158,13 +169,22 @@ class SignalServer:
     def begin_drain(self) -> None:
         """Close the listeners, answer handshakes still in progress 503 and say "going away"
         (1001) to every WebSocket, then return from ``serve`` once their handlers have ended
-        (sessions cannot outlive the process: there is nothing else to wait for)."""
+        and a Redis backplane has been told (the clients resume on another node)."""
         if self._server is not None and self._nursery is not None:
-            self._nursery.start_soon(self._drain, self._nursery.cancel_scope)
+            self._nursery.start_soon(self._drain)
 
-    async def _drain(self, scope: trio.CancelScope) -> None:
+    async def _drain(self) -> None:
         await self._server.aclose()
-        scope.cancel()
+        flush = getattr(self.hub.backplane, "flush", None)
+        if flush is not None:  # the sessions' detaches reach Redis: they resume elsewhere
+            with trio.move_on_after(2):
+                await flush()
+        if self._outer is not None:
+            self._outer.cancel()
+
+    def _from_backplane(self, events: list[Event]) -> None:
+        now = self.clock()
+        self._dispatch(self.hub.apply(events, now, now + self.wall_offset))
 
     def reload(self) -> None:
         """TLS contexts are fetched per connection; credentials live in the shared minter."""
