@@ -19,6 +19,9 @@ command -v systemd-analyze >/dev/null || need+=(systemd)
 for tool in unshare nsenter setpriv; do
     command -v "$tool" >/dev/null || need+=(util-linux)
 done
+# The cluster tests (tests/cluster, docs/cluster.md) start their own redis-server (Debian's),
+# in the foreground, with no config file and nothing saved.
+command -v redis-server >/dev/null || need+=(redis-server)
 # A wall-clock step for the fault tests (tests/adversarial/test_faults.py): libfaketime moves
 # CLOCK_REALTIME of the appliance alone.
 compgen -G "/usr/lib/*/faketime/libfaketimeMT.so.1" >/dev/null || need+=(libfaketime)

@@ -21,11 +21,12 @@ import ipaddress
 import logging
 import socket
 import ssl
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from secureconnect.certrenewal import ServerCertificate
 from secureconnect.config import Config, ConfigError, SignalConfig, StunConfig, TurnConfig
@@ -61,6 +62,7 @@ if TYPE_CHECKING:
     # idle TURN server's memory.
     from secureconnect.signal.http import HttpSettings
     from secureconnect.signal.hub import HubSettings
+    from secureconnect.signal.redisplane import RedisBackplane
     from secureconnect.signal.serve import SignalServer
 
 log = logging.getLogger("secureconnect.runtime")
@@ -408,36 +410,66 @@ def stun_udp_endpoints(config: Config) -> tuple[tuple[str, int], ...]:
     return tuple((ip, port) for ip in addresses for port in ports if port)
 
 
+def _redis_backplane(
+    runtime: Runtime,
+    settings: HubSettings,
+    stun_urls: tuple[str, ...],
+    turn_urls: tuple[str, ...],
+) -> RedisBackplane:
+    """The Redis backplane of ``signal.backplane``, publishing this node's load report."""
+    from secureconnect.signal.hub import mailbox_limits  # noqa: PLC0415 - see TYPE_CHECKING
+    from secureconnect.signal.redisplane import RedisBackplane  # noqa: PLC0415
+    from secureconnect.signal.registry import LoadMeter, node_report  # noqa: PLC0415
+
+    sig = runtime.config.signal
+    meter = LoadMeter()
+
+    def report() -> dict[str, Any]:
+        return node_report(
+            runtime.board.metrics(),
+            region=sig.region,
+            stun_urls=stun_urls,
+            turn_urls=turn_urls,
+            meter=meter,
+            now=time.monotonic(),
+            draining=runtime.board.draining,
+        )
+
+    redis = RedisBackplane(
+        sig.backplane,
+        mailbox_limits(settings),
+        prefix=sig.backplane_prefix,
+        node=sig.node_name or None,
+        report=report,
+    )
+    runtime.board.checks["signal-backplane"] = redis.health_state
+    return redis
+
+
 def build_signal(runtime: Runtime) -> SignalServer:
     """The signaling component from ``[signal]``, minting with the shared credential minter."""
     from secureconnect.signal.http import HttpRoutes  # noqa: PLC0415 - see TYPE_CHECKING above
     from secureconnect.signal.hub import SignalHub  # noqa: PLC0415
     from secureconnect.signal.ice import IceConfig  # noqa: PLC0415
+    from secureconnect.signal.registry import ranked_urls  # noqa: PLC0415
     from secureconnect.signal.serve import SignalServer  # noqa: PLC0415
     from secureconnect.signal.serve_admission import AdmissionLimits  # noqa: PLC0415
 
     config = runtime.config
     sig = config.signal
+    turn_urls = tuple(turn_uris(config)) if config.turn.enabled else ()
+    stun_urls = tuple(stun_uris(config))
     ice = IceConfig(
         minter=runtime.minter,
-        stun_urls=tuple(stun_uris(config)),
-        turn_urls=tuple(turn_uris(config)) if config.turn.enabled else (),
+        stun_urls=stun_urls,
+        turn_urls=turn_urls,
         ttl=sig.ice_ttl,
     )
     settings = hub_settings(sig)
     backplane = None
     if sig.backplane:
-        from secureconnect.signal.hub import mailbox_limits  # noqa: PLC0415
-        from secureconnect.signal.redisplane import RedisBackplane  # noqa: PLC0415
-
-        redis = RedisBackplane(
-            sig.backplane,
-            mailbox_limits(settings),
-            prefix=sig.backplane_prefix,
-            node=sig.node_name or None,
-        )
-        runtime.board.checks["signal-backplane"] = redis.health_state
-        backplane = redis
+        redis = backplane = _redis_backplane(runtime, settings, stun_urls, turn_urls)
+        ice = replace(ice, cluster=lambda: ranked_urls(redis.nodes, sig.region))
     hub = SignalHub(settings, ice.servers_for, tokens=runtime.room_tokens, backplane=backplane)
     routes = HttpRoutes(
         ice=ice,

@@ -26,6 +26,8 @@ class StatusBoard:
     #: parts a component depends on (e.g. ``signal-backplane``), each reporting ``running`` or
     #: what is wrong; anything but ``running`` makes ``/healthz`` say degraded
     checks: dict[str, Callable[[], str]] = field(default_factory=dict)
+    #: set by a graceful drain: ``/healthz`` says draining, the node registry too
+    draining: bool = False
 
     def health(self) -> dict[str, str]:
         """A copy of the states and the checks' answers, for ``/healthz``."""

@@ -19,17 +19,10 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
-from aiortc import (
-    RTCConfiguration,
-    RTCDataChannel,
-    RTCIceServer,
-    RTCIceTransportPolicy,
-    RTCPeerConnection,
-    RTCSessionDescription,
-)
+from aiortc import RTCPeerConnection
+from aiortc_peers import answerer, nominated_types, offerer
 from appliance import free_port, run_appliance
 
 from secureconnect.signal.client import SignalClient
@@ -63,77 +56,6 @@ def appliance(tmp_path: Path) -> Iterator[Appliance]:
     ):
         context = ssl.create_default_context(cafile=str(state / "selfsigned-cert.pem"))
         yield Appliance(f"wss://127.0.0.1:{port}/ws", context, turn_port)
-
-
-def relay_only(client: SignalClient) -> RTCConfiguration:
-    """The welcome's TURN server as aiortc wants it: UDP TURN only, relay policy."""
-    servers = []
-    for server in client.ice_servers:
-        urls = [u for u in server["urls"] if u.startswith("turn:") and u.endswith("=udp")]
-        if urls and "username" in server:
-            servers.append(RTCIceServer(urls, server["username"], server["credential"]))
-    assert len(servers) == 1, client.ice_servers
-    return RTCConfiguration(iceServers=servers, iceTransportPolicy=RTCIceTransportPolicy.RELAY)
-
-
-def candidate_types(sdp: str) -> set[str]:
-    return {line.split(" typ ")[1].split()[0] for line in sdp.splitlines() if " typ " in line}
-
-
-def nominated_types(pc: RTCPeerConnection) -> tuple[str, str]:
-    """(local, remote) candidate types of the pair ICE chose."""
-    sctp = pc.sctp
-    assert sctp is not None
-    connection: Any = sctp.transport.transport._connection  # aioice
-    pair = next(iter(connection._nominated.values()))
-    return pair.local_candidate.type, pair.remote_candidate.type
-
-
-async def next_signal(client: SignalClient) -> dict[str, Any]:
-    async for message in client:
-        if message["type"] == "signal":
-            data: dict[str, Any] = message["data"]
-            return data
-    raise AssertionError("the signaling connection closed")
-
-
-async def answerer(client: SignalClient) -> RTCPeerConnection:
-    """Wait for an offer, answer it, echo every data-channel message back with a prefix."""
-    pc = RTCPeerConnection(relay_only(client))
-
-    @pc.on("datachannel")
-    def on_channel(channel: RTCDataChannel) -> None:
-        @channel.on("message")
-        def on_message(message: str) -> None:
-            channel.send(f"echo:{message}")
-
-    offer = await next_signal(client)
-    await pc.setRemoteDescription(RTCSessionDescription(offer["sdp"], offer["type"]))
-    await pc.setLocalDescription(await pc.createAnswer())
-    local = pc.localDescription
-    await client.send(client.peers[0], {"sdp": local.sdp, "type": local.type})
-    return pc
-
-
-async def offerer(client: SignalClient, texts: list[str]) -> tuple[RTCPeerConnection, list[str]]:
-    """Offer to the peer already in the room, send ``texts``, return the echoes."""
-    pc = RTCPeerConnection(relay_only(client))
-    channel = pc.createDataChannel("chat")
-    opened, echoes = asyncio.Event(), asyncio.Queue[str]()
-    channel.on("open", opened.set)
-    channel.on("message", echoes.put_nowait)
-    await pc.setLocalDescription(await pc.createOffer())
-    local = pc.localDescription
-    assert candidate_types(local.sdp) == {"relay"}
-    (peer,) = client.peers
-    await client.send(peer, {"sdp": local.sdp, "type": local.type})
-    answer = await next_signal(client)
-    assert candidate_types(answer["sdp"]) == {"relay"}
-    await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
-    await opened.wait()
-    for text in texts:
-        channel.send(text)
-    return pc, [await echoes.get() for _ in texts]
 
 
 def test_two_aiortc_peers_connect_through_our_turn(appliance: Appliance) -> None:

@@ -17,7 +17,9 @@ that arrives twice is dropped by ``seq``, so each is received once). The new ``w
 is queued (``resumed`` false: the grace period had passed, ``peer`` is new), then the membership
 changes missed while away as ``peer-joined``/``peer-left`` marked ``"synthetic": true``. Close
 codes 1000, 1008 (policy, e.g. flooding) and 4001 (another connection took the session over) are
-final, as is an ``error`` answer to the re-join (e.g. an expired token). Requests wait up to
+final, as is an ``error`` answer to the re-join (e.g. an expired token). With
+``fallback_urls`` (the other nodes of a cluster) each failed attempt moves on to the next URL,
+so a session whose node died resumes on another one. Requests wait up to
 ``timeout`` while a reconnect is under way. No trio: this serves asyncio programs (aiortc, tests).
 """
 
@@ -31,7 +33,7 @@ import logging
 import random
 import ssl as _ssl
 import time
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection
@@ -80,8 +82,12 @@ class SignalClient:
         backoff: float = 0.1,
         max_backoff: float = 5.0,
         timeout: float = 10.0,
+        fallback_urls: Sequence[str] = (),
     ) -> None:
         self.url, self.token, self.ssl, self.origin = url, token, ssl, origin
+        #: where to reconnect, in turn, from the current one on: other nodes of a cluster
+        #: (docs/cluster.md), so a session resumes elsewhere when its node is gone
+        self.urls = (url, *(u for u in fallback_urls if u != url))
         self.retries, self.backoff, self.max_backoff = retries, backoff, max_backoff
         self.timeout = timeout  # for opening, each request, and waiting out a reconnect
         self.reconnects = 0  # successful automatic reconnects
@@ -288,6 +294,8 @@ class SignalClient:
             delay = min(self.max_backoff, self.backoff * 2**attempt)
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))
             ws: ClientConnection | None = None
+            if attempt:  # the current URL failed once: try the next node's
+                self.url = self.urls[(self.urls.index(self.url) + 1) % len(self.urls)]
             try:
                 ws = await self._dial()
                 if self.room is not None:

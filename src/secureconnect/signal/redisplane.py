@@ -265,12 +265,14 @@ class RedisBackplane:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self._listen)
                 self.stats.up = True
+                # At start, sessions Redis still holds under this node's name are a previous
+                # process's (a crash, a restart): they go away now, to resume elsewhere.
+                await self._restore()
                 if first:
                     task_status.started()
                 else:
                     self.stats.reconnects += 1
                     log.warning("backplane-reconnected", extra=fields(url=self.url))
-                    await self._restore()
                     nursery.start_soon(self._converge_later)
                 await self._down.wait()
                 nursery.cancel_scope.cancel()
