@@ -149,6 +149,7 @@ class RedisBackplane:
         self._down = trio.Event()
         self._deliver: Callable[[list[Event]], None] = lambda events: None
         self._client: Any = None  # while connected
+        self._started = False  # the first connection held: later trouble is an outage
         self._sha: dict[str, str] = {}
 
     # -- the Backplane protocol: queue, answer later ------------------------------------------
@@ -240,7 +241,7 @@ class RedisBackplane:
             try:
                 await self._connected(first, task_status)
             except Exception as exc:
-                if first:
+                if not self._started:
                     raise BackplaneUnavailable(f"signal.backplane {self.url!r}: {exc}") from exc
                 self._lost(exc)
                 log.info("backplane-reconnect-failed", extra=fields(error=repr(exc)[:200]))
@@ -270,6 +271,7 @@ class RedisBackplane:
                 await self._restore()
                 if first:
                     task_status.started()
+                    self._started = True
                 else:
                     self.stats.reconnects += 1
                     log.warning("backplane-reconnected", extra=fields(url=self.url))

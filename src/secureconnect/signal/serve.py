@@ -142,6 +142,14 @@ class SignalServer:
         scheme = "tls" if self.tls_context is not None else "tcp"
         self.bound[:] = [(scheme, *lst.socket.getsockname()[:2]) for lst in listeners]
         wrapped = [GuardedListener(lst, self.admission, self.tls_context) for lst in listeners]
+        try:
+            await self._serve_in(wrapped, task_status)
+        finally:  # nothing left to drain
+            self._nursery = self._server = None
+
+    async def _serve_in(
+        self, wrapped: list[GuardedListener], task_status: trio.TaskStatus[None]
+    ) -> None:
         limit = self.hub.settings.max_message_bytes
         timeout = self.limits.handshake_timeout
         async with trio.open_nursery() as nursery:
