@@ -1,6 +1,7 @@
 """The ``secureconnect`` command line.
 
-``run`` starts the supervisor (all enabled components, or the ones named), ``check-config``
+``run`` starts the supervisor (all enabled components, or the ones named), ``drain`` drains a
+running one gracefully (:mod:`secureconnect.draincmd`), ``check-config``
 validates a file and prints the effective config with secrets masked, ``example-config`` prints
 the commented example, ``init`` writes a production config and its files
 (:mod:`secureconnect.initcmd`). Flags that change config keys go through one table,
@@ -35,6 +36,7 @@ from secureconnect.config import (
     render_example,
 )
 from secureconnect.credentials import CredentialMinter
+from secureconnect.draincmd import add_drain_parser, keep_pid_file, pid_file, run_drain
 from secureconnect.initcmd import add_init_parser, run_init
 from secureconnect.logs import configure_logging, fields
 from secureconnect.natlab.command import add_natlab_parser, run_natlab
@@ -96,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     _config_flags(token, config_optional=True)
     add_init_parser(commands)
     add_natlab_parser(commands)
+    add_drain_parser(commands)
+    _config_flags(commands.choices["drain"], config_optional=True)
     return parser
 
 
@@ -145,6 +149,9 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 (one return
             return print_credentials(config, args.config, args.user, args.ttl)
         if args.command == "room-token":
             return print_room_token(config, args.config, args.room, args.ttl)
+        if args.command == "drain":
+            state_dir = resolve_state_dir(config.general.state_dir)
+            return run_drain(args, state_dir, config.general.drain_deadline)
     except ConfigError as exc:
         print(f"secureconnect: config error: {exc}", file=sys.stderr)
         return 2
@@ -199,6 +206,7 @@ def run(config: Config, config_path: Path | None, names: Sequence[str]) -> int:
     supervisor = Supervisor(
         components,
         drain_timeout=config.general.drain_timeout,
+        drain_deadline=config.general.drain_deadline,
         reload_hooks=runtime.reload_hooks(),
         notifier=notifier,
     )
@@ -221,7 +229,8 @@ def run(config: Config, config_path: Path | None, names: Sequence[str]) -> int:
 
     failure: StartupError | None = None
     try:
-        trio.run(main_task)
+        with keep_pid_file(pid_file(runtime.state_dir, names)):
+            trio.run(main_task)
     except* StartupError as group:
         failure = _first_leaf(group)
     if failure is not None:

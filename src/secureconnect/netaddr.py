@@ -15,6 +15,8 @@ This module imports nothing of ours: it is the bottom layer, usable from the STU
 
 from __future__ import annotations
 
+import ipaddress
+
 Address = tuple[str, int]
 
 
@@ -27,3 +29,15 @@ def url_host(ip: str) -> str:
 def format_address(ip: str, port: int) -> str:
     """``ip:port`` for logs and messages: ``192.0.2.1:3478``, ``[2001:db8::1]:3478``."""
     return f"{url_host(ip)}:{port}"
+
+
+def parse_address(text: str) -> Address:
+    """``IP:PORT`` or ``[IPv6]:PORT`` as an :data:`Address`; ValueError when it is not one."""
+    host, colon, port = text.rpartition(":")
+    if not colon or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{text!r} is not IP:PORT")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"{text!r}: write an IPv6 address in brackets, [IP]:PORT")
+    return str(ipaddress.ip_address(host)), int(port)

@@ -32,7 +32,7 @@ from secureconnect.certrenewal import ServerCertificate
 from secureconnect.config import Config, ConfigError, SignalConfig, StunConfig, TurnConfig
 from secureconnect.credentials import CredentialMinter, NonceMint
 from secureconnect.logs import fields
-from secureconnect.netaddr import Address
+from secureconnect.netaddr import Address, parse_address
 from secureconnect.ratelimit import RateLimiter, burst_for
 from secureconnect.secretfiles import load_certificates, load_room_secrets, load_turn_secrets
 from secureconnect.serviceurls import (
@@ -241,6 +241,10 @@ def turn_settings(turn: TurnConfig) -> TurnSettings:
         rfc5766_channels=turn.rfc5766_channels,
         software=turn.software or None,
         reason_phrases=bool(turn.software),
+        alternate_servers=tuple(parse_address(a) for a in turn.alternate_servers),
+        tls_alternate_servers=tuple(parse_address(a) for a in turn.tls_alternate_servers),
+        # Each process counts its own allocations; client addresses spread evenly over workers.
+        alternate_threshold=-(-turn.alternate_threshold // max(1, turn.workers)),
     )
 
 

@@ -26,12 +26,15 @@ class StatusBoard:
     #: parts a component depends on (e.g. ``signal-backplane``), each reporting ``running`` or
     #: what is wrong; anything but ``running`` makes ``/healthz`` say degraded
     checks: dict[str, Callable[[], str]] = field(default_factory=dict)
-    #: set by a graceful drain: ``/healthz`` says draining, the node registry too
-    draining: bool = False
 
     def health(self) -> dict[str, str]:
         """A copy of the states and the checks' answers, for ``/healthz``."""
         return {**self.states, **{name: check() for name, check in self.checks.items()}}
+
+    @property
+    def draining(self) -> bool:
+        """Whether a graceful drain is under way (the node registry says so)."""
+        return "draining" in self.states.values()
 
     def metrics(self) -> list[Mapping[str, float]]:
         """Every source's counters as of now, for ``/metrics``."""

@@ -11,6 +11,11 @@ exponential backoff; the other components are not disturbed, since each runs in 
 Shutdown is two-phase: :meth:`Supervisor.request_shutdown` (SIGINT/SIGTERM) asks every component to
 stop accepting (``begin_drain``) and waits up to ``drain_timeout`` seconds for them to finish on
 their own, then cancels whatever is left. A second signal during the drain cancels at once.
+:meth:`Supervisor.request_drain` (SIGUSR2, ``secureconnect drain``) is the graceful drain of a
+rolling upgrade: the same steps, with each component's state ``draining`` (``/healthz`` says so),
+and ``drain_deadline`` seconds for calls in progress to end; the process then exits 0. A
+component that *lingers* (signaling: its ``/healthz`` must keep answering) is not waited for to
+return, only for its ``drained`` event; it is cancelled with the rest at the end.
 :meth:`Supervisor.reload` (SIGHUP) runs the reload hooks (TLS certificates, TURN secrets) and then
 each component's ``reload``; a failing hook is logged and keeps the old state.
 
@@ -51,7 +56,8 @@ class Component(Protocol):
         """Bind, report started, serve."""
 
     def begin_drain(self) -> None:
-        """Stop accepting new work; ``serve`` returns once in-flight work is done."""
+        """Stop accepting new work; ``serve`` returns once in-flight work is done (a component
+        with ``lingers = True`` sets its ``drained`` event instead and serves on)."""
 
     def reload(self) -> None:
         """Pick up reloadable state (called after the supervisor's reload hooks)."""
@@ -82,12 +88,15 @@ class Supervisor:
         components: Sequence[Component],
         *,
         drain_timeout: float = 3.0,
+        drain_deadline: float = 600.0,
         reload_hooks: Sequence[tuple[str, Callable[[], None]]] = (),
         backoff: tuple[float, float] = (0.5, 30.0),
         notifier: Notifier | None = None,
     ) -> None:
         self.components = list(components)
         self.drain_timeout = drain_timeout
+        self.drain_deadline = drain_deadline
+        self.graceful = False  # the drain in progress is request_drain's
         self.reload_hooks = list(reload_hooks)
         self.backoff = backoff
         self.notifier = notifier or Notifier(None)
@@ -112,19 +121,37 @@ class Supervisor:
             await self._shutdown.wait()
             self.notifier.stopping("draining connections")
             for component in self.components:
+                if self.graceful:
+                    self.state[component.name] = "draining"
                 component.begin_drain()
-            with trio.move_on_after(self.drain_timeout) as deadline:
+            if self._running == 0:  # only lingering components
+                self._all_stopped.set()
+            seconds = self.drain_deadline if self.graceful else self.drain_timeout
+            with trio.move_on_after(seconds) as deadline:
                 await self._all_stopped.wait()
+                for component in self.components:
+                    drained = getattr(component, "drained", None)
+                    if getattr(component, "lingers", False) and drained is not None:
+                        await drained.wait()
             if deadline.cancelled_caught:
-                log.warning("drain-timeout", extra=fields(seconds=self.drain_timeout))
+                log.warning("drain-timeout", extra=fields(seconds=seconds))
             nursery.cancel_scope.cancel()
         log.info("stopped")
 
     def request_shutdown(self) -> None:
-        """Begin the drain; a second call cancels the drain and stops at once."""
+        """Begin the drain; a second call (or one during a graceful drain) cancels the drain
+        and stops at once."""
         if self._draining:
-            self.drain_timeout = 0
+            self.drain_timeout = self.drain_deadline = 0
             self._all_stopped.set()
+        self._draining = True
+        self._shutdown.set()
+
+    def request_drain(self) -> None:
+        """Begin the graceful drain (a second request changes nothing)."""
+        if self._draining:
+            return
+        self.graceful = True
         self._draining = True
         self._shutdown.set()
 
@@ -158,13 +185,18 @@ class Supervisor:
     async def serve_signals(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Map SIGINT/SIGTERM to shutdown and SIGHUP to reload (main thread only)."""
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+        """Map SIGINT/SIGTERM to shutdown, SIGUSR2 to the graceful drain and SIGHUP to reload
+        (main thread only)."""
+        watched = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR2)
+        with trio.open_signal_receiver(*watched) as signals:
             task_status.started()
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     log.info("signal", extra=fields(signal="SIGHUP", action="reload"))
                     self.reload()
+                elif signum == signal.SIGUSR2:
+                    log.info("signal", extra=fields(signal="SIGUSR2", action="drain"))
+                    self.request_drain()
                 else:
                     name = signal.Signals(signum).name
                     log.info("signal", extra=fields(signal=name, action="shutdown"))
@@ -176,7 +208,8 @@ class Supervisor:
         """Run one component; fatal before it started, restarted with backoff after."""
         started = False
         delay = self.backoff[0]
-        self._running += 1
+        lingers = bool(getattr(component, "lingers", False))
+        self._running += not lingers
         try:
             while True:
                 began = trio.current_time()
@@ -215,7 +248,7 @@ class Supervisor:
                 await trio.sleep(delay)
         finally:
             self.state[component.name] = "stopped" if started else self.state[component.name]
-            self._running -= 1
+            self._running -= not lingers
             if self._running == 0:
                 self._all_stopped.set()
 

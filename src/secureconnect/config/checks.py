@@ -9,6 +9,8 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
+from secureconnect.netaddr import parse_address
+
 Check = Callable[[Any], "str | None"]
 MAX_WORKERS = 64  # TURN worker processes (turn.workers)
 
@@ -111,4 +113,14 @@ def backplane_url(value: str) -> str | None:
         return "names no host"
     if parts.scheme.endswith("+sentinel") and not parts.path.strip("/"):
         return "a Sentinel URL ends with the service name: redis+sentinel://HOST:PORT/SERVICE"
+    return None
+
+
+def address_list(values: tuple[str, ...]) -> str | None:
+    """Entries of ``IP:PORT`` (``[IPv6]:PORT``)."""
+    for value in values:
+        try:
+            parse_address(value)
+        except ValueError as exc:
+            return str(exc)
     return None

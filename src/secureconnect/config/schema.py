@@ -91,6 +91,14 @@ class GeneralConfig:
             "seconds to drain connections on SIGTERM before they are cut", check=checks.positive
         ),
     )
+    drain_deadline: float = field(
+        default=600.0,
+        metadata=_doc(
+            "seconds a graceful drain (secureconnect drain, SIGUSR2) lets calls in progress "
+            "go on before the process exits",
+            check=checks.positive,
+        ),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +177,29 @@ class TurnConfig:
     tls: bool = field(default=True, metadata=_doc("accept clients over TLS on tls_port"))
     tls_port: int = field(
         default=5349, metadata=_doc("TURN over TLS port", check=checks.port_or_zero)
+    )
+    alternate_servers: tuple[str, ...] = field(
+        default=(),
+        metadata=_doc(
+            "IP:PORT of other TURN nodes (UDP/TCP) a new allocation is sent to with 300 Try "
+            "Alternate when this node is busy (alternate_threshold) or draining",
+            check=checks.address_list,
+        ),
+    )
+    tls_alternate_servers: tuple[str, ...] = field(
+        default=(),
+        metadata=_doc(
+            "IP:PORT (their TLS port) of other TURN nodes for clients over TLS",
+            check=checks.address_list,
+        ),
+    )
+    alternate_threshold: int = field(
+        default=0,
+        metadata=_doc(
+            "allocations on this node before new ones go to an alternate server (shared among "
+            "turn.workers); 0: only while draining",
+            check=checks.non_negative,
+        ),
     )
     relay_addresses: tuple[str, ...] = field(
         default=(),

@@ -173,8 +173,8 @@ class HttpRoutes:
     def _health(self) -> HttpReply:
         states = dict(self.health())
         ok = all(state == "running" for state in states.values())
-        body = {"status": "ok" if ok else "degraded", "components": states}
-        return _json(200 if ok else 503, body)
+        status = "ok" if ok else "draining" if "draining" in states.values() else "degraded"
+        return _json(200 if ok else 503, {"status": status, "components": states})
 
     def origin_allowed(self, headers: Mapping[str, str]) -> bool:
         """No Origin (not a browser), the page's own origin, or one listed (``*`` for any)."""

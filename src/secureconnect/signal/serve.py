@@ -60,6 +60,8 @@ log = logging.getLogger("secureconnect.signal")
 OUTBOX = 256  # messages queued for one connection before it counts as too slow
 OUTBOX_BYTES = 1024 * 1024  # bytes queued for one connection (at least 4 maximum messages)
 TICK = 1.0
+CLOSE_GOING_AWAY = 1001  # RFC 6455 §7.4.1: "an endpoint is going away"
+DRAIN_CLOSE_SECONDS = 5.0  # for WebSockets to finish their closing handshake in a drain
 
 
 class _Close:
@@ -111,7 +113,10 @@ class SignalServer:
     _ids: itertools.count[int] = field(default_factory=itertools.count)
     _server: Any = None
     _nursery: trio.Nursery | None = None
-    _outer: trio.CancelScope | None = None
+    lingers = True  # see begin_drain
+    draining: bool = False
+    drained: trio.Event = field(default_factory=trio.Event)
+    _no_connections: trio.Event = field(default_factory=trio.Event)
     slow_closed: int = 0  # connections closed because their outbox was full
     unencodable: int = 0  # messages dropped because they could not be encoded
     duplicate_headers: int = 0  # requests answered 400 for a repeated Origin/Host/Authorization
@@ -130,7 +135,6 @@ class SignalServer:
         """Listen, report started, serve until cancelled."""
         self.wall_offset = time.time() - self.clock()
         async with trio.open_nursery() as outer:
-            self._outer = outer.cancel_scope
             run = getattr(self.hub.backplane, "run", None)
             if run is not None:  # a backplane with I/O of its own (Redis): up before we listen
                 await outer.start(run, self._from_backplane)
@@ -175,20 +179,30 @@ class SignalServer:
             task_status.started()
 
     def begin_drain(self) -> None:
-        """Close the listeners, answer handshakes still in progress 503 and say "going away"
-        (1001) to every WebSocket, then return from ``serve`` once their handlers have ended
-        and a Redis backplane has been told (the clients resume on another node)."""
-        if self._server is not None and self._nursery is not None:
-            self._nursery.start_soon(self._drain)
+        """Say "going away" (1001) to every WebSocket and refuse new ones (503), so clients
+        reconnect to another node (where a Redis backplane lets them resume); HTTP goes on, so
+        ``/healthz`` answers ``draining`` to load balancers. ``drained`` is set once the
+        WebSockets have ended and the backplane has been told; the supervisor cancels ``serve``
+        when the rest of the process is done (this component *lingers*)."""
+        if self.draining:
+            return
+        self.draining = True
+        for conn in list(self._outboxes):
+            self._dispatch([Outbound(conn, None, close=CLOSE_GOING_AWAY)])
+        if self._nursery is None:
+            self.drained.set()
+        else:
+            self._nursery.start_soon(self._finish_drain)
 
-    async def _drain(self) -> None:
-        await self._server.aclose()
+    async def _finish_drain(self) -> None:
+        with trio.move_on_after(DRAIN_CLOSE_SECONDS):
+            if self._outboxes:
+                await self._no_connections.wait()
         flush = getattr(self.hub.backplane, "flush", None)
         if flush is not None:  # the sessions' detaches reach Redis: they resume elsewhere
             with trio.move_on_after(2):
                 await flush()
-        if self._outer is not None:
-            self._outer.cancel()
+        self.drained.set()
 
     def _from_backplane(self, events: list[Event]) -> None:
         now = self.clock()
@@ -225,6 +239,8 @@ class SignalServer:
             headers[name] = value
         ip = self._client_ip(connection, request)
         reply = self.routes.respond(request.path, headers, ip)
+        if reply is None and self.draining:
+            return _response(503, "application/json", b'{"error": "draining"}')
         if reply is None:
             if not self.admission.admit_websocket(connection, ip):  # counted by the cap
                 return _response(429, "application/json", b'{"error": "too many connections"}')
@@ -253,6 +269,8 @@ class SignalServer:
             outbox.drop()
             self._dispatch(self.hub.closed(conn, self.clock()))
             self.admission.end_websocket(websocket)
+            if self.draining and not self._outboxes:
+                self._no_connections.set()
 
     async def _write(self, websocket: ServerConnection, outbox: _Outbox) -> None:
         try:

@@ -304,10 +304,9 @@ class StreamComponent:
         closed, they went idle, or the supervisor's drain timeout cancelled them).
 
         STUN runs its UDP loops in that scope: it stops answering UDP at once. TURN runs its UDP
-        data plane and its TCP/TLS clients' relays outside it: until its last TCP/TLS connection
-        has ended, every existing allocation keeps relaying, and the UDP listening sockets keep
-        answering, Allocate requests included; then (at once, if no TCP/TLS client is connected)
-        the data plane stops with ``serve`` and UDP allocations stop relaying."""
+        data plane and its TCP/TLS clients' relays outside it, and refuses or redirects new
+        allocations (``TurnServer.begin_drain``): every existing allocation keeps relaying until
+        it ends, then ``serve`` returns."""
         self._accept_scope.cancel()
 
     async def handle_stream(

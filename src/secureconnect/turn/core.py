@@ -60,6 +60,7 @@ from secureconnect.turn.auth import Authenticated, Authenticator, Silent
 from secureconnect.turn.manager import AllocationManager
 from secureconnect.turn.peerpolicy import OwnEndpoints, PeerPolicy
 from secureconnect.turn.quotas import QuotaBook, QuotaGate
+from secureconnect.turn.redirect import RedirectPolicy
 from secureconnect.turn.relaypath import (
     spend_to_peer,
     split_send_indication_untrusted,
@@ -97,13 +98,17 @@ class TurnCore:
         binding: BindingResponder | None = None,
         counters: TurnCounters | None = None,
         quotas: QuotaGate | None = None,
+        redirect: RedirectPolicy | None = None,
     ) -> None:
         """Everything the core uses comes in here and stays (h11's ``Connection`` is the
         model): ``binder`` opens and closes relay sockets (the I/O layer's data plane),
         ``own_endpoints`` are the server's bound service endpoints (never relayed to),
         ``quotas`` the quota book (a book of its own by default; the parent's, shared by every
-        worker, in a worker process)."""
+        worker, in a worker process), ``redirect`` where new allocations go (here by default)."""
         self.settings = settings
+        self.redirect = redirect or RedirectPolicy(
+            settings.alternate_servers, settings.tls_alternate_servers, settings.alternate_threshold
+        )
         self.auth = auth
         self.peers = peers
         self.own_endpoints = own_endpoints or OwnEndpoints()
@@ -240,6 +245,9 @@ class TurnCore:
         if msg.method == Method.ALLOCATE:
             if allocation is not None:
                 return self._retransmission(msg, allocation)
+            # RFC 8489 §10: an authenticated Allocate may be sent elsewhere (300) or, while
+            # draining with no alternate, refused (486); see turn/redirect.py.
+            self.redirect.check(five_tuple[0], len(self.table))
             allocation, attributes = self._allocate(msg, five_tuple, identity, now)
         else:
             # RFC 8656 §7.3, §10.2, §11.2: requests other than Allocate need an allocation.
@@ -283,7 +291,11 @@ class TurnCore:
 
     def metrics(self) -> dict[str, float]:
         """Counters and gauges for the /metrics endpoint (see ``counter_samples``)."""
-        return counter_samples(self.counters, self.table)
+        samples = counter_samples(self.counters, self.table)
+        samples["turn_allocations_redirected_total"] = self.redirect.redirected
+        samples["turn_allocations_refused_draining_total"] = self.redirect.refused
+        samples["turn_draining"] = int(self.redirect.draining)
+        return samples
 
     def close_five_tuple(self, five_tuple: FiveTuple) -> None:
         """The TCP/TLS connection of ``five_tuple`` closed: RFC 8656 §3.1 ends its allocation."""
@@ -336,7 +348,7 @@ class TurnCore:
             self.table.give_back(asks.token, reservation)
             raise
         # RFC 8656 §7.2 "the server MAY ... reject with 486 (Allocation Quota Reached)".
-        if not self._take_slots(user, source, asks.reserve, reservation):
+        if not self.allocations.take_slots(user, source, asks.reserve, reservation):
             self.table.give_back(asks.token, reservation)
             raise StunError(ErrorCode.ALLOCATION_QUOTA_REACHED)
         family = asks.family
@@ -384,23 +396,6 @@ class TurnCore:
         client_ip, client_port = five_tuple[1]
         attributes.append((A.XOR_MAPPED_ADDRESS, encode_xor_address(client_ip, client_port, tid)))
         return allocation, attributes
-
-    def _take_slots(
-        self, user: str, source: str, reserve: bool, reservation: Reservation | None
-    ) -> bool:
-        """Quota slots for a new allocation: one, or two with EVEN-PORT's R bit (the
-        reservation holds a second socket). An Allocate with a RESERVATION-TOKEN takes over the
-        reservation's slot, moved to whoever allocates with it (taken for the new holder before
-        it is given back: at the total quota exactly, a token used by someone else gets 486)."""
-        quotas = self.allocations.quotas
-        if reservation is None:
-            return quotas.take(user, source, 2 if reserve else 1)
-        if (reservation.user, reservation.source) == (user, source):
-            return True
-        if not quotas.take(user, source, 1):
-            return False
-        quotas.give(reservation.user, reservation.source, 1)
-        return True
 
     def _refresh(
         self, msg: StunMessage, allocation: Allocation, identity: Authenticated, now: float

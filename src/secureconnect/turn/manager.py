@@ -103,3 +103,20 @@ class AllocationManager:
         """Release the reservations expired by ``now`` (every one when None)."""
         for reservation in self.table.take_expired_reservations(now):
             self.release_reservation(reservation)
+
+    def take_slots(
+        self, user: str, source: str, reserve: bool, reservation: Reservation | None
+    ) -> bool:
+        """Quota slots for a new allocation: one, or two with EVEN-PORT's R bit (the
+        reservation holds a second socket). An Allocate with a RESERVATION-TOKEN takes over the
+        reservation's slot, moved to whoever allocates with it (taken for the new holder before
+        it is given back: at the total quota exactly, a token used by someone else gets 486)."""
+        quotas = self.quotas
+        if reservation is None:
+            return quotas.take(user, source, 2 if reserve else 1)
+        if (reservation.user, reservation.source) == (user, source):
+            return True
+        if not quotas.take(user, source, 1):
+            return False
+        quotas.give(reservation.user, reservation.source, 1)
+        return True

@@ -64,7 +64,7 @@ from secureconnect.turn.settings import counter_samples
 from secureconnect.turn.udpplane import UdpDataPlane
 
 STREAM_QUEUE_BYTES = 256 * 1024  # bytes queued to one TCP/TLS client before drops
-TICK = 1.0  # seconds between expiry passes
+TICK = 1.0  # seconds between expiry passes (and looks for the last allocation in a drain)
 
 
 class StreamOutbox:
@@ -181,6 +181,8 @@ class TurnServer(StreamComponent):
     #: the core of the running server, built by :meth:`serve` once bound (kept after it ends,
     #: for its tables' last state)
     core: TurnCore | None = field(default=None, init=False)
+    #: a drain has begun and the last allocation has ended (``serve`` may return)
+    _no_allocations: trio.Event = field(default_factory=trio.Event, init=False)
     udp: UdpDataPlane = field(init=False)
 
     def __post_init__(self) -> None:
@@ -237,12 +239,24 @@ class TurnServer(StreamComponent):
                             # (UDP only: turn.tcp and turn.tls off, or a UDP worker).
                             nursery.start_soon(trio.sleep_forever)
                             task_status.started()
+                # Drained: no new client is accepted and new allocations are redirected or
+                # refused (turn/redirect.py); those that exist relay until they end.
+                await self._no_allocations.wait()  # set by the tick loop
                 relays.cancel_scope.cancel()
         finally:
             self._relays = None
             self.udp.stop()  # the loop has returned already, unless serve failed before it ran
             self.udp.shutdown()
             await sockets.aclose()
+
+    def begin_drain(self) -> None:
+        """Stop accepting TCP/TLS clients and new allocations (redirected with 300 to an
+        alternate server, or refused with 486); ``serve`` returns once the allocations that
+        exist have ended (their clients deleted them, stopped refreshing, or closed their
+        connection), or when the supervisor's drain deadline cancels it."""
+        if self.core is not None:
+            self.core.redirect.draining = True
+        super().begin_drain()
 
     async def _run_plane(self, plane: EpollThread) -> None:
         """Run the data-plane thread until this task is cancelled, then stop it and wait for
@@ -354,6 +368,8 @@ class TurnServer(StreamComponent):
                     core.handle_timeout(self.clock())
                 except Exception:  # a bug costs one tick, never every allocation
                     self.udp.packet_failed()
+                if core.redirect.draining and not len(core.table):
+                    self._no_allocations.set()
             await trio.sleep(TICK)
 
     # -- TCP and TLS clients ---------------------------------------------------------------

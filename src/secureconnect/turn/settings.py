@@ -32,6 +32,11 @@ class TurnSettings:
     permission_lifetime: int = 300  # RFC 8656 §9: 300 seconds
     channel_lifetime: int = 600  # RFC 8656 §12: 10 minutes
     reservation_lifetime: int = 30  # RFC 8656 §7.2: "approximately 30 seconds"
+    # Where new allocations go when this node is busy or draining (turn/redirect.py); the
+    # operator's values come from [turn] like the rest, defaults here keep tests' settings short.
+    alternate_servers: tuple[Address, ...] = ()
+    tls_alternate_servers: tuple[Address, ...] = ()
+    alternate_threshold: int = 0  # allocations held here before redirecting; 0: never
 
     def relay_ip(self, family: int) -> str | None:
         """The local relay address for IP version ``family`` (None: not served)."""

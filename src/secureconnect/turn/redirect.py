@@ -1,0 +1,66 @@
+"""Where a new allocation goes: here, to an alternate server (300 Try Alternate), or nowhere
+(486). RFC 8489 §10 and RFC 8656 §7.2 (sans-IO).
+
+``turn.alternate_servers`` (UDP and TCP clients) and ``turn.tls_alternate_servers`` (TLS
+clients, on the alternates' TLS port) list where to send them, in turn. An Allocate is
+redirected:
+
+* always while the node drains (a rolling upgrade): to an alternate, or refused with 486
+  (Allocation Quota Reached) when none is configured for the client's transport;
+* when this node holds ``turn.alternate_threshold`` allocations or more (0: never), if an
+  alternate is configured; otherwise it is served here as usual.
+
+The redirect is decided after the request has authenticated, and the 300 carries
+MESSAGE-INTEGRITY like any authenticated answer: RFC 8489 §10 asks clients to trust an
+ALTERNATE-SERVER only from an authenticated response, so an attacker who can inject packets but
+does not hold the credential cannot move the client (docs/cluster.md). Allocations that exist
+are never moved: Refresh, CreatePermission, ChannelBind and data keep working on this node
+until they end.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from secureconnect.netaddr import Address
+from secureconnect.stun.attributes import encode_address
+from secureconnect.stun.constants import AttrType as A
+from secureconnect.stun.constants import ErrorCode
+from secureconnect.stun.message import StunError
+
+
+@dataclass
+class RedirectPolicy:
+    """The policy of the module docstring; ``draining`` is set by the component's drain."""
+
+    alternates: tuple[Address, ...] = ()
+    tls_alternates: tuple[Address, ...] = ()
+    threshold: int = 0
+    draining: bool = False
+    redirected: int = 0
+    refused: int = 0
+    _turn: dict[bool, int] = field(default_factory=lambda: {False: 0, True: 0})
+
+    def check(self, transport: str, allocations: int) -> None:
+        """Raise the 300 or the 486 for an Allocate over ``transport`` while ``allocations``
+        exist here; return when it is to be served here."""
+        tls = transport == "tls"
+        choices = self.tls_alternates if tls else self.alternates
+        busy = bool(self.threshold) and allocations >= self.threshold
+        if not (self.draining or busy):
+            return
+        if not choices:
+            if not self.draining:
+                return  # over the threshold with nowhere to send it: serve it here
+            self.refused += 1
+            # RFC 8656 §7.2: "the server MAY ... reject with 486 (Allocation Quota Reached)".
+            raise StunError(ErrorCode.ALLOCATION_QUOTA_REACHED, "this server is draining")
+        index = self._turn[tls] % len(choices)
+        self._turn[tls] = index + 1
+        ip, port = choices[index]
+        self.redirected += 1
+        # RFC 8489 §10: "the server ... generates an error response with an error code of 300
+        # (Try Alternate) ... MUST include an ALTERNATE-SERVER attribute".
+        raise StunError(
+            ErrorCode.TRY_ALTERNATE, attributes=((A.ALTERNATE_SERVER, encode_address(ip, port)),)
+        )
