@@ -349,6 +349,14 @@ class NonceMint:
         """A mint with a fresh 256-bit key: nonces from earlier processes become stale."""
         return cls(_secrets.token_bytes(32), lifetime, skew=skew)
 
+    @classmethod
+    def shared(cls, secret: str, lifetime: float = 600.0, *, skew: float = 2.0) -> NonceMint:
+        """A mint whose key derives from the TURN shared ``secret``: every node started with the
+        same newest secret accepts the others' nonces, so a client sent to another node by 300
+        Try Alternate goes on with the nonce it has (libwebrtc does; docs/cluster.md)."""
+        key = hmac.new(secret.encode("utf-8"), b"secureconnect nonce key v1", hashlib.sha256)
+        return cls(key.digest(), lifetime, skew=skew)
+
     def __repr__(self) -> str:
         return f"NonceMint(lifetime={self._lifetime_ms / 1000.0}, skew={self._skew_ms / 1000.0})"
 

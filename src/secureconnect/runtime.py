@@ -134,6 +134,8 @@ def prepare_runtime(config: Config, config_path: Path | None, *, tls: bool = Tru
             store, state_dir, config.tls.server_names, generated=generated
         )
     runtime = Runtime(config, config_path, state_dir, certificate, CredentialMinter(secrets))
+    if secrets:  # nodes sharing the secret share nonces (ALTERNATE-SERVER, docs/cluster.md)
+        runtime.nonces = NonceMint.shared(secrets[0])
     if config.signal.auth == "token":
         runtime.room_tokens = RoomTokens(load_room_secrets(config, config_path))
     return runtime

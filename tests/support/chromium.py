@@ -4,9 +4,12 @@ the install hint; it never skips. On pytest's pythonpath as ``chromium``."""
 
 from __future__ import annotations
 
+import shlex
 import shutil
+import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -36,8 +39,12 @@ CHROMIUM_FLAGS = [
 
 
 @contextmanager
-def launch_chromium(extra_flags: Sequence[str] = ()) -> Iterator[Browser]:
-    """A headless Chromium with :data:`CHROMIUM_FLAGS` (and ``extra_flags``), closed after."""
+def launch_chromium(
+    extra_flags: Sequence[str] = (), wrapper: Sequence[str] = ()
+) -> Iterator[Browser]:
+    """A headless Chromium with :data:`CHROMIUM_FLAGS` (and ``extra_flags``), closed after.
+    ``wrapper`` runs it through another command (``ip netns exec NS``: Playwright drives it
+    over pipes, so the browser's network can be a namespace's)."""
     executable = shutil.which("chromium")
     if executable is None:
         pytest.fail(f"chromium is not installed: {INSTALL_HINT}", pytrace=False)
@@ -46,7 +53,15 @@ def launch_chromium(extra_flags: Sequence[str] = ()) -> Iterator[Browser]:
         from playwright.sync_api import sync_playwright  # noqa: PLC0415
     except ImportError:
         pytest.fail(f"the Playwright Python package is missing: {INSTALL_HINT}", pytrace=False)
-    with sync_playwright() as playwright:
+    with (
+        tempfile.TemporaryDirectory(prefix="chromium-") as scratch,
+        sync_playwright() as playwright,
+    ):
+        if wrapper:
+            script = Path(scratch) / "chromium"
+            script.write_text(f'#!/bin/sh\nexec {shlex.join([*wrapper, executable])} "$@"\n')
+            script.chmod(0o755)
+            executable = str(script)
         launched = playwright.chromium.launch(
             executable_path=executable, args=[*CHROMIUM_FLAGS, *extra_flags], timeout=30_000
         )

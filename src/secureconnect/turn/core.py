@@ -60,7 +60,7 @@ from secureconnect.turn.auth import Authenticated, Authenticator, Silent
 from secureconnect.turn.manager import AllocationManager
 from secureconnect.turn.peerpolicy import OwnEndpoints, PeerPolicy
 from secureconnect.turn.quotas import QuotaBook, QuotaGate
-from secureconnect.turn.redirect import RedirectPolicy
+from secureconnect.turn.redirect import REFUSE, RedirectPolicy, redirect_error
 from secureconnect.turn.relaypath import (
     spend_to_peer,
     split_send_indication_untrusted,
@@ -247,7 +247,13 @@ class TurnCore:
                 return self._retransmission(msg, allocation)
             # RFC 8489 §10: an authenticated Allocate may be sent elsewhere (300) or, while
             # draining with no alternate, refused (486); see turn/redirect.py.
-            self.redirect.check(five_tuple[0], len(self.table))
+            alternate = self.redirect.decide(five_tuple[0], len(self.table))
+            if alternate is not None:
+                if alternate == REFUSE:
+                    self.counters.allocations_refused_draining += 1
+                else:
+                    self.counters.allocations_redirected += 1
+                raise redirect_error(alternate)
             allocation, attributes = self._allocate(msg, five_tuple, identity, now)
         else:
             # RFC 8656 §7.3, §10.2, §11.2: requests other than Allocate need an allocation.
@@ -291,11 +297,7 @@ class TurnCore:
 
     def metrics(self) -> dict[str, float]:
         """Counters and gauges for the /metrics endpoint (see ``counter_samples``)."""
-        samples = counter_samples(self.counters, self.table)
-        samples["turn_allocations_redirected_total"] = self.redirect.redirected
-        samples["turn_allocations_refused_draining_total"] = self.redirect.refused
-        samples["turn_draining"] = int(self.redirect.draining)
-        return samples
+        return counter_samples(self.counters, self.table)
 
     def close_five_tuple(self, five_tuple: FiveTuple) -> None:
         """The TCP/TLS connection of ``five_tuple`` closed: RFC 8656 §3.1 ends its allocation."""

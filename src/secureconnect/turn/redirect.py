@@ -21,12 +21,16 @@ until they end.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Final
 
 from secureconnect.netaddr import Address
 from secureconnect.stun.attributes import encode_address
 from secureconnect.stun.constants import AttrType as A
 from secureconnect.stun.constants import ErrorCode
 from secureconnect.stun.message import StunError
+
+#: :meth:`RedirectPolicy.decide`'s answer for "refuse it" (486)
+REFUSE: Final = ("", 0)
 
 
 @dataclass
@@ -37,30 +41,30 @@ class RedirectPolicy:
     tls_alternates: tuple[Address, ...] = ()
     threshold: int = 0
     draining: bool = False
-    redirected: int = 0
-    refused: int = 0
     _turn: dict[bool, int] = field(default_factory=lambda: {False: 0, True: 0})
 
-    def check(self, transport: str, allocations: int) -> None:
-        """Raise the 300 or the 486 for an Allocate over ``transport`` while ``allocations``
-        exist here; return when it is to be served here."""
+    def decide(self, transport: str, allocations: int) -> Address | None:
+        """For an Allocate over ``transport`` while ``allocations`` exist here: None to serve
+        it here, :data:`REFUSE`, or the alternate server to name (each in turn)."""
         tls = transport == "tls"
         choices = self.tls_alternates if tls else self.alternates
         busy = bool(self.threshold) and allocations >= self.threshold
         if not (self.draining or busy):
-            return
+            return None
         if not choices:
-            if not self.draining:
-                return  # over the threshold with nowhere to send it: serve it here
-            self.refused += 1
-            # RFC 8656 §7.2: "the server MAY ... reject with 486 (Allocation Quota Reached)".
-            raise StunError(ErrorCode.ALLOCATION_QUOTA_REACHED, "this server is draining")
+            # Over the threshold with nowhere to send it: served here; draining: refused.
+            return REFUSE if self.draining else None
         index = self._turn[tls] % len(choices)
         self._turn[tls] = index + 1
-        ip, port = choices[index]
-        self.redirected += 1
-        # RFC 8489 §10: "the server ... generates an error response with an error code of 300
-        # (Try Alternate) ... MUST include an ALTERNATE-SERVER attribute".
-        raise StunError(
-            ErrorCode.TRY_ALTERNATE, attributes=((A.ALTERNATE_SERVER, encode_address(ip, port)),)
-        )
+        return choices[index]
+
+
+def redirect_error(alternate: Address) -> StunError:
+    """The error for :meth:`RedirectPolicy.decide`'s answer: 486 or 300 naming ``alternate``."""
+    if alternate == REFUSE:
+        # RFC 8656 §7.2: "the server MAY ... reject with 486 (Allocation Quota Reached)".
+        return StunError(ErrorCode.ALLOCATION_QUOTA_REACHED, "this server is draining")
+    # RFC 8489 §10: "the server ... generates an error response with an error code of 300
+    # (Try Alternate) ... MUST include an ALTERNATE-SERVER attribute".
+    value = encode_address(*alternate)
+    return StunError(ErrorCode.TRY_ALTERNATE, attributes=((A.ALTERNATE_SERVER, value),))

@@ -311,6 +311,7 @@ class TurnServer(StreamComponent):
             counters = dataclasses.replace(self.counters, relay=self.udp.relay_counters())
             samples = counter_samples(counters, table)
             samples["turn_send_errors_total"] = self.udp.total_send_errors()
+            samples["turn_draining"] = int(core is not None and core.redirect.draining)
         samples["turn_packet_errors_total"] = self.udp.packet_errors
         samples['turn_relay_dropped_total{reason="slow_client"}'] = self.dropped_slow_client
         samples.update(self.stream_counters.samples("turn_stream"))

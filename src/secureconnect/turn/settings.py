@@ -72,6 +72,8 @@ class TurnCounters:
     dropped_auth_backoff: int = 0  # password-guessing backoff (turn.auth.GuessThrottle)
     dropped_indications: int = 0
     allocations_created: int = 0
+    allocations_redirected: int = 0  # 300 Try Alternate (turn/redirect.py)
+    allocations_refused_draining: int = 0  # 486 while draining with no alternate
     allocations_deleted: int = 0
     allocations_expired: int = 0
     peers_refused: int = 0
@@ -103,6 +105,8 @@ def counter_samples(counters: TurnCounters, table: AllocationTable) -> dict[str,
         "turn_allocations_created_total": counters.allocations_created,
         "turn_allocations_deleted_total": counters.allocations_deleted,
         "turn_allocations_expired_total": counters.allocations_expired,
+        "turn_allocations_redirected_total": counters.allocations_redirected,
+        "turn_allocations_refused_draining_total": counters.allocations_refused_draining,
         "turn_peers_refused_total": counters.peers_refused,
         'turn_dropped_total{reason="not_stun"}': counters.dropped_not_stun,
         'turn_dropped_total{reason="unauthorized_rate"}': counters.dropped_unauthorized_rate,
