@@ -46,8 +46,11 @@ authentication cannot be exhausted by unauthenticated traffic. `NonceMint.issue`
 ``base64url(timestamp_ms[6] || HMAC-SHA256(key, features || timestamp_ms || client_ip)[:12])``,
 24 ASCII characters that encode no secret, and `NonceMint.check` recomputes the MAC: a nonce that is
 malformed, forged, issued to another client address, older than ``lifetime`` or too far in the
-future is rejected, which the server answers with 438 Stale Nonce (RFC 8489 §9.2.4). The key is
-random per process (`NonceMint.random`); workers that share a listening port must share the key.
+future is rejected, which the server answers with 438 Stale Nonce (RFC 8489 §9.2.4). The key
+derives from the newest TURN shared secret (`NonceMint.shared`), so every node and process
+started with that secret accepts the others' nonces (a client moved by 300 Try Alternate keeps its
+nonce, docs/cluster.md); `NonceMint.random` is a key of one process's own. Workers that share a
+listening port must share the key.
 
 With ``features != 0`` the nonce starts with RFC 8489 §9.2's nonce cookie: ``"obMatJos2"`` followed
 by the 24-bit Security Feature Set in 4 base64 characters, then the MAC'd body. The feature bits are
