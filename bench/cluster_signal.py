@@ -64,6 +64,7 @@ def node(workdir: Path, index: int, backplane: str) -> Iterator[Server]:
         "signal.tls=false",
         f"signal.max_connections_per_ip={MAX_CONNECTIONS + 100}",
         f"signal.max_connections={MAX_CONNECTIONS * 2}",
+        "signal.max_pending_handshakes_per_ip=1000",  # the benchmark's 50 handshakes at once
         "signal.rate_limit=1000000",
         "signal.max_room_size=1000",
         "turn.enabled=false",
