@@ -12,7 +12,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -22,13 +22,14 @@ from appliance import free_port, stop_process
 class RedisServer:
     """One ``redis-server`` process on 127.0.0.1; see the module docstring."""
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, extra: Sequence[str] = ()) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise AssertionError("redis-server is missing: run scripts/install-system-deps.sh")
         self.binary = binary
         self.workdir = workdir
         self.port = port or free_port(socket.SOCK_STREAM)
+        self.extra = tuple(extra)  # more redis-server options (TLS, a Sentinel's config)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -49,6 +50,7 @@ class RedisServer:
                 "no",
                 "--dir",
                 str(self.workdir),
+                *self.extra,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

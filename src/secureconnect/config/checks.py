@@ -92,7 +92,7 @@ def non_negative(value: float) -> str | None:
 
 
 _NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
-BACKPLANE_SCHEMES = ("redis", "rediss", "redis+sentinel", "rediss+sentinel")
+BACKPLANE_SCHEMES = ("redis", "rediss", "redis+sentinel")
 
 
 def name(value: str) -> str | None:

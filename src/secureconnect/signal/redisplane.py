@@ -33,10 +33,11 @@ import secrets
 import socket
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import trio
 
@@ -66,7 +67,6 @@ EARLY_MAX = 4096
 CONVERGE_SECONDS = 3.0  # after a reconnect: other nodes restore their sessions meanwhile
 BACKOFF = (0.1, 2.0)  # first and longest pause between reconnection attempts
 UNAVAILABLE = "unavailable"
-SCHEMES = ("redis", "rediss", "redis+sentinel", "rediss+sentinel")
 
 
 class BackplaneUnavailable(Exception):
@@ -95,26 +95,34 @@ class BackplaneStats:
     cluster_buffered_bytes: int = 0
 
 
-def redis_client(url: str, timeout: float) -> Any:
-    """A coredis client for ``url`` (``redis://``, ``rediss://``, or
+@asynccontextmanager
+async def redis_client(url: str, seconds: float) -> AsyncIterator[Any]:
+    """A connected coredis client for ``url`` (``redis://``, ``rediss://``, or
     ``redis+sentinel://HOST:PORT[,HOST:PORT...]/SERVICE`` for the primary Sentinel names)."""
     import coredis  # noqa: PLC0415 - only a node with a Redis backplane needs it
     from coredis.retry import NoRetryPolicy  # noqa: PLC0415
 
     options: dict[str, Any] = {
-        "stream_timeout": timeout,
-        "connect_timeout": timeout,
+        "stream_timeout": seconds,
+        "connect_timeout": seconds,
         "decode_responses": False,
         "retry_policy": NoRetryPolicy(),
     }
     parts = urlsplit(url)
-    if parts.scheme.endswith("+sentinel"):
-        hosts = [h.rsplit(":", 1) for h in parts.netloc.rsplit("@", 1)[-1].split(",")]
-        sentinel = coredis.Sentinel(
-            [(h, int(p)) for h, p in hosts], ssl=parts.scheme.startswith("rediss"), **options
-        )
-        return sentinel.primary_for(parts.path.strip("/"), **options)
-    return coredis.Redis.from_url(url, **options)
+    if not parts.scheme.endswith("+sentinel"):
+        async with coredis.Redis.from_url(url, **options) as client:
+            yield client
+        return
+    credentials, _, hosts = parts.netloc.rpartition("@")
+    sentinels = [(host, int(port)) for host, port in (h.rsplit(":", 1) for h in hosts.split(","))]
+    if credentials:
+        user, _, password = credentials.partition(":")
+        options.update(username=unquote(user) or None, password=unquote(password) or None)
+    async with (
+        coredis.Sentinel(sentinels, **options) as sentinel,
+        sentinel.primary_for(parts.path.strip("/")) as client,
+    ):
+        yield client
 
 
 class RedisBackplane:
@@ -255,8 +263,7 @@ class RedisBackplane:
 
     async def _connected(self, first: bool, task_status: trio.TaskStatus[None]) -> None:
         """One connection's life: scripts loaded, channel subscribed, until it is lost."""
-        client = redis_client(self.url, self.timeout)
-        async with client:
+        async with redis_client(self.url, self.timeout) as client:
             with trio.fail_after(self.timeout * 2):
                 await client.ping()
                 for name in redis_lua.SCRIPTS:
