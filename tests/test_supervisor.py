@@ -115,6 +115,73 @@ async def test_second_shutdown_request_skips_the_drain(
     assert trio.current_time() - t0 < 2
 
 
+class Lingering(Probe):
+    """A component that serves on after its drain (signaling: /healthz must keep answering)
+    and says when its own part of the drain is done."""
+
+    lingers = True
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name, drains=False)
+        self.drained = trio.Event()
+
+    def begin_drain(self) -> None:
+        self.drained.set()
+
+
+async def test_graceful_drain_waits_for_calls_then_cancels_the_lingering(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """request_drain (SIGUSR2): every state says draining, the drain waits up to
+    drain_deadline (not drain_timeout) for the components that finish on their own, and the
+    lingering one is cancelled once they have."""
+    turn = Probe("turn", drains=False)  # its calls go on
+    signal = Lingering("signal")
+    supervisor = Supervisor([turn, signal], drain_timeout=1.0, drain_deadline=50.0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(supervisor.run)
+        t0 = trio.current_time()
+        supervisor.request_drain()
+        await trio.sleep(10)
+        assert supervisor.state == {"turn": "draining", "signal": "draining"}
+        supervisor.request_drain()  # a second request changes nothing
+        await trio.sleep(10)
+        assert supervisor.state["turn"] == "draining"
+    assert 50.0 <= trio.current_time() - t0 < 50.1  # the deadline, not drain_timeout
+    assert supervisor.state == {"turn": "stopped", "signal": "stopped"}
+
+
+async def test_drain_ends_when_the_last_non_lingering_component_does(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    polite, signal = Probe("turn"), Lingering("signal")
+    supervisor = Supervisor([polite, signal], drain_deadline=50.0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(supervisor.run)
+        t0 = trio.current_time()
+        supervisor.request_drain()
+    assert trio.current_time() - t0 < 1
+    only_lingering = Supervisor([Lingering("signal")], drain_deadline=50.0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(only_lingering.run)
+        t0 = trio.current_time()
+        only_lingering.request_shutdown()
+    assert trio.current_time() - t0 < 1
+
+
+async def test_shutdown_during_a_graceful_drain_stops_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    supervisor = Supervisor([Probe("turn", drains=False)], drain_deadline=600.0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(supervisor.run)
+        t0 = trio.current_time()
+        supervisor.request_drain()
+        await trio.sleep(5)
+        supervisor.request_shutdown()
+    assert trio.current_time() - t0 < 6
+
+
 async def test_reload_runs_hooks_and_survives_a_failing_one(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -447,11 +447,14 @@ class SignalConfig:
         metadata=_doc("seconds the TURN credentials handed to a peer live", check=checks.ttl),
     )
     backplane: str = field(
+        repr=False,  # may hold a password: never in a repr or a traceback
         default="",
         metadata=_doc(
             "where rooms live: empty for this process's memory; redis://HOST:PORT/DB, "
             "rediss:// (TLS) or redis+sentinel://HOST:PORT,HOST:PORT/SERVICE to share them with "
-            "every node using the same Redis (docs/cluster.md)",
+            "every node using the same Redis (docs/cluster.md); a password in it is masked "
+            "when printed",
+            secret=True,
             check=checks.backplane_url,
         ),
     )

@@ -3,15 +3,9 @@
 Each directory change is one Lua script (:mod:`~secureconnect.signal.redis_lua`), run in the
 order the hub asked for it by one task, so a sender's messages keep their order. What a node
 must hand to its connections comes on its own pub/sub channel. This module is the I/O: it turns
-the hub's calls into scripts, replies and channel messages into backplane events
-(:mod:`~secureconnect.signal.backplane`), and keeps a *mirror* of the sessions attached here:
-
-* each local session's room, epoch, resume secret's hash, the highest ``seq`` it was handed and
-  the peers it was told about (so a ``peer-joined``/``peer-left`` reaches it once, whichever of
-  the join's reply and the channel message comes first);
-* deliveries for a peer whose join reply has not been read yet wait a few seconds
-  (:data:`EARLY_SECONDS`, at most :data:`EARLY_MAX` of them): the reply and the channel are two
-  connections, and either may be read first.
+the hub's calls into scripts and their replies into backplane events
+(:mod:`~secureconnect.signal.backplane`); the channel's messages become events in the node's
+:class:`~secureconnect.signal.mirror.Mirror` of its sessions (sans-IO).
 
 Redis trouble is not an outage (docs/cluster.md). Unreachable at start: :meth:`run` raises
 :class:`BackplaneUnavailable` naming the URL, before the component reports started. Lost while
@@ -35,7 +29,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -58,12 +52,11 @@ from secureconnect.signal.backplane import (
     unknown_peer,
 )
 from secureconnect.signal.messages import encode
+from secureconnect.signal.mirror import LocalSession, Mirror
 
 log = logging.getLogger("secureconnect.signal.backplane")
 HEARTBEAT = 1.0  # seconds between a node's heartbeats
 NODE_TTL = 3.0  # a node silent this long is dead: its sessions are away since its last beat
-EARLY_SECONDS = 5.0
-EARLY_MAX = 4096
 CONVERGE_SECONDS = 3.0  # after a reconnect: other nodes restore their sessions meanwhile
 BACKOFF = (0.1, 2.0)  # first and longest pause between reconnection attempts
 UNAVAILABLE = "unavailable"
@@ -71,17 +64,6 @@ UNAVAILABLE = "unavailable"
 
 class BackplaneUnavailable(Exception):
     """Redis could not be reached when the signaling component started."""
-
-
-@dataclass(slots=True)
-class _Local:
-    """A session attached on this node (the mirror of the module docstring)."""
-
-    room: str
-    epoch: int
-    resume_sha: str
-    seq: int = 0
-    known: set[str] = field(default_factory=set)
 
 
 @dataclass(slots=True)
@@ -93,6 +75,16 @@ class BackplaneStats:
     local_routes: int = 0  # delivered here while Redis was unreachable
     cluster_away: int = 0
     cluster_buffered_bytes: int = 0
+
+
+def redacted(url: str) -> str:
+    """``url`` with its password (if any) replaced by ``***``."""
+    parts = urlsplit(url)
+    credentials, at, hosts = parts.netloc.rpartition("@")
+    if not at or ":" not in credentials:
+        return url
+    user = credentials.split(":", 1)[0]
+    return parts._replace(netloc=f"{user}:***@{hosts}").geturl()
 
 
 @asynccontextmanager
@@ -140,6 +132,7 @@ class RedisBackplane:
         report: Callable[[], dict[str, Any]] = dict,
     ) -> None:
         self.url = url
+        self.shown_url = redacted(url)  # for logs and errors: no password
         self.limits = limits
         self.prefix = "{" + prefix + "}:"
         self.node = node or f"{socket.gethostname()}-{secrets.token_hex(4)}"
@@ -149,8 +142,7 @@ class RedisBackplane:
         self.counters = DirectoryCounters()
         self.stats = BackplaneStats()
         self.nodes: dict[str, dict[str, Any]] = {}  # live nodes' load reports
-        self.local: dict[str, _Local] = {}
-        self._early: deque[tuple[float, str, Message]] = deque()
+        self.mirror = Mirror()
         self._commands: deque[tuple[str, tuple[Any, ...]]] = deque()
         self._wake = trio.Event()
         self._idle = trio.Event()  # set while no command waits or runs
@@ -171,31 +163,26 @@ class RedisBackplane:
         self._submit("route", conn, sender, room, target, message)
 
     def leave(self, peer: str, epoch: int) -> list[Event] | None:
-        local = self.local.get(peer)
-        if local is not None and local.epoch == epoch:
-            del self.local[peer]
+        local = self.mirror.remove(peer, epoch)
+        if local is not None:
             self._submit("leave", peer, epoch, local)
         return None
 
     def detach(self, peer: str, epoch: int, now: float) -> list[Event] | None:
-        local = self.local.get(peer)
-        if local is not None and local.epoch == epoch:
-            del self.local[peer]
+        if self.mirror.remove(peer, epoch) is not None:
             self._submit("detach", peer, epoch)
         return None
 
     def tick(self, now: float) -> list[Event] | None:
         """Grace periods run in Redis (:meth:`_beat`); here, early deliveries are forgotten."""
-        horizon = time.monotonic() - EARLY_SECONDS
-        while self._early and self._early[0][0] < horizon:
-            self._early.popleft()
+        self.mirror.forget_early(time.monotonic())
         return None
 
     def metrics(self) -> dict[str, float]:
         stats = self.stats
         return {
-            "signal_rooms": len({local.room for local in self.local.values()}),
-            "signal_sessions": len(self.local),
+            "signal_rooms": len(self.mirror.rooms),
+            "signal_sessions": len(self.mirror.sessions),
             "signal_sessions_away": stats.cluster_away,
             "signal_buffered_bytes": stats.cluster_buffered_bytes,
             "signal_backplane_up": int(stats.up),
@@ -250,7 +237,9 @@ class RedisBackplane:
                 await self._connected(first, task_status)
             except Exception as exc:
                 if not self._started:
-                    raise BackplaneUnavailable(f"signal.backplane {self.url!r}: {exc}") from exc
+                    raise BackplaneUnavailable(
+                        f"signal.backplane {self.shown_url!r}: {exc}"
+                    ) from exc
                 self._lost(exc)
                 log.info("backplane-reconnect-failed", extra=fields(error=repr(exc)[:200]))
             else:
@@ -281,7 +270,7 @@ class RedisBackplane:
                     self._started = True
                 else:
                     self.stats.reconnects += 1
-                    log.warning("backplane-reconnected", extra=fields(url=self.url))
+                    log.warning("backplane-reconnected", extra=fields(url=self.shown_url))
                     nursery.start_soon(self._converge_later)
                 await self._down.wait()
                 nursery.cancel_scope.cancel()
@@ -303,7 +292,7 @@ class RedisBackplane:
 
     def _lost(self, exc: BaseException) -> None:
         if self.stats.up:
-            log.warning("backplane-down", extra=fields(url=self.url, error=repr(exc)[:200]))
+            log.warning("backplane-down", extra=fields(url=self.shown_url, error=repr(exc)[:200]))
         self.stats.up = False
         self.stats.errors += 1
         self._down.set()
@@ -401,14 +390,13 @@ class RedisBackplane:
             secret = resume or ""
         else:
             replay, peers, secret = (), tuple(_text(p) for p in reply[3:]), new_resume
-        local = _Local(room, epoch, _sha(secret), known=set(peers))
+        local = LocalSession(room, epoch, _sha(secret), known=set(peers))
         for text in replay:
             local.seq = max(local.seq, _seq_of(text))
-        self.local[peer] = local
         events: list[Event] = [
             Welcome(conn, peer, room, secret, status == "resumed", peers, replay, epoch)
         ]
-        events += self._early_for(peer, local)
+        events += self.mirror.add(peer, local, time.monotonic())
         return events
 
     async def _redis_route(
@@ -441,7 +429,7 @@ class RedisBackplane:
             self.counters.signals_buffered += 1
         return []
 
-    async def _redis_leave(self, peer: str, epoch: int, local: _Local) -> list[Event]:
+    async def _redis_leave(self, peer: str, epoch: int, local: LocalSession) -> list[Event]:
         await self._script("leave", peer, epoch)
         return []
 
@@ -457,15 +445,15 @@ class RedisBackplane:
     def _local_route(
         self, conn: int, sender: str, room: str, target: str, message: Message
     ) -> list[Event]:
-        local = self.local.get(target)
+        local = self.mirror.sessions.get(target)
         if local is None or local.room != room or target == sender:
             return [Refused(conn, UNAVAILABLE, "that peer is out of reach for now", "signal")]
         self.stats.local_routes += 1
         return [Deliver(target, message)]
 
-    def _local_leave(self, peer: str, epoch: int, local: _Local) -> list[Event]:
+    def _local_leave(self, peer: str, epoch: int, local: LocalSession) -> list[Event]:
         left = {"type": "peer-left", "peer": peer}
-        return self._membership(local.room, peer, left)
+        return self.mirror.membership(local.room, peer, left)
 
     def _local_detach(self, peer: str, epoch: int) -> list[Event]:
         return []  # restored or detached when Redis answers again (:meth:`_restore`)
@@ -478,64 +466,9 @@ class RedisBackplane:
         except (TypeError, ValueError):
             self.stats.errors += 1
             return
-        events: list[Event] = []
-        if "d" in message:
-            peer = str(message["d"])
-            local = self.local.get(peer)
-            if local is None:
-                self._early.append((time.monotonic(), peer, message["m"]))
-                if len(self._early) > EARLY_MAX:
-                    self._early.popleft()
-            else:
-                events = self._signal_for(peer, local, message["m"])
-        elif "n" in message:
-            events = self._membership(str(message["n"]), str(message["p"]), message["m"])
-            self._early.append((time.monotonic(), "", message))
-        elif "x" in message:
-            peer, epoch = str(message["x"]), int(message["e"])
-            local = self.local.get(peer)
-            if local is not None and local.epoch == epoch:
-                del self.local[peer]
-                events = [Replaced(peer, epoch)]
+        events = self.mirror.channel(message, time.monotonic())
         if events:
             self._deliver(events)
-
-    def _signal_for(self, peer: str, local: _Local, message: Message) -> list[Event]:
-        seq = message.get("seq")
-        if isinstance(seq, int):
-            if seq <= local.seq:
-                return []  # in the join's replay already
-            local.seq = seq
-        return [Deliver(peer, message)]
-
-    def _membership(self, room: str, subject: str, message: Message) -> list[Event]:
-        """``peer-joined``/``peer-left`` of ``subject`` for each local session of ``room`` that
-        has not been told yet."""
-        joined = message.get("type") == "peer-joined"
-        events: list[Event] = []
-        for peer, local in self.local.items():
-            if local.room != room or peer == subject or (subject in local.known) == joined:
-                continue
-            if joined:
-                local.known.add(subject)
-            else:
-                local.known.discard(subject)
-            events.append(Deliver(peer, message))
-        return events
-
-    def _early_for(self, peer: str, local: _Local) -> list[Event]:
-        """What the channel brought before this join's reply was read."""
-        events: list[Event] = []
-        for _, target, message in self._early:
-            if target == peer:
-                events += self._signal_for(peer, local, message)
-            elif not target and message["n"] == local.room:
-                subject = str(message["p"])
-                joined = message["m"].get("type") == "peer-joined"
-                if subject != peer and (subject in local.known) != joined:
-                    (local.known.add if joined else local.known.discard)(subject)
-                    events.append(Deliver(peer, message["m"]))
-        return events
 
     # -- after a reconnect ------------------------------------------------------------------
 
@@ -543,19 +476,19 @@ class RedisBackplane:
         """Every local session attached here again; sessions Redis holds for this node that are
         no longer here go away (their grace period starts now)."""
         events: list[Event] = []
-        for peer, local in list(self.local.items()):
+        for peer, local in list(self.mirror.sessions.items()):
             status = _text(
                 await self._script(
                     "restore", self.node, peer, local.room, local.epoch, local.resume_sha, local.seq
                 )
             )
             if status == "moved":
-                del self.local[peer]
+                self.mirror.remove(peer)
                 events.append(Replaced(peer, local.epoch))
         members = await self._client.smembers(self._key("n:" + self.node))
         for raw in members:
             peer = _text(raw)
-            if peer not in self.local:
+            if peer not in self.mirror.sessions:
                 epoch = await self._client.hget(self._key("s:" + peer), "epoch")
                 if epoch is not None:
                     await self._script("detach", peer, int(epoch), self.node)
@@ -566,17 +499,9 @@ class RedisBackplane:
         """Tell each local session the membership changes it missed while Redis was away."""
         await trio.sleep(CONVERGE_SECONDS)
         events: list[Event] = []
-        for room in {local.room for local in self.local.values()}:
+        for room in list(self.mirror.rooms):
             members = {_text(p) for p in await self._client.hkeys(self._key("r:" + room))}
-            for peer, local in list(self.local.items()):
-                if local.room != room:
-                    continue
-                for other in sorted((members - {peer}) - local.known):
-                    local.known.add(other)
-                    events.append(Deliver(peer, {"type": "peer-joined", "peer": other}))
-                for other in sorted(local.known - members):
-                    local.known.discard(other)
-                    events.append(Deliver(peer, {"type": "peer-left", "peer": other}))
+            events += self.mirror.converge(room, members)
         if events:
             self._deliver(events)
 
