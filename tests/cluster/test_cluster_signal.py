@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiortc import RTCPeerConnection
-from aiortc_peers import answerer, nominated_types, offerer
-from cluster_nodes import Node
+from aiortc_peers import answerer, nominated_types, offerer, open_call
+from cluster_nodes import Node, node
+from redis_server import RedisServer
 
 from secureconnect.signal.client import SignalClient, SignalRejected
 
@@ -136,3 +139,44 @@ def test_aiortc_peers_on_two_nodes_connect_relay_only_through_the_third(
                         await pc.close()
 
     run(scenario(), timeout=60)
+
+
+def test_a_call_through_a_draining_node_goes_on_until_it_ends(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    """Node 3 (the TURN of a live aiortc call) is drained: /healthz says draining, the call's
+    data channel keeps echoing through node 3's relay, new allocations are refused there, and
+    node 3 exits 0 once the call has ended."""
+    with contextlib.ExitStack() as stack:
+        one, two = (stack.enter_context(node(tmp_path / f"n{i}", i, redis)) for i in (1, 2))
+        three = stack.enter_context(
+            node(tmp_path / "n3", 3, redis, "general.drain_deadline=60", turn=True)
+        )
+
+        async def scenario() -> None:
+            ready = lambda: offers_turn_of(one, three) and offers_turn_of(two, three)  # noqa: E731
+            await until(ready, "node 3 in the registry")
+            name = room()
+            async with (
+                SignalClient.connect(one.ws_url, name) as alice,
+                SignalClient.connect(two.ws_url, name) as bob,
+            ):
+                assert await alice.receive() == {"type": "peer-joined", "peer": bob.peer}
+                answering = asyncio.create_task(answerer(alice))
+                call = await open_call(bob)
+                answer_pc = await answering
+                assert await call.exchange(["before"]) == ["echo:before"]
+                three.running.proc.send_signal(signal.SIGUSR2)  # what `secureconnect drain` does
+                await until(lambda: three.health()[0] == 503, "node 3 to say draining")
+                assert three.health()[1]["status"] == "draining"
+                for n in range(10):  # five seconds of the call, through the draining relay
+                    assert await call.exchange([f"during {n}"]) == [f"echo:during {n}"]
+                    await asyncio.sleep(0.5)
+                assert three.running.proc.poll() is None
+                await call.pc.close()
+                await answer_pc.close()
+
+        run(scenario(), timeout=90)
+        # The call ended: its allocations went with it (or expire), and node 3 exits 0.
+        assert three.running.proc.wait(timeout=60) == 0
+        assert "drain" in three.running.log_text()

@@ -11,6 +11,7 @@ its candidates.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any
 
 from aiortc import (
@@ -75,8 +76,23 @@ async def answerer(client: SignalClient) -> RTCPeerConnection:
     return pc
 
 
-async def offerer(client: SignalClient, texts: list[str]) -> tuple[RTCPeerConnection, list[str]]:
-    """Offer to the peer already in the room, send ``texts``, return the echoes."""
+@dataclass
+class Call:
+    """The offering side of a relay-only call: its connection and its data channel."""
+
+    pc: RTCPeerConnection
+    channel: RTCDataChannel
+    echoes: asyncio.Queue[str]
+
+    async def exchange(self, texts: list[str]) -> list[str]:
+        """Send ``texts``, return the answerer's echoes of them."""
+        for text in texts:
+            self.channel.send(text)
+        return [await self.echoes.get() for _ in texts]
+
+
+async def open_call(client: SignalClient) -> Call:
+    """Offer to the peer already in the room; return once the data channel is open."""
     pc = RTCPeerConnection(relay_only(client))
     channel = pc.createDataChannel("chat")
     opened, echoes = asyncio.Event(), asyncio.Queue[str]()
@@ -91,6 +107,10 @@ async def offerer(client: SignalClient, texts: list[str]) -> tuple[RTCPeerConnec
     assert candidate_types(answer["sdp"]) == {"relay"}
     await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
     await opened.wait()
-    for text in texts:
-        channel.send(text)
-    return pc, [await echoes.get() for _ in texts]
+    return Call(pc, channel, echoes)
+
+
+async def offerer(client: SignalClient, texts: list[str]) -> tuple[RTCPeerConnection, list[str]]:
+    """Offer to the peer already in the room, send ``texts``, return the echoes."""
+    call = await open_call(client)
+    return call.pc, await call.exchange(texts)

@@ -91,8 +91,13 @@ def redacted(url: str) -> str:
 async def redis_client(url: str, seconds: float) -> AsyncIterator[Any]:
     """A connected coredis client for ``url`` (``redis://``, ``rediss://``, or
     ``redis+sentinel://HOST:PORT[,HOST:PORT...]/SERVICE`` for the primary Sentinel names)."""
-    import coredis  # noqa: PLC0415 - only a node with a Redis backplane needs it
-    from coredis.retry import NoRetryPolicy  # noqa: PLC0415
+    try:
+        import coredis  # noqa: PLC0415 - only a node with a Redis backplane needs it
+        from coredis.retry import NoRetryPolicy  # noqa: PLC0415
+    except ImportError as exc:
+        raise ImportError(
+            "the Redis backplane needs coredis: pip install 'secureconnect[cluster]'"
+        ) from exc
 
     options: dict[str, Any] = {
         "stream_timeout": seconds,
