@@ -171,7 +171,6 @@ class SignalHub:
                 mailbox_limits(settings), rng=rng or random.Random(secrets.randbits(64))
             )
         self.backplane = backplane
-        self._now = self._wall = 0.0  # the clocks of the call in progress
 
     # -- connection events -------------------------------------------------------------------
 

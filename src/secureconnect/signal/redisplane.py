@@ -27,7 +27,7 @@ import secrets
 import socket
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -239,7 +239,7 @@ class RedisBackplane:
         first = True
         while True:
             try:
-                await self._connected(first, task_status)
+                await _cancellation_wins(self._connected(first, task_status))
             except Exception as exc:
                 if not self._started:
                     raise BackplaneUnavailable(
@@ -509,6 +509,19 @@ class RedisBackplane:
             events += self.mirror.converge(room, members)
         if events:
             self._deliver(events)
+
+
+async def _cancellation_wins(work: Awaitable[None]) -> None:
+    """Await ``work``; when it ends cancelled, only the cancellation goes on. coredis's clients
+    close their connections as they are cancelled and may raise while doing so (anyio's
+    ``ClosedResourceError`` next to trio's ``Cancelled``): at shutdown that is no error."""
+    try:
+        await work
+    except BaseExceptionGroup as group:
+        cancelled, _ = group.split(trio.Cancelled)
+        if cancelled is not None:
+            raise cancelled from None
+        raise
 
 
 def _sha(secret: str) -> str:

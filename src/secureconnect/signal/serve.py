@@ -253,6 +253,8 @@ class SignalServer:
         conn = next(self._ids)
         outbox = self._outboxes[conn] = _Outbox(websocket.stream)
         self.hub.open(conn, self.clock())
+        if self.draining:  # its handshake finished after the drain began: it goes too
+            self._dispatch([Outbound(conn, None, close=CLOSE_GOING_AWAY)])
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._write, websocket, outbox)
