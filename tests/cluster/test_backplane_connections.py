@@ -12,12 +12,14 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 import trustme
 from appliance import PYTHON_M, appliance_env, free_port
 from cluster_nodes import Node, node
 from redis_server import RedisServer
 
-from secureconnect.signal.client import SignalClient
+from secureconnect.signal.client import SignalClient, SignalRejected
+from secureconnect.signal.tokens import RoomTokens
 
 
 def signal_between(one: Node, two: Node) -> None:
@@ -140,3 +142,26 @@ def test_a_node_with_a_backplane_stops_with_status_0(tmp_path: Path, redis: Redi
             time.sleep(0.2 + (n % 4) * 0.3)
             codes.append(running.running.stop(signal.SIGTERM if n % 2 else signal.SIGUSR2))
     assert codes == [0] * 8
+
+
+def test_room_tokens_hold_on_every_node(tmp_path: Path, redis: RedisServer) -> None:
+    """With one room-token secret on every node, a token minted by the application's backend
+    opens its room on any node, and only that room."""
+    secret = "cluster-room-secret"
+    auth = ("signal.auth=token", f'signal.token_secrets=["{secret}"]')
+    token = RoomTokens([secret]).mint("booked", 600, time.time())
+    with contextlib.ExitStack() as stack:
+        one, two = (stack.enter_context(node(tmp_path / f"n{i}", i, redis, *auth)) for i in (1, 2))
+
+        async def scenario() -> None:
+            async with asyncio.timeout(20):
+                alice = await SignalClient.connect(one.ws_url, "booked", token=token)
+                bob = await SignalClient.connect(two.ws_url, "booked", token=token)
+                assert bob.peers == (alice.peer,)
+                with pytest.raises(SignalRejected) as refused:
+                    await SignalClient.connect(two.ws_url, "other", token=token, retries=0)
+                assert refused.value.code == "unauthorized"
+                await alice.close()
+                await bob.close()
+
+        asyncio.run(scenario())
