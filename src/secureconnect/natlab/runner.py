@@ -28,8 +28,6 @@ also on an exception or Ctrl-C; a later run removes what a crashed one left.
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,6 +40,8 @@ from itertools import combinations_with_replacement
 from pathlib import Path
 
 from secureconnect.config import render_sections
+from secureconnect.launcher import ApplianceNotReady
+from secureconnect.launcher import run_appliance as launch
 from secureconnect.natlab.behaviours import ALL_BEHAVIOURS, Behaviour
 from secureconnect.natlab.discovery import Discovery, discover
 from secureconnect.natlab.report import PairResult
@@ -149,62 +149,30 @@ class LabAppliance:
 
 @contextmanager
 def run_appliance(lab: Lab, workdir: Path) -> Iterator[LabAppliance]:
-    """``secureconnect run`` in the lab's public namespace, until the block ends."""
+    """``secureconnect run`` in the lab's public namespace, until the block ends (the launcher
+    every test uses, :mod:`secureconnect.launcher`, through ``ip netns exec``)."""
     state_dir = workdir / "state"
     config = workdir / "appliance.toml"
     config.write_text(appliance_config(lab, state_dir))
-    notify_path = workdir / "notify.sock"
     log_path = workdir / "appliance.log"
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
-        notify.bind(str(notify_path))
-        env = {**os.environ, "NOTIFY_SOCKET": str(notify_path)}
-        argv = [sys.executable, "-m", "secureconnect", "run", "--config", str(config)]
-        with log_path.open("wb") as log_file:
-            proc = subprocess.Popen(  # noqa: S603 - our own module, fixed arguments
-                lab.exec_argv(lab.server_namespace, *argv),
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
-        try:
-            _wait_ready(notify, proc, log_path)
+    try:
+        with launch(
+            workdir,
+            argv_prefix=lab.exec_argv(lab.server_namespace),
+            program=(sys.executable, "-m", "secureconnect"),
+            extra_args=("--config", str(config)),
+            log_file=log_path,
+            ready_timeout=READY_TIMEOUT,
+        ) as running:
             primary = lab.server_addresses[0]
             yield LabAppliance(
                 url=f"wss://{url_host(primary)}:{SIGNAL_PORT}/ws",
                 cafile=state_dir / SELF_SIGNED_CERT,
                 log=log_path,
-                pid=proc.pid,
+                pid=running.proc.pid,
             )
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-
-
-def _wait_ready(notify: socket.socket, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT
-    while (left := deadline - time.monotonic()) > 0:
-        if proc.poll() is not None:
-            raise LabError(f"the appliance exited with {proc.returncode}: {_tail(log)}")
-        notify.settimeout(min(left, 0.5))
-        try:
-            message = notify.recv(4096)
-        except TimeoutError:
-            continue
-        if b"READY=1" in message.split(b"\n"):
-            return
-    raise LabError(f"the appliance was not ready within {READY_TIMEOUT:.0f} s: {_tail(log)}")
-
-
-def _tail(path: Path, lines: int = 8) -> str:
-    try:
-        return " | ".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
+    except ApplianceNotReady as exc:
+        raise LabError(str(exc)) from exc
 
 
 # -- pairs -------------------------------------------------------------------------------------
