@@ -28,7 +28,7 @@ from secureconnect.natlab.discovery import (
     classify,
     parse_output,
 )
-from secureconnect.natlab.topology import LabError
+from secureconnect.natlab.labs import LabError
 
 ROUTED = [b for b in ALL_BEHAVIOURS if b is not Behaviour.OPEN]
 WAN_ADDRESS = "198.51.100.12"

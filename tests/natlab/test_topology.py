@@ -36,10 +36,10 @@ from netns import call_in
 
 from secureconnect.natlab.behaviours import ALL_BEHAVIOURS, Behaviour
 from secureconnect.natlab.discovery import TOOL, Discovery, discover
+from secureconnect.natlab.labs import LabError
 from secureconnect.natlab.topology import (
     Lab,
     LabClient,
-    LabError,
     Netem,
     cleanup_stale,
     list_namespaces,
@@ -145,7 +145,9 @@ class TestSharedLab:
         assert sorted(lab_namespaces()) == sorted(shared_lab.namespaces())
         assert shared_lab.server_addresses == ("198.51.100.2", "198.51.100.3")
         sym = shared_lab.client(Behaviour.SYMMETRIC, 1)
-        assert (sym.namespace, sym.router_namespace) == ("scnl-c-sym-b", "scnl-r-sym-b")
+        n = shared_lab.lab_id
+        assert (sym.namespace, sym.router_namespace) == (f"scnl-{n}-c-sym-b", f"scnl-{n}-r-sym-b")
+        assert shared_lab.server_namespace == f"scnl-{n}-wan"
         assert sym.address == "10.10.0.2"
         assert sym.public_address == "198.51.100.19"
         opened = shared_lab.client(Behaviour.OPEN, 0)
@@ -289,13 +291,40 @@ def test_cleanup_stale_removes_a_crashed_runs_namespaces() -> None:
         subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
 
 
-def test_a_second_lab_is_refused_while_one_runs() -> None:
+def test_a_lab_id_in_use_is_refused_and_its_lab_left_alone() -> None:
     with Lab([Behaviour.OPEN], clients_per_behaviour=1) as lab:
+        with pytest.raises(LabError, match=f"another natlab is running as lab {lab.lab_id}"):
+            Lab([Behaviour.SYMMETRIC], clients_per_behaviour=1, lab_id=lab.lab_id)
         with pytest.raises(LabError, match="another natlab is running"):
-            Lab([Behaviour.SYMMETRIC], clients_per_behaviour=1).build()
-        with pytest.raises(LabError, match="another natlab is running"):
-            cleanup_stale()
+            cleanup_stale()  # nothing is stale, one lab runs
         assert sorted(lab_namespaces()) == sorted(lab.namespaces())  # left alone
+
+
+def test_two_labs_at_once_do_not_meet() -> None:
+    """Two labs built side by side (what two pytest-xdist workers do) get their own ids and
+    names; the same addresses in each stay apart: a datagram sent in one lab reaches only that
+    lab's server, though the other binds the very same address and port."""
+    plan = [Behaviour.PORT_RESTRICTED]
+    with Lab(plan, clients_per_behaviour=1) as first, Lab(plan, clients_per_behaviour=1) as other:
+        assert first.lab_id != other.lab_id
+        assert not set(first.namespaces()) & set(other.namespaces())
+        primary = first.server_addresses[0]
+        assert primary == other.server_addresses[0]  # the same plan...
+        servers = [udp_socket(lab.server_namespace, primary, 5000) for lab in (first, other)]
+        try:
+            for n, lab in enumerate((first, other)):
+                client = lab.client(plan[0], 0)
+                with udp_socket(client.namespace, client.address, 40000) as mine:
+                    mine.sendto(b"lab %d" % n, (primary, 5000))
+                got = receive(servers[n], ARRIVAL)
+                assert got is not None
+                assert got[0] == b"lab %d" % n
+                assert got[1][0] == client.public_address  # through this lab's NAT
+                assert receive(servers[1 - n], 0.3) is None  # ... and never the other lab's
+        finally:
+            for sock in servers:
+                sock.close()
+    assert lab_namespaces() == []
 
 
 def test_bad_plans_are_refused() -> None:

@@ -49,7 +49,16 @@ def add_natlab_parser(commands: Any) -> None:
     lab.add_argument("--timeout", type=float, default=40.0, help="seconds per pair (5-300)")
     lab.add_argument("--no-discovery", action="store_true", help="skip RFC 5780 discovery")
     lab.add_argument(
-        "--cleanup", action="store_true", help="only remove what a crashed run left, then exit"
+        "--lab-id",
+        type=int,
+        default=None,
+        help="which lab of this machine (0-31: its namespace names and lock); default: the "
+        "first one free, so several labs can run at once",
+    )
+    lab.add_argument(
+        "--cleanup",
+        action="store_true",
+        help="only remove what crashed runs left (labs that are not running), then exit",
     )
 
 
@@ -84,7 +93,8 @@ def _behaviours(text: str) -> tuple[Behaviour, ...]:
 
 def _missing_prerequisite() -> str:
     """What the lab needs and this machine lacks, as a message; ``""`` when all is there."""
-    from secureconnect.natlab.topology import LabError, require_root  # noqa: PLC0415
+    from secureconnect.natlab.labs import LabError  # noqa: PLC0415
+    from secureconnect.natlab.topology import require_root  # noqa: PLC0415
 
     try:
         require_root()
@@ -100,7 +110,8 @@ def _missing_prerequisite() -> str:
 def run_natlab(args: argparse.Namespace) -> int:
     """Run the lab as the flags say; see the module docstring for the exit status."""
     from secureconnect.natlab import report, runner  # noqa: PLC0415 - only this command
-    from secureconnect.natlab.topology import LabError, Netem, cleanup_stale  # noqa: PLC0415
+    from secureconnect.natlab.labs import LabError  # noqa: PLC0415
+    from secureconnect.natlab.topology import Netem, cleanup_stale  # noqa: PLC0415
 
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
@@ -126,6 +137,7 @@ def run_natlab(args: argparse.Namespace) -> int:
         timeout=max(5.0, min(args.timeout, 300.0)),
         netem=netem,
         discovery=not args.no_discovery,
+        lab_id=args.lab_id,
     )
     try:
         with _interrupts_tear_down():

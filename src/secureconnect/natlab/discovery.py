@@ -30,7 +30,8 @@ import sys
 from dataclasses import dataclass
 
 from secureconnect.natlab.behaviours import Behaviour
-from secureconnect.natlab.topology import Lab, LabClient, LabError
+from secureconnect.natlab.labs import LabError
+from secureconnect.natlab.topology import Lab, LabClient
 
 TOOL = "turnutils_natdiscovery"
 # Verdicts, named as in RFC 4787 (and RFC 5780 section 4).

@@ -44,8 +44,9 @@ from secureconnect.launcher import ApplianceNotReady
 from secureconnect.launcher import run_appliance as launch
 from secureconnect.natlab.behaviours import ALL_BEHAVIOURS, Behaviour
 from secureconnect.natlab.discovery import Discovery, discover
+from secureconnect.natlab.labs import LabError
 from secureconnect.natlab.report import PairResult
-from secureconnect.natlab.topology import Lab, LabClient, LabError, Netem
+from secureconnect.natlab.topology import Lab, LabClient, Netem
 from secureconnect.netaddr import url_host
 from secureconnect.statedir import SELF_SIGNED_CERT
 
@@ -93,6 +94,7 @@ class LabPlan:
     timeout: float = 40.0  # seconds per pair (each peer's own bound)
     netem: Netem | None = None
     discovery: bool = True
+    lab_id: int | None = None  # None: the first free lab id (several labs at once)
 
 
 @dataclass
@@ -322,8 +324,9 @@ def run_lab(plan: LabPlan, log: Callable[[str], None]) -> LabOutcome:
     outcome = LabOutcome(plan.behaviours)
     with tempfile.TemporaryDirectory(prefix="scnl-") as tmp:
         workdir = Path(tmp)
-        log(f"building the lab: {', '.join(b.value for b in plan.behaviours)}")
-        with Lab(plan.behaviours, clients_per_behaviour=2, netem=plan.netem) as lab:
+        lab = Lab(plan.behaviours, clients_per_behaviour=2, netem=plan.netem, lab_id=plan.lab_id)
+        log(f"building lab {lab.lab_id}: {', '.join(b.value for b in plan.behaviours)}")
+        with lab:
             log(f"lab built in {time.monotonic() - began:.1f} s; starting the appliance")
             with run_appliance(lab, workdir) as appliance:
                 if plan.discovery:

@@ -1,12 +1,19 @@
 """The lab's network: namespaces, veth pairs, a bridge, addresses, routes and NAT routers.
 
-Layout (every name starts with ``scnl-``, which is how :func:`cleanup_stale` finds leftovers)::
+Layout of lab N (every name starts with ``scnl-N-``, which is how :func:`cleanup_stale` finds
+leftovers)::
 
-    scnl-wan   bridge br0, 198.51.100.2 and .3 (the servers; RFC 5780 needs two addresses)
-      |-- v-<tag>-<i> ==veth== wan    scnl-r-<tag>-<i>  198.51.100.x   (a NAT router)
+    scnl-N-wan   bridge br0, 198.51.100.2 and .3 (the servers; RFC 5780 needs two addresses)
+      |-- v-<tag>-<i> ==veth== wan    scnl-N-r-<tag>-<i>  198.51.100.x   (a NAT router)
       |                        lan    10.n.0.1/24
-      |                          ==veth== uplink  scnl-c-<tag>-<i>  10.n.0.2, default via .1
-      `-- v-open-<i>  ==veth== uplink scnl-c-open-<i>  198.51.100.x   (no NAT)
+      |                          ==veth== uplink  scnl-N-c-<tag>-<i>  10.n.0.2, default via .1
+      `-- v-open-<i>  ==veth== uplink scnl-N-c-open-<i>  198.51.100.x   (no NAT)
+
+Several labs at once (pytest-xdist workers, two CI jobs on one machine): each has a *lab id*
+N (0 to :data:`MAX_LABS` - 1; by default the first one free), its own namespace names and its
+own lock, ``/run/secureconnect-natlab-N.lock``. Their addresses are the same plan: every lab
+is a set of namespaces of its own, with no link to any other lab or to the host, so equal
+addresses in two labs never meet.
 
 198.51.100.0/24 is TEST-NET-2 (RFC 5737): it is routed nowhere, and nothing here ever touches
 the host's own namespace: every link is created inside a lab namespace (``ip -n``), so the
@@ -20,11 +27,12 @@ the IPv4 paths under test exist. Routers forward (``ip_forward`` in their namesp
 keep UDP conntrack entries for RFC 4787's recommended five minutes, and get the nftables rules
 of ``behaviours.router_ruleset``.
 
-Resource handling: :class:`Lab` is a context manager. Entering it takes an exclusive lock
-(one lab per machine: the names are fixed), removes what a crashed run left behind, and builds
-the lab; if building fails or is interrupted, what was built is torn down before the error
-propagates. Leaving it, however the block ends, kills every process still inside a lab
-namespace (SIGTERM, then SIGKILL) and deletes the namespaces, which destroys their links.
+Resource handling: :class:`Lab` is a context manager. Its lab id's exclusive lock is held from
+the moment the id is chosen (construction) to teardown; entering it removes what a crashed run
+of the same lab id left behind, and builds the lab; if building fails or is interrupted, what
+was built is torn down before the error propagates. Leaving it, however the block ends, kills
+every process still inside a lab namespace (SIGTERM, then SIGKILL) and deletes the namespaces,
+which destroys their links.
 
 Error handling: every failure is a :class:`LabError` naming the command that failed and what it
 wrote on stderr. Every command runs with a timeout.
@@ -33,12 +41,12 @@ wrote on stderr. Every command runs with a timeout.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import shutil
 import signal
 import subprocess
 import time
+import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,9 +58,8 @@ from secureconnect.natlab.behaviours import (
     loss_ruleset,
     router_ruleset,
 )
+from secureconnect.natlab.labs import MAX_LABS, PREFIX, LabError, LabLock, free_lab, lab_prefix
 
-PREFIX = "scnl-"
-SERVER_NAMESPACE = "scnl-wan"
 BRIDGE = "br0"
 SERVER_ADDRESSES = ("198.51.100.2", "198.51.100.3")
 PUBLIC_NETWORK = "198.51.100.0/24"
@@ -62,14 +69,9 @@ _MAX_CLIENTS = 240  # 198.51.100.10-249 and 10.1-240.0.0/24
 WAN, LAN, UPLINK = "wan", "lan", "uplink"  # interface names inside router/client namespaces
 COMMAND_TIMEOUT = 15.0  # seconds for any one ip/nft/sysctl/tc command
 KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL for processes left in a namespace
-LOCK_FILE = Path("/run/secureconnect-natlab.lock")
 NETNS_DIR = Path("/run/netns")  # where `ip netns` keeps the namespaces' names
 _PACKAGES = {"ip": "iproute2", "nft": "nftables", "sysctl": "procps", "tc": "iproute2"}
 _UDP_TIMEOUT = 300  # RFC 4787 REQ-5 recommends >= 5 minutes for UDP mappings
-
-
-class LabError(Exception):
-    """Building, using or tearing down the lab failed; the message says which command and why."""
 
 
 def require_root() -> None:
@@ -185,50 +187,41 @@ def _delete_namespaces(namespaces: Sequence[str]) -> list[str]:
     return doomed
 
 
-class _LabLock:
-    """An exclusive ``flock`` on LOCK_FILE: one lab per machine. The kernel drops it when the
-    holder dies, so a crashed run never blocks the next one."""
-
-    def __init__(self) -> None:
-        self._fd: int | None = None
-
-    def acquire(self) -> None:
-        fd = os.open(LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise LabError(
-                f"another natlab is running (pid {holder}, lock {LOCK_FILE}); stop it first"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing the last descriptor releases the flock
-            self._fd = None
-
-
 def cleanup_stale() -> list[str]:
-    """Delete every ``scnl-*`` namespace, killing its processes first; the names removed.
+    """Delete every ``scnl-*`` namespace of a lab that is not running (its lock is free),
+    killing its processes first; the names removed.
 
-    For the leftovers of a run that crashed or was killed before its teardown. LabError if a
-    lab is running (in this or another process): its namespaces are not stale.
+    For the leftovers of runs that crashed or were killed before their teardown. A running lab
+    (in this or another process) is left alone; LabError if there is one and nothing else.
     """
     require_root()
-    lock = _LabLock()
-    lock.acquire()
-    try:
-        return _cleanup_stale_locked()
-    finally:
-        lock.release()
-
-
-def _cleanup_stale_locked() -> list[str]:
-    return _delete_namespaces([n for n in list_namespaces() if n.startswith(PREFIX)])
+    by_lab: dict[int | None, list[str]] = {}
+    for name in list_namespaces():
+        if name.startswith(PREFIX):
+            number, dash, _ = name[len(PREFIX) :].partition("-")
+            key = int(number) if dash and number.isdigit() else None  # None: an older layout
+            by_lab.setdefault(key, []).append(name)
+    removed: list[str] = []
+    running: list[int] = []
+    for lab_id in sorted(by_lab, key=lambda key: -1 if key is None else key):
+        names = by_lab[lab_id]
+        if lab_id is None:
+            removed += _delete_namespaces(names)
+            continue
+        lock = LabLock(lab_id)
+        if not lock.try_acquire():
+            running.append(lab_id)
+            continue
+        try:
+            removed += _delete_namespaces(names)
+        finally:
+            lock.release()
+    if running and not removed:
+        raise LabError(
+            f"another natlab is running as lab {', '.join(map(str, running))}: its namespaces "
+            "are not stale"
+        )
+    return removed
 
 
 @dataclass(frozen=True)
@@ -293,13 +286,14 @@ class Lab:
     * ``clients_per_behaviour``: independent clients per behaviour, each behind its own router;
       index 0, 1, ... (named ``a``, ``b``, ... in namespace names).
     * ``netem``: optional loss/delay on every client's WAN link (see :class:`Netem`).
+    * ``lab_id``: which lab of this machine (its names and lock); None: the first one free.
 
-    The plan (names and addresses) is fixed at construction, so :meth:`clients` works before
-    the lab is built. :attr:`server_namespace` (``scnl-wan``) is where servers run, on both
+    The plan (lab id, names and addresses) is fixed at construction, so :meth:`clients` works
+    before the lab is built; the lab id's lock is held from then on, until :meth:`teardown`.
+    :attr:`server_namespace` (``scnl-N-wan``) is where servers run, on both
     :attr:`server_addresses`; :attr:`public_network` is the segment between them and the NATs.
     """
 
-    server_namespace: str = SERVER_NAMESPACE
     server_addresses: tuple[str, str] = SERVER_ADDRESSES
     public_network: str = PUBLIC_NETWORK
 
@@ -309,6 +303,7 @@ class Lab:
         *,
         clients_per_behaviour: int = 2,
         netem: Netem | None = None,
+        lab_id: int | None = None,
     ) -> None:
         behaviours = [Behaviour(b) for b in behaviours]
         if not behaviours:
@@ -319,7 +314,19 @@ class Lab:
             raise ValueError("clients_per_behaviour must be within 1-26")
         if len(behaviours) * clients_per_behaviour > _MAX_CLIENTS:
             raise ValueError(f"a lab holds at most {_MAX_CLIENTS} clients")
+        if lab_id is not None and not 0 <= lab_id < MAX_LABS:
+            raise ValueError(f"lab_id must be within 0-{MAX_LABS - 1}")
         self.netem = netem
+        if lab_id is None:
+            self._lock = free_lab()
+        else:
+            self._lock = LabLock(lab_id)
+            self._lock.acquire()
+        # A lab that is never built or torn down still gives its lock back when collected.
+        self._release = weakref.finalize(self, self._lock.release)
+        self.lab_id = self._lock.lab_id
+        prefix = lab_prefix(self.lab_id)
+        self.server_namespace = f"{prefix}wan"
         self.build_seconds: float | None = None  # how long the last build took
         self._nodes: dict[tuple[Behaviour, int], _Node] = {}
         for k, (behaviour, index) in enumerate(
@@ -331,14 +338,13 @@ class Lab:
             client = LabClient(
                 behaviour=behaviour,
                 index=index,
-                namespace=f"{PREFIX}c-{suffix}",
+                namespace=f"{prefix}c-{suffix}",
                 address=public if is_open else f"10.{k + 1}.0.2",
                 public_address=public,
-                router_namespace=None if is_open else f"{PREFIX}r-{suffix}",
+                router_namespace=None if is_open else f"{prefix}r-{suffix}",
             )
             gateway = "" if is_open else f"10.{k + 1}.0.1"
             self._nodes[behaviour, index] = _Node(client, f"v-{suffix}", gateway)
-        self._lock = _LabLock()
         self._built: list[str] = []  # namespaces created so far, for teardown
 
     # -- the plan ----------------------------------------------------------------------------
@@ -385,15 +391,16 @@ class Lab:
         self.teardown()
 
     def build(self) -> None:
-        """Lock, clean up stale namespaces, build everything; on any failure or interrupt,
-        tear down what was built and re-raise."""
+        """Clean up what a crashed run of this lab id left, build everything; on any failure or
+        interrupt, tear down what was built and re-raise."""
         require_root()
         if self._built:
             raise LabError("this lab is already built (tear it down first)")
-        self._lock.acquire()
+        self._lock.acquire()  # again after a teardown
         started = time.monotonic()
         try:
-            _cleanup_stale_locked()
+            prefix = lab_prefix(self.lab_id)
+            _delete_namespaces([n for n in list_namespaces() if n.startswith(prefix)])
             self._build()
         except BaseException:
             with contextlib.suppress(LabError):  # the build's own error is the one to report
