@@ -5,14 +5,19 @@ writes tests that use the plugin's fixtures, and passes (issue #16).
 Its tests: ``/healthz`` and ``/metrics`` of the ``appliance`` fixture; settings from the
 ``secureconnect`` marker; two aiortc peers of the user's own that connect relay-only through the
 appliance's TURN with the credential the fixture minted (no signaling: they swap descriptions
-in-process); a pytest-trio test; and ``appliance_factory`` for a second appliance.
+in-process); a pytest-trio test; ``appliance_factory`` for a second appliance; and a program of
+the user's own run behind a symmetric NAT of the ``nat_pair`` fixture, finding the lab's
+appliance through the environment the lab gives it. A machine that cannot build a lab fails
+such tests loudly, or skips them when told to.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -92,6 +97,38 @@ def test_a_second_appliance(appliance, appliance_factory):
     with appliance_factory("signal.max_room_size=2") as other:
         assert other.signal_url != appliance.signal_url
         assert other.get("/healthz")[0] == 200
+
+
+@pytest.fixture(scope="module")
+def natlab_behaviours():
+    return ("symmetric", "port-restricted")
+
+
+MY_PROGRAM = '''
+import asyncio, json, os, ssl
+from websockets.asyncio.client import connect
+
+async def main():
+    context = ssl.create_default_context(cafile=os.environ["SECURECONNECT_CAFILE"])
+    url = os.environ["SECURECONNECT_SIGNAL_URL"]
+    async with connect(url, ssl=context, proxy=None) as ws:
+        await ws.send(json.dumps({"type": "join", "room": os.environ["SECURECONNECT_ROOM"]}))
+        welcome = json.loads(await ws.recv())
+        print(json.dumps({"peer": welcome["peer"], "servers": len(welcome["iceServers"])}))
+
+asyncio.run(main())
+'''
+
+
+@pytest.mark.nat_pair("symmetric", "port-restricted")
+def test_my_program_behind_a_symmetric_nat(nat_pair):
+    import sys
+
+    environment = nat_pair.natlab.environment(nat_pair.room)
+    done = nat_pair.first.run([sys.executable, "-c", MY_PROGRAM], env=environment, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["peer"].startswith("p-")
+    assert nat_pair.first.public_address != nat_pair.first.address
 """
 
 
@@ -132,4 +169,54 @@ def test_a_project_of_its_own_uses_the_fixtures(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
-    assert "5 passed" in result.stdout, result.stdout[-3000:]
+    assert "6 passed" in result.stdout, result.stdout[-3000:]
+
+
+NEEDS_A_LAB = """
+def test_behind_a_nat(natlab):
+    assert natlab.behaviours
+"""
+
+
+@pytest.mark.root
+def test_a_machine_without_a_lab_fails_loudly_or_skips_when_told(tmp_path: Path) -> None:
+    """As an unprivileged user (no namespaces): the natlab fixture fails with the reason by
+    default, and skips with it under --natlab-unavailable=skip."""
+    project = Path(tempfile.mkdtemp(prefix="plugin-"))
+    try:
+        project.chmod(0o777)
+        (project / "test_lab.py").write_text(textwrap.dedent(NEEDS_A_LAB))
+        base = [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-rs",
+            str(project),
+        ]
+        env = {**os.environ, "HOME": str(project)}
+        failed = subprocess.run(
+            base, cwd=project, capture_output=True, text=True, timeout=120, env=env, check=False
+        )
+        assert failed.returncode == 1, failed.stdout[-3000:]
+        assert "the NAT lab needs root" in failed.stdout, failed.stdout[-3000:]
+        skipped = subprocess.run(
+            [*base, "--natlab-unavailable=skip"],
+            cwd=project,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+            check=False,
+        )
+        assert skipped.returncode == 0, skipped.stdout[-3000:]
+        assert "1 skipped" in skipped.stdout
+        assert "the NAT lab needs root" in skipped.stdout
+    finally:
+        shutil.rmtree(project, ignore_errors=True)

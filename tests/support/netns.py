@@ -16,21 +16,20 @@ test with a message saying so, never skips it.
 
 from __future__ import annotations
 
-import ctypes
 import itertools
 import os
 import shutil
 import subprocess
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TypeVar
 
 import pytest
 
+from secureconnect.natlab.topology import call_in_namespace
+
 T = TypeVar("T")
 
-_CLONE_NEWNET = 0x40000000
 _counter = itertools.count(1)
 
 
@@ -77,35 +76,7 @@ def netns(*, addresses: Sequence[str] = ()) -> Iterator[str]:
 
 
 def call_in(name: str, fn: Callable[[], T], *, timeout: float) -> T:
-    """Run ``fn()`` in a new thread that has joined namespace ``name``; return what it returns.
-
-    The thread is created for this call and ends with it, so no pooled thread is ever left in
-    the namespace. Raises what ``fn`` raised, or :class:`TimeoutError` after ``timeout`` seconds
-    (the daemon thread is then abandoned; ``fn`` should bound its own work).
-    """
+    """Run ``fn()`` in a new thread that has joined namespace ``name``; return what it returns
+    (:func:`secureconnect.natlab.topology.call_in_namespace`, which the lab fixtures use too)."""
     _require_root_and_ip()
-    outcome: list[T] = []
-    failure: list[BaseException] = []
-
-    def enter_and_call() -> None:
-        try:
-            fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
-            try:
-                libc = ctypes.CDLL(None, use_errno=True)
-                if libc.setns(fd, _CLONE_NEWNET) != 0:
-                    errno = ctypes.get_errno()
-                    raise OSError(errno, f"setns({name}): {os.strerror(errno)}")
-            finally:
-                os.close(fd)
-            outcome.append(fn())
-        except BaseException as exc:  # handed to the caller's thread
-            failure.append(exc)
-
-    thread = threading.Thread(target=enter_and_call, name=f"netns-{name}", daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if thread.is_alive():
-        raise TimeoutError(f"call in namespace {name} still running after {timeout} s")
-    if failure:
-        raise failure[0]
-    return outcome[0]
+    return call_in_namespace(name, fn, timeout=timeout)

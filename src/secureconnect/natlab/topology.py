@@ -41,16 +41,19 @@ wrote on stderr. Every command runs with a timeout.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import TypeVar
 
 from secureconnect.natlab.behaviours import (
     ALL_BEHAVIOURS,
@@ -71,6 +74,8 @@ COMMAND_TIMEOUT = 15.0  # seconds for any one ip/nft/sysctl/tc command
 KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL for processes left in a namespace
 NETNS_DIR = Path("/run/netns")  # where `ip netns` keeps the namespaces' names
 _PACKAGES = {"ip": "iproute2", "nft": "nftables", "sysctl": "procps", "tc": "iproute2"}
+_CLONE_NEWNET = 0x40000000  # setns(2): join a network namespace
+T = TypeVar("T")
 _UDP_TIMEOUT = 300  # RFC 4787 REQ-5 recommends >= 5 minutes for UDP mappings
 
 
@@ -128,6 +133,40 @@ def _ip_batch(namespace: str | None, commands: Iterable[str]) -> None:
 def exec_argv_in(namespace: str, *argv: str) -> list[str]:
     """``ip netns exec NAMESPACE ARGV...``: the argv that runs a command inside ``namespace``."""
     return [_tool("ip"), "netns", "exec", namespace, *argv]
+
+
+def call_in_namespace(namespace: str, fn: Callable[[], T], *, timeout: float) -> T:
+    """Run ``fn()`` in a new thread that has joined ``namespace`` (``setns``); what it returns.
+
+    The thread is made for this call and ends with it, so no pooled thread is ever left in a
+    namespace. Raises what ``fn`` raised, or LabError after ``timeout`` seconds (the daemon
+    thread is then abandoned: ``fn`` should bound its own work).
+    """
+    outcome: list[T] = []
+    failure: list[BaseException] = []
+
+    def enter_and_call() -> None:
+        try:
+            fd = os.open(NETNS_DIR / namespace, os.O_RDONLY)
+            try:
+                libc = ctypes.CDLL(None, use_errno=True)
+                if libc.setns(fd, _CLONE_NEWNET) != 0:
+                    errno = ctypes.get_errno()
+                    raise OSError(errno, f"setns({namespace}): {os.strerror(errno)}")
+            finally:
+                os.close(fd)
+            outcome.append(fn())
+        except BaseException as exc:  # handed to the caller's thread
+            failure.append(exc)
+
+    thread = threading.Thread(target=enter_and_call, name=f"netns-{namespace}", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise LabError(f"a call in namespace {namespace} still ran after {timeout} s")
+    if failure:
+        raise failure[0]
+    return outcome[0]
 
 
 def list_namespaces() -> list[str]:

@@ -8,6 +8,15 @@ appliance for your tests (docs/testing.md).
   ``appliance_settings`` fixture.
 * ``appliance_factory``: ``with appliance_factory("KEY=VALUE", ...) as other:`` for a test that
   needs more than one, or settings of its own.
+* ``natlab`` (one per module): clients behind real NATs of the behaviours ``natlab_behaviours``
+  names (override that fixture; default: all six) with the appliance inside the lab
+  (:class:`~secureconnect.testing.natlab.NatLab`).
+* ``nat_pair``: two clients of that lab, ``@pytest.mark.nat_pair("symmetric", "full-cone")`` or
+  ``parametrize("nat_pair", [...], indirect=True)``, with a room of their own.
+
+A machine that cannot build a lab (not root, no nftables) fails the tests that need one, saying
+why; ``--natlab-unavailable=skip`` (or ``secureconnect_natlab_unavailable = skip`` in the ini
+file) skips them with the reason instead.
 
 Works with plain pytest, pytest-trio and anyio tests alike: the fixtures are synchronous and the
 appliance runs in its own process.
@@ -16,21 +25,90 @@ appliance runs in its own process.
 from __future__ import annotations
 
 import itertools
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from secureconnect.testing.appliance import Appliance, start_appliance
 
+if TYPE_CHECKING:
+    from secureconnect.testing.natlab import NatLab, NatPair
+
 MARKER = "secureconnect"
+
+
+UNAVAILABLE = ("fail", "skip")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addini(
+        "secureconnect_natlab_unavailable",
+        "fail (default) or skip the tests that need a NAT lab where none can be built",
+        default="fail",
+    )
+    parser.getgroup("secureconnect").addoption(
+        "--natlab-unavailable",
+        choices=UNAVAILABLE,
+        default=None,
+        help="fail (default) or skip the tests that need a NAT lab where none can be built",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", f"{MARKER}(*settings): KEY=VALUE settings for the appliance fixture"
     )
+    config.addinivalue_line(
+        "markers", "nat_pair(a, b): the NAT behaviours of the nat_pair fixture's two clients"
+    )
+
+
+@pytest.fixture(scope="module")
+def natlab_behaviours() -> tuple[str, ...]:
+    """The behaviours of the module's lab; override to build fewer (faster)."""
+    from secureconnect.natlab.behaviours import ALL_BEHAVIOURS  # noqa: PLC0415
+
+    return tuple(b.value for b in ALL_BEHAVIOURS)
+
+
+@pytest.fixture(scope="module")
+def natlab(
+    request: pytest.FixtureRequest,
+    natlab_behaviours: tuple[str, ...],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[NatLab]:
+    """The module's lab, with the appliance running inside it."""
+    from secureconnect.testing.natlab import lab_unavailable, start_natlab  # noqa: PLC0415
+
+    why = lab_unavailable()
+    if why is not None:
+        choice = request.config.getoption("--natlab-unavailable") or request.config.getini(
+            "secureconnect_natlab_unavailable"
+        )
+        if choice == "skip":
+            pytest.skip(why)
+        pytest.fail(f"{why} (or run with --natlab-unavailable=skip)", pytrace=False)
+    with start_natlab(natlab_behaviours, workdir=tmp_path_factory.mktemp("natlab")) as lab:
+        yield lab
+
+
+@pytest.fixture
+def nat_pair(request: pytest.FixtureRequest, natlab: NatLab) -> NatPair:
+    """Two clients of the module's lab and a room for them (see the module docstring)."""
+    from secureconnect.testing.natlab import NatPair  # noqa: PLC0415
+
+    marker = request.node.get_closest_marker("nat_pair")
+    param = getattr(request, "param", None)
+    names = tuple(param) if param is not None else tuple(marker.args) if marker else ()
+    if len(names) != 2:
+        raise pytest.UsageError("nat_pair needs two behaviours: @pytest.mark.nat_pair(a, b)")
+    first = natlab.peer(names[0], 0)
+    second = natlab.peer(names[1], 1 if names[0] == names[1] else 0)
+    return NatPair(natlab, first, second, room=f"pair-{uuid.uuid4().hex[:10]}")
 
 
 @pytest.fixture
