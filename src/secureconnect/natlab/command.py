@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import shlex
 import shutil
 import signal
 import sys
@@ -48,6 +49,13 @@ def add_natlab_parser(commands: Any) -> None:
     lab.add_argument("--loss", type=float, default=0.0, help="netem loss (%%) on each uplink")
     lab.add_argument("--timeout", type=float, default=40.0, help="seconds per pair (5-300)")
     lab.add_argument("--no-discovery", action="store_true", help="skip RFC 5780 discovery")
+    lab.add_argument(
+        "--peer-cmd",
+        metavar="COMMAND",
+        default="",
+        help="your own peer program instead of ours, run in each client namespace; what it "
+        "gets and how it reports: docs/natlab.md",
+    )
     lab.add_argument(
         "--lab-id",
         type=int,
@@ -138,6 +146,7 @@ def run_natlab(args: argparse.Namespace) -> int:
         netem=netem,
         discovery=not args.no_discovery,
         lab_id=args.lab_id,
+        peer_cmd=tuple(shlex.split(args.peer_cmd)),
     )
     try:
         with _interrupts_tear_down():

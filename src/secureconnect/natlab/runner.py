@@ -28,6 +28,7 @@ also on an exception or Ctrl-C; a later run removes what a crashed one left.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -47,6 +48,7 @@ from secureconnect.natlab.discovery import Discovery, discover
 from secureconnect.natlab.labs import LabError
 from secureconnect.natlab.report import PairResult
 from secureconnect.natlab.topology import Lab, LabClient, Netem
+from secureconnect.natlab.usercmd import peer_environment, user_report
 from secureconnect.netaddr import url_host
 from secureconnect.statedir import SELF_SIGNED_CERT
 
@@ -82,7 +84,10 @@ def expected_route(a: Behaviour, b: Behaviour) -> str:
 
 
 def route_of(result: PairResult) -> str:
-    """How a connected pair went: through the TURN relay if either end used a relay candidate."""
+    """How a connected pair went: through the TURN relay if either end used a relay candidate;
+    ``unknown`` when a peer of the user's did not say which pair it selected."""
+    if result.local is None or result.remote is None:
+        return "unknown"
     return "relay" if "relay" in (result.local, result.remote) else "direct"
 
 
@@ -95,6 +100,7 @@ class LabPlan:
     netem: Netem | None = None
     discovery: bool = True
     lab_id: int | None = None  # None: the first free lab id (several labs at once)
+    peer_cmd: tuple[str, ...] = ()  # your own peer (natlab/usercmd.py); empty: ours (aiortc)
 
 
 @dataclass
@@ -224,19 +230,42 @@ def run_pair(
     room: str,
     timeout: float,
     turn: bool = True,
+    peer_cmd: tuple[str, ...] = (),
 ) -> tuple[PairResult, dict[str, object], dict[str, object]]:
     """Both peers at once; the result as seen from ``a`` (the offerer), plus both raw reports.
-    ``turn=False`` gives the peers STUN only: whether a direct path exists at all."""
-    procs = [
-        subprocess.Popen(  # noqa: S603 - our own module, fixed arguments
-            peer_argv(lab, client, appliance, room=room, role=role, timeout=timeout, turn=turn),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+    ``turn=False`` gives the peers STUN only: whether a direct path exists at all. With
+    ``peer_cmd`` the peers are the user's program (:mod:`.usercmd`)."""
+    procs = []
+    for client, role in ((a, "offer"), (b, "answer")):
+        env = None
+        argv = peer_argv(lab, client, appliance, room=room, role=role, timeout=timeout, turn=turn)
+        if peer_cmd:
+            argv = lab.exec_argv(client.namespace, *peer_cmd)
+            env = {
+                **os.environ,
+                **peer_environment(
+                    signal_url=appliance.url,
+                    host=url_host(lab.server_addresses[0]),
+                    turn_port=TURN_PORT,
+                    turn_tls_port=TURN_TLS_PORT,
+                    state_dir=appliance.cafile.parent,
+                    room=room,
+                    role=role,
+                    timeout=timeout,
+                    behaviour=client.behaviour,
+                    turn=turn,
+                ),
+            }
+        procs.append(
+            subprocess.Popen(  # noqa: S603 - our module, or the user's own command
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
         )
-        for client, role in ((a, "offer"), (b, "answer"))
-    ]
     reports: list[dict[str, object]] = []
     for proc in procs:
         try:
@@ -244,7 +273,8 @@ def run_pair(
         except subprocess.TimeoutExpired:
             proc.kill()
             out, err = proc.communicate()
-        reports.append(_peer_report(proc.returncode, out, err))
+        report = user_report if peer_cmd else _peer_report
+        reports.append(report(proc.returncode, out, err))
     mine, theirs = reports
     connected = bool(mine.get("connected")) and bool(theirs.get("connected"))
     seconds = mine.get("seconds")
@@ -289,7 +319,7 @@ def needs_direct_check(result: PairResult) -> bool:
     UDP at all) is tried with STUN only too, and must not connect: "only via relay".
     """
     a, b = Behaviour(result.a), Behaviour(result.b)
-    if not result.connected or Behaviour.UDP_BLOCKED in (a, b):
+    if not result.connected or Behaviour.UDP_BLOCKED in (a, b) or route_of(result) == "unknown":
         return False
     return expected_route(a, b) == "relay" or route_of(result) == "relay"
 
@@ -308,6 +338,8 @@ def check_pair(
         reason = mine.get("error") or theirs.get("error") or "no connection"
         return f"{name}: did not connect ({reason})"
     want, got = expected_route(a, b), route_of(result)
+    if got == "unknown":
+        return ""  # connected; the user's peer did not say how
     direct_ok = direct is not None and direct.connected and route_of(direct) == "direct"
     if want == "relay" and got != "relay":
         return f"{name}: connected via {result.local}/{result.remote}, expected relay"
@@ -335,7 +367,13 @@ def run_lab(plan: LabPlan, log: Callable[[str], None]) -> LabOutcome:
                 for n, (a, b) in enumerate(pairs, 1):
                     first, second = lab.client(a, 0), lab.client(b, 1)
                     result, mine, theirs = run_pair(
-                        lab, appliance, first, second, room=f"pair-{n}", timeout=plan.timeout
+                        lab,
+                        appliance,
+                        first,
+                        second,
+                        room=f"pair-{n}",
+                        timeout=plan.timeout,
+                        peer_cmd=plan.peer_cmd,
                     )
                     outcome.results.append(result)
                     log(
@@ -356,6 +394,7 @@ def run_lab(plan: LabPlan, log: Callable[[str], None]) -> LabOutcome:
                             room=f"pair-{n}-stun-only",
                             timeout=DIRECT_CHECK_TIMEOUT,
                             turn=False,
+                            peer_cmd=plan.peer_cmd,
                         )
                         works = direct.connected and route_of(direct) == "direct"
                         outcome.direct_possible[(a.value, b.value)] = works

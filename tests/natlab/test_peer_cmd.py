@@ -1,0 +1,66 @@
+"""``secureconnect natlab --peer-cmd``: the user's own program as the peer in every client
+namespace (natlab/usercmd.py). The shipped example (examples/natlab/python_peer.py) connects
+every pair as expected and reports its candidate types; a program that only exits 0 counts as
+connected (route not checked); one that exits 1 is a failed pair."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "natlab" / "python_peer.py"
+
+
+def natlab(tmp_path: Path, behaviours: str, peer: str) -> tuple[int, str, list[dict[str, object]]]:
+    out = tmp_path / "pairs.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "secureconnect",
+            "natlab",
+            "--behaviours",
+            behaviours,
+            "--no-discovery",
+            "--timeout",
+            "20",
+            "--peer-cmd",
+            peer,
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    records = json.loads(out.read_text()) if out.exists() else []
+    return done.returncode, done.stderr, records
+
+
+def test_the_python_example_connects_every_pair(tmp_path: Path) -> None:
+    peer = f"{shlex.quote(sys.executable)} {shlex.quote(str(EXAMPLE))}"
+    status, log, records = natlab(tmp_path, "open,symmetric", peer)
+    assert status == 0, log
+    routes = {(r["a"], r["b"]): (r["route"], r["local"]) for r in records}
+    assert routes[("open", "open")][0] == "direct"
+    assert routes[("symmetric", "symmetric")][0] == "relay"
+    assert all(r["connected"] for r in records)
+
+
+def test_an_exit_status_is_a_verdict(tmp_path: Path) -> None:
+    status, log, records = natlab(tmp_path, "open", "true")
+    assert status == 0, log
+    assert records[0]["connected"] is True
+    assert records[0]["route"] == "unknown"
+    status, log, records = natlab(tmp_path, "open", "false")
+    assert status == 1
+    assert "open <-> open: did not connect (exited 1)" in log
