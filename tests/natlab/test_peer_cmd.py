@@ -64,3 +64,22 @@ def test_an_exit_status_is_a_verdict(tmp_path: Path) -> None:
     status, log, records = natlab(tmp_path, "open", "false")
     assert status == 1
     assert "open <-> open: did not connect (exited 1)" in log
+
+
+def test_the_json_follows_its_schema(tmp_path: Path) -> None:
+    """docs/natlab-results.schema.json names every key the records have, and their values fit
+    (checked by hand: no schema validator among our dependencies)."""
+    schema = json.loads((ROOT / "docs" / "natlab-results.schema.json").read_text())
+    item = schema["items"]
+    peer = f"{shlex.quote(sys.executable)} {shlex.quote(str(EXAMPLE))}"
+    _, _, records = natlab(tmp_path, "open,udp-blocked", peer)
+    behaviours = schema["$defs"]["behaviour"]["enum"]
+    candidates = schema["$defs"]["candidate"]["enum"]
+    for record in records:
+        assert set(record) == set(item["required"]) == set(item["properties"])
+        assert record["a"] in behaviours
+        assert record["b"] in behaviours
+        assert record["local"] in candidates
+        assert record["remote"] in candidates
+        assert record["route"] in item["properties"]["route"]["enum"]
+        assert record["expected"] in item["properties"]["expected"]["enum"]

@@ -8,12 +8,15 @@ of being dropped or overwritten.
 
 from __future__ import annotations
 
+import io
 import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 
+from secureconnect.natlab.exports import junit_xml, render_png
 from secureconnect.natlab.report import (
     COLOURS,
     RECORD_KEYS,
@@ -181,3 +184,32 @@ def test_svg_escapes_names() -> None:
     svg = render_svg(results, ["a<b", "c&d"])
     root = ET.fromstring(svg)  # noqa: S314 - our own output
     assert "a<b" in [t.text for t in root.iter(f"{SVG}text")]
+
+
+def test_junit_xml_has_a_case_per_pair_and_discovery_and_the_failures() -> None:
+    results = [
+        PairResult("open", "open", True, "host", "host", 0.5),
+        PairResult("open", "symmetric", False, None, None, None),
+    ]
+    problems = ["open <-> symmetric: did not connect (timeout)", "discovery behind open reported x"]
+    xml = junit_xml(results, problems, {"open": "x", "symmetric": "symmetric"}, 12.0)
+    suite = ElementTree.fromstring(xml)  # noqa: S314 - our own output
+    assert (suite.get("tests"), suite.get("failures")) == ("4", "2")
+    cases = {case.get("name"): case for case in suite.iter("testcase")}
+    assert cases["open <-> open"].find("failure") is None
+    failure = cases["open <-> symmetric"].find("failure")
+    assert failure is not None
+    assert failure.get("message") == problems[0]
+    assert cases["behind open: x"].find("failure") is not None
+    assert cases["behind symmetric: symmetric"].find("failure") is None
+
+
+def test_png_is_a_png_of_the_svgs_size() -> None:
+    from PIL import Image  # noqa: PLC0415 - the natlab extra
+
+    results = [PairResult("open", "symmetric", True, "host", "relay", 1.25)]
+    png = render_png(results, ["open", "symmetric"])
+    assert png.startswith(b"\x89PNG")
+    image = Image.open(io.BytesIO(png))
+    svg = render_svg(results, ["open", "symmetric"])
+    assert f"width='{image.width}' height='{image.height}'" in svg

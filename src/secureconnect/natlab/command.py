@@ -39,6 +39,8 @@ def add_natlab_parser(commands: Any) -> None:
     )
     lab.add_argument("--json", type=Path, metavar="FILE", help="write one record per pair")
     lab.add_argument("--svg", type=Path, metavar="FILE", help="write the matrix as a heat-map")
+    lab.add_argument("--png", type=Path, metavar="FILE", help="the same heat-map as PNG")
+    lab.add_argument("--junit", type=Path, metavar="FILE", help="write JUnit XML for CI systems")
     lab.add_argument(
         "--behaviours",
         default=",".join(b.value for b in ALL_BEHAVIOURS),
@@ -164,6 +166,20 @@ def run_natlab(args: argparse.Namespace) -> int:
             f"discovery behind {behaviour.value}: {found.mapping} mapping, "
             f"{found.filtering} filtering -> {found.behaviour.value}"
         )
+    _write_files(args, outcome, names)
+    for (a, b), works in outcome.direct_possible.items():
+        print(f"STUN only, {a} <-> {b}: " + ("connects directly" if works else "no connection"))
+    for problem in outcome.problems:
+        print(f"UNEXPECTED: {problem}")
+    verdict = "as expected" if not outcome.problems else f"{len(outcome.problems)} problem(s)"
+    print(f"{len(outcome.results)} pairs in {outcome.seconds:.0f} s: {verdict}")
+    return 0 if not outcome.problems else 1
+
+
+def _write_files(args: argparse.Namespace, outcome: Any, names: list[str]) -> None:
+    """What ``--json``, ``--svg``, ``--png`` and ``--junit`` asked for."""
+    from secureconnect.natlab import exports, report, runner  # noqa: PLC0415 - only here
+
     if args.json:
         # The issue's shape: a list, one record per pair with a, b, connected, local, remote,
         # seconds (candidate types as seen from a); plus the route it took and the one expected.
@@ -175,10 +191,9 @@ def run_natlab(args: argparse.Namespace) -> int:
         args.json.write_text(json.dumps(records, indent=2) + "\n")
     if args.svg:
         args.svg.write_text(report.render_svg(outcome.results, names))
-    for (a, b), works in outcome.direct_possible.items():
-        print(f"STUN only, {a} <-> {b}: " + ("connects directly" if works else "no connection"))
-    for problem in outcome.problems:
-        print(f"UNEXPECTED: {problem}")
-    verdict = "as expected" if not outcome.problems else f"{len(outcome.problems)} problem(s)"
-    print(f"{len(outcome.results)} pairs in {outcome.seconds:.0f} s: {verdict}")
-    return 0 if not outcome.problems else 1
+    if args.png:
+        args.png.write_bytes(exports.render_png(outcome.results, names))
+    if args.junit:
+        seen = {b.value: d.behaviour.value for b, d in outcome.discoveries.items()}
+        xml = exports.junit_xml(outcome.results, outcome.problems, seen, outcome.seconds)
+        args.junit.write_text(xml)

@@ -115,7 +115,9 @@ def write_json(
     Path(path).write_text(text, encoding="utf-8")
 
 
-def _grid(results: Iterable[PairResult], behaviours: Sequence[str]) -> dict[tuple[str, str], _Cell]:
+def matrix_cells(
+    results: Iterable[PairResult], behaviours: Sequence[str]
+) -> dict[tuple[str, str], _Cell]:
     """The mirrored matrix: (row, column) -> cell; pairs without a result are missing."""
     order = {name: index for index, name in enumerate(behaviours)}
     if len(order) != len(behaviours):
@@ -138,7 +140,7 @@ def _grid(results: Iterable[PairResult], behaviours: Sequence[str]) -> dict[tupl
     return grid
 
 
-def _cell(grid: Mapping[tuple[str, str], _Cell], row: str, column: str) -> _Cell:
+def cell_at(grid: Mapping[tuple[str, str], _Cell], row: str, column: str) -> _Cell:
     return grid.get((row, column), _Cell(Outcome.MISSING))
 
 
@@ -146,7 +148,7 @@ def _summary(grid: Mapping[tuple[str, str], _Cell], behaviours: Sequence[str]) -
     counts = dict.fromkeys(Outcome, 0)
     for i, row in enumerate(behaviours):
         for column in behaviours[i:]:
-            counts[_cell(grid, row, column).outcome] += 1
+            counts[cell_at(grid, row, column).outcome] += 1
     parts = [f"{counts[o]} {o.value}" for o in Outcome if counts[o] or o is not Outcome.MISSING]
     return f"{sum(counts.values())} pairs: " + ", ".join(parts)
 
@@ -163,11 +165,11 @@ FAILED: no connection within the timeout. -: not measured."""
 def render_table(results: Iterable[PairResult], behaviours: Sequence[str]) -> str:
     """A plain-text matrix (rows and columns in ``behaviours`` order), a summary and a legend."""
     behaviours = list(behaviours)
-    grid = _grid(results, behaviours)
+    grid = matrix_cells(results, behaviours)
     corner = "a \\ b"
     label_width = max([len(corner), *map(len, behaviours)])
     texts = {
-        key: _cell(grid, *key).text() for key in ((r, c) for r in behaviours for c in behaviours)
+        key: cell_at(grid, *key).text() for key in ((r, c) for r in behaviours for c in behaviours)
     }
     widths = [max([len(c), *(len(texts[r, c]) for r in behaviours)]) for c in behaviours]
     lines = ["  ".join([corner.ljust(label_width), *map(str.ljust, behaviours, widths)]).rstrip()]
@@ -221,7 +223,7 @@ def render_svg(results: Iterable[PairResult], behaviours: Sequence[str]) -> str:
     """A self-contained SVG heat map: one coloured cell per pair (mirrored, see the module
     docstring), behaviour names on both axes, a colour legend underneath."""
     behaviours = list(behaviours)
-    grid = _grid(results, behaviours)
+    grid = matrix_cells(results, behaviours)
     n = len(behaviours)
     left, top = MARGIN + LABEL_W, MARGIN + HEADER_H
     legend_y = top + n * CELL_H + 24
@@ -242,7 +244,7 @@ def render_svg(results: Iterable[PairResult], behaviours: Sequence[str]) -> str:
         y = top + i * CELL_H
         parts.append(_text(left - 8, y + CELL_H / 2 + 4, row, 12, text_anchor="end"))
         for j, column in enumerate(behaviours):
-            parts += _svg_cell(left + j * CELL_W, y, row, column, _cell(grid, row, column))
+            parts += _svg_cell(left + j * CELL_W, y, row, column, cell_at(grid, row, column))
     parts.append(_text(MARGIN + LABEL_W / 2, MARGIN + 14, "peer's NAT", 13, font_weight="bold"))
     x = float(MARGIN)
     for outcome in Outcome:
