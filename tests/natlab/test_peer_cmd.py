@@ -83,3 +83,19 @@ def test_the_json_follows_its_schema(tmp_path: Path) -> None:
         assert record["remote"] in candidates
         assert record["route"] in item["properties"]["route"]["enum"]
         assert record["expected"] in item["properties"]["expected"]["enum"]
+
+
+@pytest.mark.browser
+def test_the_browser_example_connects_chromium_behind_the_nats(tmp_path: Path) -> None:
+    """examples/natlab/browser_peer.py: headless Chromium (libwebrtc) running the demo page in
+    each client namespace; its candidate types come from getStats."""
+    example = ROOT / "examples" / "natlab" / "browser_peer.py"
+    peer = f"{shlex.quote(sys.executable)} {shlex.quote(str(example))}"
+    status, log, records = natlab(tmp_path, "open,symmetric", peer)
+    assert status == 0, log
+    routes = {(r["a"], r["b"]): r["route"] for r in records}
+    assert routes == {
+        ("open", "open"): "direct",
+        ("open", "symmetric"): "direct",
+        ("symmetric", "symmetric"): "relay",
+    }
