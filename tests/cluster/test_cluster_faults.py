@@ -8,29 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
+from functools import partial
 from typing import Any
 
 import pytest
-from cluster_nodes import GRACE, Node
+from cluster_nodes import GRACE, STEP, Node, room, run, until
 from redis_server import RedisServer
 
 from secureconnect.signal.client import SignalClient, SignalRejected
 
-STEP = 10.0
 NODE_TTL = 3.0  # secureconnect.signal.redisplane.NODE_TTL
-
-
-def room() -> str:
-    return f"f-{uuid.uuid4().hex[:10]}"
-
-
-def run(scenario: Any, timeout: float = 60.0) -> Any:
-    async def bounded() -> Any:
-        async with asyncio.timeout(timeout):
-            return await scenario
-
-    return asyncio.run(bounded())
 
 
 async def next_of(client: SignalClient, kind: str) -> dict[str, Any]:
@@ -41,11 +28,8 @@ async def next_of(client: SignalClient, kind: str) -> dict[str, Any]:
                 return message
 
 
-async def until(check: Any, what: str, seconds: float = STEP) -> None:
-    deadline = time.monotonic() + seconds
-    while not await asyncio.to_thread(check):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.1)
+def healthy(node: Node) -> bool:
+    return node.health()[0] == 200
 
 
 def test_kill_9_of_a_node_mid_exchange_loses_and_repeats_nothing(cluster: list[Node]) -> None:
@@ -128,7 +112,7 @@ def test_redis_outage_keeps_local_rooms_and_the_cluster_converges(
         # Redis comes back empty: every node restores its sessions, the room converges.
         await asyncio.to_thread(redis.start)
         for node in cluster:
-            await until(lambda node=node: node.health()[0] == 200, f"node {node.index} healthy")
+            await until(partial(healthy, node), f"node {node.index} healthy")
         await asyncio.sleep(4)  # the convergence pass (CONVERGE_SECONDS)
         assert (await next_of(bob, "peer-left"))["peer"] == anna.peer
         await alice.send(bob.peer or "", "after")

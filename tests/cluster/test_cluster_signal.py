@@ -7,39 +7,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import time
-import uuid
 from pathlib import Path
-from typing import Any
 
 import pytest
 from aiortc import RTCPeerConnection
 from aiortc_peers import answerer, nominated_types, offerer, open_call
-from cluster_nodes import Node, node
+from cluster_nodes import Node, node, room, run, until
 from redis_server import RedisServer
 
 from secureconnect.signal.client import SignalClient, SignalRejected
-
-STEP = 10.0
-
-
-def room() -> str:
-    return f"c-{uuid.uuid4().hex[:10]}"
-
-
-def run(scenario: Any, timeout: float = 40.0) -> Any:
-    async def bounded() -> Any:
-        async with asyncio.timeout(timeout):
-            return await scenario
-
-    return asyncio.run(bounded())
-
-
-async def until(check: Any, what: str, seconds: float = STEP) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 def turn_urls(client: SignalClient) -> list[str]:

@@ -3,14 +3,18 @@ the Redis at ``redis.url`` as its backplane, with one TURN secret for all (docs/
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import signal
 import socket
+import time
 import urllib.request
-from collections.abc import Iterator
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from appliance import Running, free_port, run_appliance
 from redis_server import RedisServer
@@ -105,3 +109,30 @@ def node(
         log_file=workdir / "stderr.log",
     ) as running:
         yield Node(index, port, turn_port, running, workdir)
+
+
+T = TypeVar("T")
+STEP = 10.0  # seconds for any one step of a cluster scenario
+
+
+def room(prefix: str = "c") -> str:
+    """A room name no other test uses."""
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def run(scenario: Awaitable[T], timeout: float = 60.0) -> T:
+    """Run one asyncio scenario with an overall bound."""
+
+    async def bounded() -> T:
+        async with asyncio.timeout(timeout):
+            return await scenario
+
+    return asyncio.run(bounded())
+
+
+async def until(check: Callable[[], bool], what: str, seconds: float = STEP) -> None:
+    """Wait until ``check()`` (run in a thread: it may block on HTTP) holds."""
+    deadline = time.monotonic() + seconds
+    while not await asyncio.to_thread(check):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.1)
