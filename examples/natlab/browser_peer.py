@@ -2,83 +2,13 @@
 
     sudo secureconnect natlab --peer-cmd "python3 examples/natlab/browser_peer.py"
 
-The lab runs this inside a client's namespace. It starts Debian's headless Chromium there
-(libwebrtc: a second ICE stack besides aiortc's) through Playwright, opens the appliance's demo
-page for the pair's room (the page joins the room, negotiates and pings over a data channel,
-using the ICE servers signaling hands it), waits until the page says it is connected with a
-measured round trip, and prints one JSON line: the candidate types of the pair Chromium
-selected (from getStats), the time to connect. Exit status 0: connected.
-
-Chromium must accept the lab appliance's self-signed certificate: this peer passes
-``--ignore-certificate-errors`` (never do that outside a lab). Both roles run the same page (its
-rule: the peer already in the room offers), so ``SECURECONNECT_ROLE`` only orders the start.
+The peer is the lab's own browser peer, ``secureconnect.natlab.browser`` (read it: headless
+Chromium through Playwright, running the appliance's demo page, its verdict from the page's
+state and getStats); ``secureconnect natlab --browsers chromium`` runs it as a column of its own.
 """
 
-from __future__ import annotations
-
-import json
-import os
-import shutil
 import sys
-import time
-from urllib.parse import urlsplit
 
-from playwright.sync_api import sync_playwright
+from secureconnect.natlab.browser import main
 
-FLAGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
-    "--ignore-certificate-errors",  # the lab appliance's self-signed certificate
-    "--disable-features=WebRtcHideLocalIpsWithMdns",  # host candidates as addresses
-]
-CONNECTED = """() => {
-  const peers = Object.values(window.demo ? window.demo.peers : {});
-  return peers.find(p => p.state === "connected" && p.channel === "open" && p.pairType
-                         && p.rtt != null) || null;
-}"""
-
-
-def main() -> dict[str, object]:
-    started = time.monotonic()
-    limit = float(os.environ.get("SECURECONNECT_TIMEOUT", "30"))
-    signal = urlsplit(os.environ["SECURECONNECT_SIGNAL_URL"])
-    page_url = f"https://{signal.netloc}/?room={os.environ['SECURECONNECT_ROOM']}"
-    if os.environ.get("SECURECONNECT_ROLE") == "answer":
-        time.sleep(0.5)  # the offerer joins first: the demo page's rule makes it offer
-    executable = shutil.which("chromium")
-    if executable is None:
-        return {"connected": False, "error": "chromium is not installed"}
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, args=FLAGS)
-        try:
-            page = browser.new_page(ignore_https_errors=True)
-            page.goto(page_url, timeout=limit * 1000)
-            left = max(1.0, limit - (time.monotonic() - started))
-            handle = page.wait_for_function(CONNECTED, timeout=left * 1000, polling=200)
-            peer = handle.json_value()
-            seconds = round(time.monotonic() - started, 2)
-            time.sleep(1.0)  # the other browser measures its round trip through us too
-        finally:
-            browser.close()
-    return {
-        "connected": True,
-        "local": peer["pairType"],
-        "remote": peer["remoteType"],
-        "seconds": seconds,
-        "stack": "chromium",
-    }
-
-
-if __name__ == "__main__":
-    try:
-        report = main()
-    except Exception as exc:  # a verdict, whatever went wrong
-        report = {"connected": False, "error": repr(exc)[:300]}
-    print(json.dumps(report))
-    sys.exit(0 if report["connected"] else 1)
+sys.exit(main())

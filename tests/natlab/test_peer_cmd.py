@@ -19,7 +19,9 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "natlab" / "python_peer.py"
 
 
-def natlab(tmp_path: Path, behaviours: str, peer: str) -> tuple[int, str, list[dict[str, object]]]:
+def natlab(
+    tmp_path: Path, behaviours: str, peer: str, *extra: str
+) -> tuple[int, str, list[dict[str, object]]]:
     out = tmp_path / "pairs.json"
     done = subprocess.run(
         [
@@ -36,6 +38,7 @@ def natlab(tmp_path: Path, behaviours: str, peer: str) -> tuple[int, str, list[d
             peer,
             "--json",
             str(out),
+            *extra,
         ],
         capture_output=True,
         text=True,
@@ -46,14 +49,21 @@ def natlab(tmp_path: Path, behaviours: str, peer: str) -> tuple[int, str, list[d
     return done.returncode, done.stderr, records
 
 
-def test_the_python_example_connects_every_pair(tmp_path: Path) -> None:
+@pytest.mark.browser
+def test_the_python_example_and_chromium_connect_every_pair(tmp_path: Path) -> None:
+    """The Python example as the peer, then (``--browsers chromium``) headless Chromium running
+    the demo page in each client namespace (natlab/browser.py; libwebrtc, a second ICE stack;
+    examples/natlab/browser_peer.py runs the same): every pair as expected, in each matrix."""
     peer = f"{shlex.quote(sys.executable)} {shlex.quote(str(EXAMPLE))}"
-    status, log, records = natlab(tmp_path, "open,symmetric", peer)
+    status, log, records = natlab(tmp_path, "open,symmetric", peer, "--browsers", "chromium")
     assert status == 0, log
-    routes = {(r["a"], r["b"]): (r["route"], r["local"]) for r in records}
-    assert routes[("open", "open")][0] == "direct"
-    assert routes[("symmetric", "symmetric")][0] == "relay"
+    routes = {(r["stack"], r["a"], r["b"]): r["route"] for r in records}
+    for stack in ("yours", "chromium"):
+        assert routes[(stack, "open", "open")] == "direct"
+        assert routes[(stack, "open", "symmetric")] == "direct"
+        assert routes[(stack, "symmetric", "symmetric")] == "relay"
     assert all(r["connected"] for r in records)
+    assert (tmp_path / "pairs.json").exists()
 
 
 def test_an_exit_status_is_a_verdict(tmp_path: Path) -> None:
@@ -83,19 +93,3 @@ def test_the_json_follows_its_schema(tmp_path: Path) -> None:
         assert record["remote"] in candidates
         assert record["route"] in item["properties"]["route"]["enum"]
         assert record["expected"] in item["properties"]["expected"]["enum"]
-
-
-@pytest.mark.browser
-def test_the_browser_example_connects_chromium_behind_the_nats(tmp_path: Path) -> None:
-    """examples/natlab/browser_peer.py: headless Chromium (libwebrtc) running the demo page in
-    each client namespace; its candidate types come from getStats."""
-    example = ROOT / "examples" / "natlab" / "browser_peer.py"
-    peer = f"{shlex.quote(sys.executable)} {shlex.quote(str(example))}"
-    status, log, records = natlab(tmp_path, "open,symmetric", peer)
-    assert status == 0, log
-    routes = {(r["a"], r["b"]): r["route"] for r in records}
-    assert routes == {
-        ("open", "open"): "direct",
-        ("open", "symmetric"): "direct",
-        ("symmetric", "symmetric"): "relay",
-    }

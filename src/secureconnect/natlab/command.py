@@ -17,7 +17,7 @@ import shlex
 import shutil
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
@@ -57,6 +57,12 @@ def add_natlab_parser(commands: Any) -> None:
         default="",
         help="your own peer program instead of ours, run in each client namespace; what it "
         "gets and how it reports: docs/natlab.md",
+    )
+    lab.add_argument(
+        "--browsers",
+        default="",
+        help="comma-separated: also run every pair with these browsers as the peers (chromium), "
+        "each a matrix of its own",
     )
     lab.add_argument(
         "--lab-id",
@@ -101,6 +107,14 @@ def _behaviours(text: str) -> tuple[Behaviour, ...]:
     return tuple(b for b in ALL_BEHAVIOURS if b.value in chosen)
 
 
+def _browsers(text: str, known: Mapping[str, object]) -> tuple[str, ...]:
+    browsers = tuple(b for b in text.split(",") if b)
+    for browser in browsers:
+        if browser not in known:
+            raise ValueError(f"unknown browser {browser!r} (known: {', '.join(known)})")
+    return browsers
+
+
 def _missing_prerequisite() -> str:
     """What the lab needs and this machine lacks, as a message; ``""`` when all is there."""
     from secureconnect.natlab.labs import LabError  # noqa: PLC0415
@@ -139,6 +153,7 @@ def run_natlab(args: argparse.Namespace) -> int:
         netem = None
         if args.delay or args.jitter or args.loss:
             netem = Netem(delay_ms=args.delay, jitter_ms=args.jitter, loss_percent=args.loss)
+        browsers = _browsers(args.browsers, runner.BROWSER_PEERS)
     except ValueError as exc:
         log(f"secureconnect natlab: {exc}")
         return 2
@@ -149,6 +164,7 @@ def run_natlab(args: argparse.Namespace) -> int:
         discovery=not args.no_discovery,
         lab_id=args.lab_id,
         peer_cmd=tuple(shlex.split(args.peer_cmd)),
+        browsers=browsers,
     )
     try:
         with _interrupts_tear_down():
@@ -160,15 +176,19 @@ def run_natlab(args: argparse.Namespace) -> int:
         log(f"secureconnect natlab: {exc}")
         return 2
     names = [b.value for b in behaviours]
-    print(report.render_table(outcome.results, names))
+    for stack in dict.fromkeys(r.stack for r in outcome.results):
+        if stack != outcome.results[0].stack:
+            print(f"\n== with {stack} as the peers")
+        print(report.render_table([r for r in outcome.results if r.stack == stack], names))
     for behaviour, found in outcome.discoveries.items():
         print(
             f"discovery behind {behaviour.value}: {found.mapping} mapping, "
             f"{found.filtering} filtering -> {found.behaviour.value}"
         )
     _write_files(args, outcome, names)
-    for (a, b), works in outcome.direct_possible.items():
-        print(f"STUN only, {a} <-> {b}: " + ("connects directly" if works else "no connection"))
+    for (stack, a, b), works in outcome.direct_possible.items():
+        verdict = "connects directly" if works else "no connection"
+        print(f"STUN only ({stack}), {a} <-> {b}: {verdict}")
     for problem in outcome.problems:
         print(f"UNEXPECTED: {problem}")
     verdict = "as expected" if not outcome.problems else f"{len(outcome.problems)} problem(s)"
@@ -187,12 +207,20 @@ def _write_files(args: argparse.Namespace, outcome: Any, names: list[str]) -> No
         for record, result in zip(records, outcome.results, strict=True):
             record["route"] = runner.route_of(result) if result.connected else None
             record["expected"] = runner.expected_route(Behaviour(result.a), Behaviour(result.b))
-            record["direct_possible"] = outcome.direct_possible.get((result.a, result.b))
+            record["direct_possible"] = outcome.direct_possible.get(
+                (result.stack, result.a, result.b)
+            )
+            record["stack"] = result.stack
         args.json.write_text(json.dumps(records, indent=2) + "\n")
-    if args.svg:
-        args.svg.write_text(report.render_svg(outcome.results, names))
-    if args.png:
-        args.png.write_bytes(exports.render_png(outcome.results, names))
+    for stack in dict.fromkeys(r.stack for r in outcome.results):
+        results = [r for r in outcome.results if r.stack == stack]
+        first = stack == outcome.results[0].stack  # the others go next to it: NAME-STACK.svg
+        if args.svg:
+            path = args.svg if first else args.svg.with_stem(f"{args.svg.stem}-{stack}")
+            path.write_text(report.render_svg(results, names))
+        if args.png:
+            path = args.png if first else args.png.with_stem(f"{args.png.stem}-{stack}")
+            path.write_bytes(exports.render_png(results, names))
     if args.junit:
         seen = {b.value: d.behaviour.value for b, d in outcome.discoveries.items()}
         xml = exports.junit_xml(outcome.results, outcome.problems, seen, outcome.seconds)

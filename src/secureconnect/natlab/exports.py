@@ -38,8 +38,10 @@ def junit_xml(
     discovery reported behind it."""
     cases: list[str] = []
     failures = 0
+    first = results[0].stack if results else ""
     for result in results:
-        name = f"{result.a} <-> {result.b}"
+        label = "" if result.stack == first else f"[{result.stack}] "
+        name = f"{label}{result.a} <-> {result.b}"
         problem = next((p for p in problems if p.startswith(name + ":")), None)
         time = result.seconds if result.seconds is not None else 0.0
         cases.append(_case("natlab.pairs", name, time, problem))

@@ -48,6 +48,7 @@ class PairResult:
     local: str | None
     remote: str | None
     seconds: float | None
+    stack: str = "aiortc"  # which peers: aiortc (ours), chromium, yours (--peer-cmd)
 
 
 class Outcome(Enum):

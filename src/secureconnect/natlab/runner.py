@@ -27,6 +27,7 @@ also on an exception or Ctrl-C; a later run removes what a crashed one left.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -58,6 +59,10 @@ TURN_PORT = 3478
 TURN_TLS_PORT = 5349
 SIGNAL_PORT = 8443
 READY_TIMEOUT = 30.0
+#: the browsers the lab can run as peers (``--browsers``): their peer program (natlab/browser.py)
+BROWSER_PEERS: dict[str, tuple[str, ...]] = {
+    "chromium": (sys.executable, "-m", "secureconnect.natlab.browser"),
+}
 #: seconds a STUN-only attempt gets: a direct path connects in about a second; where none
 #: exists aioice would retransmit for over 30 s, so this bound is what declares "no path"
 DIRECT_CHECK_TIMEOUT = 10.0
@@ -101,6 +106,7 @@ class LabPlan:
     discovery: bool = True
     lab_id: int | None = None  # None: the first free lab id (several labs at once)
     peer_cmd: tuple[str, ...] = ()  # your own peer (natlab/usercmd.py); empty: ours (aiortc)
+    browsers: tuple[str, ...] = ()  # more matrices, with browsers as the peers (BROWSER_PEERS)
 
 
 @dataclass
@@ -110,8 +116,8 @@ class LabOutcome:
     behaviours: tuple[Behaviour, ...]
     discoveries: dict[Behaviour, Discovery] = field(default_factory=dict)
     results: list[PairResult] = field(default_factory=list)
-    #: (a, b) -> whether the pair connected directly with STUN only, for the pairs checked
-    direct_possible: dict[tuple[str, str], bool] = field(default_factory=dict)
+    #: (stack, a, b) -> whether the pair connected directly with STUN only (pairs checked)
+    direct_possible: dict[tuple[str, str, str], bool] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -363,51 +369,71 @@ def run_lab(plan: LabPlan, log: Callable[[str], None]) -> LabOutcome:
             with run_appliance(lab, workdir) as appliance:
                 if plan.discovery:
                     _discover_all(lab, plan.behaviours, outcome, log)
-                pairs = list(combinations_with_replacement(plan.behaviours, 2))
-                for n, (a, b) in enumerate(pairs, 1):
-                    first, second = lab.client(a, 0), lab.client(b, 1)
-                    result, mine, theirs = run_pair(
-                        lab,
-                        appliance,
-                        first,
-                        second,
-                        room=f"pair-{n}",
-                        timeout=plan.timeout,
-                        peer_cmd=plan.peer_cmd,
-                    )
-                    outcome.results.append(result)
-                    log(
-                        f"[{n}/{len(pairs)}] {a.value} <-> {b.value}: "
-                        + (
-                            f"{result.local}/{result.remote} in {result.seconds:.1f} s"
-                            if result.connected and result.seconds is not None
-                            else "FAILED"
-                        )
-                    )
-                    direct = None
-                    if needs_direct_check(result):
-                        direct, _, _ = run_pair(
-                            lab,
-                            appliance,
-                            first,
-                            second,
-                            room=f"pair-{n}-stun-only",
-                            timeout=DIRECT_CHECK_TIMEOUT,
-                            turn=False,
-                            peer_cmd=plan.peer_cmd,
-                        )
-                        works = direct.connected and route_of(direct) == "direct"
-                        outcome.direct_possible[(a.value, b.value)] = works
-                        log(
-                            "       STUN only: "
-                            + (f"{direct.local}/{direct.remote}" if works else "no connection")
-                        )
-                    problem = check_pair(result, mine, theirs, direct)
-                    if problem:
-                        outcome.problems.append(problem)
-                        log(f"       UNEXPECTED: {problem}")
+                stacks = [("yours" if plan.peer_cmd else "aiortc", plan.peer_cmd)]
+                stacks += [(name, BROWSER_PEERS[name]) for name in plan.browsers]
+                for stack, peer_cmd in stacks:
+                    _run_matrix(lab, appliance, plan, outcome, log, stack=stack, peer_cmd=peer_cmd)
     outcome.seconds = time.monotonic() - began
     return outcome
+
+
+def _run_matrix(
+    lab: Lab,
+    appliance: LabAppliance,
+    plan: LabPlan,
+    outcome: LabOutcome,
+    log: Callable[[str], None],
+    *,
+    stack: str,
+    peer_cmd: tuple[str, ...],
+) -> None:
+    """Every pair of behaviours with one kind of peer (``stack``); a problem of a stack after
+    the first is prefixed with its name in brackets."""
+    label = "" if not outcome.results else f"[{stack}] "
+    pairs = list(combinations_with_replacement(plan.behaviours, 2))
+    for n, (a, b) in enumerate(pairs, 1):
+        first, second = lab.client(a, 0), lab.client(b, 1)
+        result, mine, theirs = run_pair(
+            lab,
+            appliance,
+            first,
+            second,
+            room=f"{stack}-{n}",
+            timeout=plan.timeout,
+            peer_cmd=peer_cmd,
+        )
+        result = dataclasses.replace(result, stack=stack)
+        outcome.results.append(result)
+        shown = (
+            f"{result.local}/{result.remote} in {result.seconds:.1f} s"
+            if result.connected and result.seconds is not None
+            else "connected"
+            if result.connected
+            else "FAILED"
+        )
+        log(f"{label}[{n}/{len(pairs)}] {a.value} <-> {b.value}: {shown}")
+        direct = None
+        if needs_direct_check(result):
+            direct, _, _ = run_pair(
+                lab,
+                appliance,
+                first,
+                second,
+                room=f"{stack}-{n}-stun-only",
+                timeout=DIRECT_CHECK_TIMEOUT,
+                turn=False,
+                peer_cmd=peer_cmd,
+            )
+            works = direct.connected and route_of(direct) == "direct"
+            outcome.direct_possible[(stack, a.value, b.value)] = works
+            log(
+                "       STUN only: "
+                + (f"{direct.local}/{direct.remote}" if works else "no connection")
+            )
+        problem = check_pair(result, mine, theirs, direct)
+        if problem:
+            outcome.problems.append(label + problem)
+            log(f"       UNEXPECTED: {label}{problem}")
 
 
 def _discover_all(
