@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from secureconnect.natlab.behaviours import ALL_BEHAVIOURS, Behaviour
-from secureconnect.natlab.runner import expected_route
+from secureconnect.natlab.report import PairResult
+from secureconnect.natlab.runner import dies_when_idle, expected_route
 from secureconnect.natlab.topology import list_namespaces
 
 pytestmark = [pytest.mark.root, pytest.mark.coturn, pytest.mark.slow]
@@ -150,3 +151,57 @@ def test_a_run_after_a_crash_starts_clean(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert lab_namespaces() == []
     assert f"removed {len(left)} lab namespace(s)" in done.stderr
+
+
+def test_dies_when_idle_names_the_relay_behind_a_symmetric_nat() -> None:
+    def pair(a: str, b: str, local: str, remote: str) -> PairResult:
+        return PairResult(a, b, True, local, remote, 1.0)
+
+    assert dies_when_idle(pair("symmetric", "symmetric", "relay", "prflx"))
+    assert dies_when_idle(pair("open", "symmetric", "host", "relay"))
+    assert not dies_when_idle(pair("port-restricted", "symmetric", "relay", "prflx"))
+    assert not dies_when_idle(pair("open", "symmetric", "host", "prflx"))  # direct
+
+
+def test_calls_outlive_a_short_nat_idle_timeout_unless_a_symmetric_side_relays(
+    tmp_path: Path,
+) -> None:
+    """NATs that forget an idle UDP mapping after 3 s, calls idle for 12 s: a direct pair, or
+    one relayed behind the port-restricted NAT, gets going again; one relayed behind a symmetric
+    NAT ends (its TURN 5-tuple changed), as the lab expects. Which side relays is ICE's choice
+    of the moment, so each record is checked against the pair it selected."""
+    out = tmp_path / "idle.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "secureconnect",
+            "natlab",
+            "--behaviours",
+            "port-restricted,symmetric",
+            "--no-discovery",
+            "--nat-udp-timeout",
+            "3",
+            "--hold",
+            "12",
+            "--timeout",
+            "10",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=400,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    records = json.loads(out.read_text())
+    assert len(records) == 3
+    for record in records:
+        selected = PairResult(
+            record["a"], record["b"], True, record["local"], record["remote"], None
+        )
+        assert record["connected"] is not dies_when_idle(selected), record
+    survived = {(r["a"], r["b"]) for r in records if r["connected"]}
+    assert ("port-restricted", "port-restricted") in survived  # direct
+    assert ("symmetric", "symmetric") not in survived  # relayed behind a symmetric NAT

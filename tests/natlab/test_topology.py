@@ -390,3 +390,23 @@ def test_discovery_without_a_server_is_an_error_not_udp_blocked() -> None:
         client: LabClient = lab.client(Behaviour.UDP_BLOCKED, 0)
         with pytest.raises(LabError, match="over UDP nor over TCP"):
             discover(lab, client)
+
+
+def test_a_short_udp_timeout_expires_idle_mappings() -> None:
+    """``udp_timeout`` sets how long an idle UDP mapping lives in every router: an answer
+    within it gets through the port-restricted NAT, one after it is dropped."""
+    with Lab([Behaviour.PORT_RESTRICTED], clients_per_behaviour=1, udp_timeout=2) as lab:
+        client = lab.client(Behaviour.PORT_RESTRICTED, 0)
+        primary = lab.server_addresses[0]
+        with (
+            udp_socket(client.namespace, client.address, 40000) as mine,
+            udp_socket(lab.server_namespace, primary, 5000) as server,
+        ):
+            mine.sendto(b"out", (primary, 5000))
+            got = receive(server, ARRIVAL)
+            assert got is not None
+            server.sendto(b"soon", got[1])
+            assert receive(mine, ARRIVAL) == (b"soon", (primary, 5000))
+            time.sleep(3.5)
+            server.sendto(b"late", got[1])
+            assert receive(mine, 1.0) is None

@@ -59,6 +59,18 @@ def add_natlab_parser(commands: Any) -> None:
         "gets and how it reports: docs/natlab.md",
     )
     lab.add_argument(
+        "--nat-udp-timeout",
+        type=int,
+        default=300,
+        help="seconds an idle UDP mapping lives in the NATs (1-3600; RFC 4787: at least 300)",
+    )
+    lab.add_argument(
+        "--hold",
+        type=float,
+        default=0.0,
+        help="seconds each connected call stays idle before a second ping must get through",
+    )
+    lab.add_argument(
         "--browsers",
         default="",
         help="comma-separated: also run every pair with these browsers as the peers (chromium), "
@@ -165,6 +177,8 @@ def run_natlab(args: argparse.Namespace) -> int:
         lab_id=args.lab_id,
         peer_cmd=tuple(shlex.split(args.peer_cmd)),
         browsers=browsers,
+        udp_timeout=args.nat_udp_timeout,
+        hold=max(0.0, args.hold),
     )
     try:
         with _interrupts_tear_down():

@@ -86,6 +86,7 @@ CLOSE_RESERVE = 3.0  # seconds of --timeout kept for hanging up (at most a quart
 LINGER = 2.0  # seconds a connected peer waits for the other's ``bye`` before closing
 SIGNAL_TIMEOUT = 10.0  # seconds any single signaling request may take (capped by --timeout)
 PING, PONG = "ping", "pong"
+PING_AGAIN, PONG_AGAIN = "ping-again", "pong-again"  # after --hold seconds idle
 CHANNEL_LABEL = "natlab"
 
 log = logging.getLogger("secureconnect.natlab.peer")
@@ -106,6 +107,9 @@ class PeerOptions:
     timeout: float = 30.0
     turn_transport: TurnTransport = "udp"
     relay_only: bool = False
+    #: seconds to stay idle once connected before pinging again; connected only if that ping is
+    #: answered too (does the call outlive a NAT's idle timeout? 0: no second ping)
+    hold: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -226,6 +230,8 @@ class _Attempt:
         self._joined: asyncio.Queue[str] = asyncio.Queue()
         self._descriptions: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
         self._pong = asyncio.Event()
+        self._pong_again = asyncio.Event()
+        self._channel: RTCDataChannel | None = None
         self._reader: asyncio.Task[None] | None = None
 
     async def run(self) -> PeerResult:
@@ -294,6 +300,12 @@ class _Attempt:
             await self._answer(client, config)
         self.stage = "connecting (ICE, DTLS, SCTP, ping)"
         await self._until(self._pong.wait())
+        if options.hold and self._channel is not None:
+            self.stage = f"idle for {options.hold:g} s"
+            await asyncio.sleep(options.hold)
+            self.stage = f"pinging again after {options.hold:g} s idle"
+            self._channel.send(PING_AGAIN)
+            await self._until(self._pong_again.wait())
 
     async def _offer(self, client: SignalClient, config: RTCConfiguration) -> None:
         self.stage = "waiting for the other peer"
@@ -356,9 +368,15 @@ class _Attempt:
             log.info("natlab-peer-channel-open", extra=fields(label=channel.label))
             channel.send(PING)
 
+        self._channel = channel
+
         @channel.on("message")
         def on_message(message: str | bytes) -> None:
-            if message == PING:
+            if message == PING_AGAIN:
+                channel.send(PONG_AGAIN)
+            elif message == PONG_AGAIN:
+                self._pong_again.set()
+            elif message == PING:
                 channel.send(PONG)
             elif message == PONG and not self._pong.is_set():
                 self.seconds = time.monotonic() - self.start
@@ -477,6 +495,9 @@ def parse_args(argv: Sequence[str] | None = None) -> PeerOptions:
     )
     parser.add_argument("--relay-only", action="store_true", help="relay candidates only")
     parser.add_argument(
+        "--hold", type=float, default=0.0, help="seconds idle once connected, then ping again"
+    )
+    parser.add_argument(
         "--log-level", default="warning", choices=("debug", "info", "warning", "error")
     )
     args = parser.parse_args(argv)
@@ -495,6 +516,7 @@ def parse_args(argv: Sequence[str] | None = None) -> PeerOptions:
         timeout=args.timeout,
         turn_transport=args.turn_transport,
         relay_only=args.relay_only,
+        hold=args.hold,
     )
 
 

@@ -107,6 +107,8 @@ class LabPlan:
     lab_id: int | None = None  # None: the first free lab id (several labs at once)
     peer_cmd: tuple[str, ...] = ()  # your own peer (natlab/usercmd.py); empty: ours (aiortc)
     browsers: tuple[str, ...] = ()  # more matrices, with browsers as the peers (BROWSER_PEERS)
+    udp_timeout: int = 300  # seconds an idle UDP mapping lives in the routers
+    hold: float = 0.0  # seconds each call stays idle before a second ping must get through
 
 
 @dataclass
@@ -206,6 +208,7 @@ def peer_argv(
     role: str,
     timeout: float,
     turn: bool = True,
+    hold: float = 0.0,
 ) -> list[str]:
     return lab.exec_argv(
         client.namespace,
@@ -224,6 +227,8 @@ def peer_argv(
         f"{timeout:g}",
         "--turn-transport",
         turn_transport(client.behaviour) if turn else "none",
+        "--hold",
+        f"{hold:g}",
     )
 
 
@@ -237,6 +242,7 @@ def run_pair(
     timeout: float,
     turn: bool = True,
     peer_cmd: tuple[str, ...] = (),
+    hold: float = 0.0,
 ) -> tuple[PairResult, dict[str, object], dict[str, object]]:
     """Both peers at once; the result as seen from ``a`` (the offerer), plus both raw reports.
     ``turn=False`` gives the peers STUN only: whether a direct path exists at all. With
@@ -244,7 +250,16 @@ def run_pair(
     procs = []
     for client, role in ((a, "offer"), (b, "answer")):
         env = None
-        argv = peer_argv(lab, client, appliance, room=room, role=role, timeout=timeout, turn=turn)
+        argv = peer_argv(
+            lab,
+            client,
+            appliance,
+            room=room,
+            role=role,
+            timeout=timeout + hold,
+            turn=turn,
+            hold=hold,
+        )
         if peer_cmd:
             argv = lab.exec_argv(client.namespace, *peer_cmd)
             env = {
@@ -275,7 +290,7 @@ def run_pair(
     reports: list[dict[str, object]] = []
     for proc in procs:
         try:
-            out, err = proc.communicate(timeout=timeout + 20)
+            out, err = proc.communicate(timeout=timeout + hold + 20)
         except subprocess.TimeoutExpired:
             proc.kill()
             out, err = proc.communicate()
@@ -330,23 +345,58 @@ def needs_direct_check(result: PairResult) -> bool:
     return expected_route(a, b) == "relay" or route_of(result) == "relay"
 
 
+IDLE_STAGE = "pinging again after"  # natlab/peer.py's stage once the hold is over
+
+
+def dies_when_idle(result: PairResult) -> bool:
+    """Whether a call outlives no idle period longer than the NATs' UDP timeout: when a peer
+    behind a symmetric NAT relays. Its NAT gives the next packet after the mapping expired a new
+    port (RFC 4787 §4.1, address-and-port-dependent mapping), and the TURN allocation, bound to
+    the old 5-tuple (RFC 8656 §2.2), is lost with it. A relay behind a NAT that keeps its port
+    (endpoint-independent mapping), and every direct pair, get going again with the next
+    consent check (RFC 7675, every 5 s)."""
+    a, b = Behaviour(result.a), Behaviour(result.b)
+    return (result.local == "relay" and a is Behaviour.SYMMETRIC) or (
+        result.remote == "relay" and b is Behaviour.SYMMETRIC
+    )
+
+
+def _check_idle_death(name: str, result: PairResult, reason: str) -> str:
+    """A call :func:`dies_when_idle` must have connected, then ended once idle."""
+    if result.connected:
+        return f"{name}: the relayed call outlived the NAT's idle timeout, expected it to end"
+    if IDLE_STAGE not in reason:
+        return f"{name}: did not connect ({reason})"
+    return ""
+
+
 def check_pair(
     result: PairResult,
     mine: dict[str, object],
     theirs: dict[str, object],
     direct: PairResult | None = None,
+    *,
+    idle_expiry: bool = False,
 ) -> str:
     """What is wrong with one pair's outcome, or ``""``; ``direct`` is the STUN-only attempt
-    (:func:`needs_direct_check`)."""
+    (:func:`needs_direct_check`); ``idle_expiry``: each call stayed idle longer than the NATs'
+    UDP timeout (:func:`dies_when_idle` says which calls that ends)."""
     a, b = Behaviour(result.a), Behaviour(result.b)
     name = f"{a.value} <-> {b.value}"
+    reason = str(mine.get("error") or theirs.get("error") or "no connection")
+    if idle_expiry and dies_when_idle(result):
+        return _check_idle_death(name, result, reason)
     if not result.connected:
-        reason = mine.get("error") or theirs.get("error") or "no connection"
         return f"{name}: did not connect ({reason})"
-    want, got = expected_route(a, b), route_of(result)
+    direct_ok = direct is not None and direct.connected and route_of(direct) == "direct"
+    return _check_route(name, expected_route(a, b), result, direct_ok=direct_ok)
+
+
+def _check_route(name: str, want: str, result: PairResult, *, direct_ok: bool) -> str:
+    """What is wrong with a connected pair's route, or ``""``."""
+    got = route_of(result)
     if got == "unknown":
         return ""  # connected; the user's peer did not say how
-    direct_ok = direct is not None and direct.connected and route_of(direct) == "direct"
     if want == "relay" and got != "relay":
         return f"{name}: connected via {result.local}/{result.remote}, expected relay"
     if want == "relay" and direct_ok:
@@ -362,7 +412,13 @@ def run_lab(plan: LabPlan, log: Callable[[str], None]) -> LabOutcome:
     outcome = LabOutcome(plan.behaviours)
     with tempfile.TemporaryDirectory(prefix="scnl-") as tmp:
         workdir = Path(tmp)
-        lab = Lab(plan.behaviours, clients_per_behaviour=2, netem=plan.netem, lab_id=plan.lab_id)
+        lab = Lab(
+            plan.behaviours,
+            clients_per_behaviour=2,
+            netem=plan.netem,
+            lab_id=plan.lab_id,
+            udp_timeout=plan.udp_timeout,
+        )
         log(f"building lab {lab.lab_id}: {', '.join(b.value for b in plan.behaviours)}")
         with lab:
             log(f"lab built in {time.monotonic() - began:.1f} s; starting the appliance")
@@ -401,6 +457,7 @@ def _run_matrix(
             room=f"{stack}-{n}",
             timeout=plan.timeout,
             peer_cmd=peer_cmd,
+            hold=plan.hold,
         )
         result = dataclasses.replace(result, stack=stack)
         outcome.results.append(result)
@@ -430,7 +487,8 @@ def _run_matrix(
                 "       STUN only: "
                 + (f"{direct.local}/{direct.remote}" if works else "no connection")
             )
-        problem = check_pair(result, mine, theirs, direct)
+        idle_expiry = plan.hold > plan.udp_timeout
+        problem = check_pair(result, mine, theirs, direct, idle_expiry=idle_expiry)
         if problem:
             outcome.problems.append(label + problem)
             log(f"       UNEXPECTED: {label}{problem}")

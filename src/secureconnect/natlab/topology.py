@@ -76,7 +76,7 @@ NETNS_DIR = Path("/run/netns")  # where `ip netns` keeps the namespaces' names
 _PACKAGES = {"ip": "iproute2", "nft": "nftables", "sysctl": "procps", "tc": "iproute2"}
 _CLONE_NEWNET = 0x40000000  # setns(2): join a network namespace
 T = TypeVar("T")
-_UDP_TIMEOUT = 300  # RFC 4787 REQ-5 recommends >= 5 minutes for UDP mappings
+DEFAULT_UDP_TIMEOUT = 300  # RFC 4787 REQ-5 recommends >= 5 minutes for UDP mappings
 
 
 def require_root() -> None:
@@ -343,6 +343,7 @@ class Lab:
         clients_per_behaviour: int = 2,
         netem: Netem | None = None,
         lab_id: int | None = None,
+        udp_timeout: int = DEFAULT_UDP_TIMEOUT,
     ) -> None:
         behaviours = [Behaviour(b) for b in behaviours]
         if not behaviours:
@@ -355,7 +356,10 @@ class Lab:
             raise ValueError(f"a lab holds at most {_MAX_CLIENTS} clients")
         if lab_id is not None and not 0 <= lab_id < MAX_LABS:
             raise ValueError(f"lab_id must be within 0-{MAX_LABS - 1}")
+        if not 1 <= udp_timeout <= 3600:
+            raise ValueError("udp_timeout must be within 1-3600 seconds")
         self.netem = netem
+        self.udp_timeout = udp_timeout  # seconds an idle UDP mapping lives in every router
         if lab_id is None:
             self._lock = free_lab()
         else:
@@ -453,7 +457,7 @@ class Lab:
         _ip_batch(None, (f"netns add {name}" for name in names))
         routers = {node.client.router_namespace for node in self._nodes.values()}
         for name in names:  # before any link exists, so that new links inherit "default"
-            _sysctl(name, router=name in routers)
+            _sysctl(name, router=name in routers, udp_timeout=self.udp_timeout)
         self._build_public_segment()
         for node in self._nodes.values():
             self._build_node(node)
@@ -555,7 +559,7 @@ class Lab:
             self._lock.release()
 
 
-def _sysctl(namespace: str, *, router: bool) -> None:
+def _sysctl(namespace: str, *, router: bool, udp_timeout: int) -> None:
     """Per-namespace kernel settings: IPv4 forwarding for routers only, IPv6 off, no reverse
     path filter, and (routers) UDP conntrack entries that outlive test pauses. Set explicitly
     because a new namespace inherits the host's IPv4 settings (``devconf_inherit_init_net``)."""
@@ -568,8 +572,8 @@ def _sysctl(namespace: str, *, router: bool) -> None:
         settings += ["net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"]
     if router:
         settings += [
-            f"net.netfilter.nf_conntrack_udp_timeout={_UDP_TIMEOUT}",
-            f"net.netfilter.nf_conntrack_udp_timeout_stream={_UDP_TIMEOUT}",
+            f"net.netfilter.nf_conntrack_udp_timeout={udp_timeout}",
+            f"net.netfilter.nf_conntrack_udp_timeout_stream={udp_timeout}",
         ]
     _run(exec_argv_in(namespace, _tool("sysctl"), "-q", "-w", *settings))
 
