@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from secureconnect.natlab.browser import HEADLESS_FLAGS
+
 if TYPE_CHECKING:
     from playwright.sync_api import Browser
 
@@ -22,20 +24,8 @@ INSTALL_HINT = (
     "`.venv/bin/pip install -e '.[test]'` (Playwright); the test uses the system chromium, "
     "never `playwright install`"
 )
-CHROMIUM_FLAGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
-    # Chromium gathers no candidates on loopback without this.
-    "--allow-loopback-in-peer-connection",
-    # Host candidates as IPs: no mDNS names, no multicast announcements.
-    "--disable-features=WebRtcHideLocalIpsWithMdns",
-]
+# Chromium gathers no candidates on loopback without the last one.
+CHROMIUM_FLAGS = [*HEADLESS_FLAGS, "--allow-loopback-in-peer-connection"]
 
 
 @contextmanager

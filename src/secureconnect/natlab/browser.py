@@ -23,9 +23,9 @@ import sys
 import time
 from urllib.parse import urlsplit
 
-from playwright.sync_api import sync_playwright
-
-FLAGS = [
+#: headless Chromium that makes no outside connections and reports host candidates as
+#: addresses (no mDNS names); our browser tests start from the same list
+HEADLESS_FLAGS = [
     "--headless=new",
     "--no-sandbox",
     "--disable-gpu",
@@ -34,9 +34,9 @@ FLAGS = [
     "--disable-component-update",
     "--disable-sync",
     "--disable-dev-shm-usage",
-    "--ignore-certificate-errors",  # the lab appliance's self-signed certificate
-    "--disable-features=WebRtcHideLocalIpsWithMdns",  # host candidates as addresses
+    "--disable-features=WebRtcHideLocalIpsWithMdns",
 ]
+FLAGS = [*HEADLESS_FLAGS, "--ignore-certificate-errors"]  # the lab appliance's own certificate
 CONNECTED = """() => {
   const peers = Object.values(window.demo ? window.demo.peers : {});
   return peers.find(p => p.state === "connected" && p.channel === "open" && p.pairType
@@ -54,6 +54,8 @@ def run() -> dict[str, object]:
     executable = shutil.which("chromium")
     if executable is None:
         return {"connected": False, "error": "chromium is not installed"}
+    from playwright.sync_api import sync_playwright  # noqa: PLC0415 - only when a browser runs
+
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=executable, args=FLAGS)
         try:

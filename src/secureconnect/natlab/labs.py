@@ -34,10 +34,6 @@ class LabLock:
         self.path = LOCK_DIR / f"secureconnect-natlab-{lab_id}.lock"
         self._fd: int | None = None
 
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
-
     def acquire(self) -> None:
         if not self.try_acquire():
             holder = _holder(self.path)

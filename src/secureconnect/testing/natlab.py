@@ -10,6 +10,7 @@ machine cannot build one (the plugin turns that into a failure or a skip, as con
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -152,8 +153,6 @@ class NatLab:
 
     def environment(self, room: str, user: str = "test") -> dict[str, str]:
         """What a program of yours gets to find the appliance (docs/testing.md)."""
-        import json  # noqa: PLC0415 - only here
-
         return {
             "SECURECONNECT_SIGNAL_URL": self.signal_url,
             "SECURECONNECT_ROOM": room,
