@@ -14,10 +14,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from secureconnect.natlab.behaviours import ALL_BEHAVIOURS, Behaviour
+from secureconnect.natlab.networks import ALL_NETWORKS, NETWORKS, Network
 from secureconnect.natlab.report import PairResult
 from secureconnect.natlab.runner import dies_when_idle, expected_route
 from secureconnect.natlab.topology import list_namespaces
@@ -58,9 +60,11 @@ def test_full_matrix_connects_every_pair_as_expected(tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr[-3000:]}"
-    records = json.loads(out.read_text())
+    everything = json.loads(out.read_text())
+    records = [r for r in everything if r["network"] is None]
     n = len(ALL_BEHAVIOURS)
     assert len(records) == n * (n + 1) // 2
+    check_network_rows([r for r in everything if r["network"] is not None])
     by_pair = {frozenset((r["a"], r["b"])): r for r in records}
     for record in records:
         assert set(record) >= {"a", "b", "connected", "local", "remote", "seconds"}
@@ -93,6 +97,25 @@ def test_full_matrix_connects_every_pair_as_expected(tmp_path: Path) -> None:
     assert discovered == {b.value: b.value for b in ALL_BEHAVIOURS}
     assert svg.read_text().lstrip().startswith(("<svg", "<?xml"))
     assert lab_namespaces() == []
+
+
+def check_network_rows(rows: list[dict[str, Any]]) -> None:
+    """The harder networks' rows (every one, by default with every behaviour) came out as
+    natlab/networks.py expects: connected where expected, relayed exactly where expected (and
+    then no direct path with STUN only), ended by the NATs' idle timeout where expected."""
+    assert [r["network"] for r in rows] == [n.value for n in ALL_NETWORKS]
+    for record in rows:
+        want = NETWORKS[Network(record["network"])].expected
+        assert record["expected"] == want
+        if want == "ends":
+            assert record["connected"] is False, record
+            continue
+        assert record["connected"] is True, record
+        if want == "relay":
+            assert record["route"] == "relay", record
+            assert record["direct_possible"] is False, record
+        elif record["route"] == "relay":
+            assert record["direct_possible"] is True, record
 
 
 def _start_and_wait_for_lab(

@@ -24,6 +24,7 @@ from types import FrameType
 from typing import Any
 
 from secureconnect.natlab.behaviours import ALL_BEHAVIOURS, Behaviour
+from secureconnect.natlab.networks import ALL_NETWORKS, NETWORKS, Network, parse_networks
 
 
 def add_natlab_parser(commands: Any) -> None:
@@ -69,6 +70,13 @@ def add_natlab_parser(commands: Any) -> None:
         type=float,
         default=0.0,
         help="seconds each connected call stays idle before a second ping must get through",
+    )
+    lab.add_argument(
+        "--networks",
+        default=None,
+        help="the harder networks' rows after the matrix: all, none or comma-separated, from: "
+        + ", ".join(n.value for n in ALL_NETWORKS)
+        + " (default: all with every behaviour, none when --behaviours picks some)",
     )
     lab.add_argument(
         "--browsers",
@@ -162,6 +170,8 @@ def run_natlab(args: argparse.Namespace) -> int:
         return 0
     try:
         behaviours = _behaviours(args.behaviours)
+        every = behaviours == ALL_BEHAVIOURS
+        networks = parse_networks(args.networks or ("all" if every else "none"))
         netem = None
         if args.delay or args.jitter or args.loss:
             netem = Netem(delay_ms=args.delay, jitter_ms=args.jitter, loss_percent=args.loss)
@@ -171,6 +181,7 @@ def run_natlab(args: argparse.Namespace) -> int:
         return 2
     plan = runner.LabPlan(
         behaviours=behaviours,
+        networks=networks,
         timeout=max(5.0, min(args.timeout, 300.0)),
         netem=netem,
         discovery=not args.no_discovery,
@@ -200,9 +211,9 @@ def run_natlab(args: argparse.Namespace) -> int:
             f"{found.filtering} filtering -> {found.behaviour.value}"
         )
     _write_files(args, outcome, names)
-    for (stack, a, b), works in outcome.direct_possible.items():
+    for (stack, row), works in outcome.direct_possible.items():
         verdict = "connects directly" if works else "no connection"
-        print(f"STUN only ({stack}), {a} <-> {b}: {verdict}")
+        print(f"STUN only ({stack}), {row}: {verdict}")
     for problem in outcome.problems:
         print(f"UNEXPECTED: {problem}")
     verdict = "as expected" if not outcome.problems else f"{len(outcome.problems)} problem(s)"
@@ -220,10 +231,12 @@ def _write_files(args: argparse.Namespace, outcome: Any, names: list[str]) -> No
         records = report.json_records(outcome.results)
         for record, result in zip(records, outcome.results, strict=True):
             record["route"] = runner.route_of(result) if result.connected else None
-            record["expected"] = runner.expected_route(Behaviour(result.a), Behaviour(result.b))
-            record["direct_possible"] = outcome.direct_possible.get(
-                (result.stack, result.a, result.b)
+            record["expected"] = (
+                NETWORKS[Network(result.network)].expected
+                if result.network
+                else runner.expected_route(Behaviour(result.a), Behaviour(result.b))
             )
+            record["direct_possible"] = outcome.direct_possible.get((result.stack, result.row))
             record["stack"] = result.stack
         args.json.write_text(json.dumps(records, indent=2) + "\n")
     for stack in dict.fromkeys(r.stack for r in outcome.results):

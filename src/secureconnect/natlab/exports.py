@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 from xml.sax.saxutils import quoteattr
 
 from secureconnect.natlab.report import (
@@ -25,6 +26,7 @@ from secureconnect.natlab.report import (
     PairResult,
     cell_at,
     matrix_cells,
+    network_cells,
 )
 
 
@@ -41,10 +43,11 @@ def junit_xml(
     first = results[0].stack if results else ""
     for result in results:
         label = "" if result.stack == first else f"[{result.stack}] "
-        name = f"{label}{result.a} <-> {result.b}"
+        name = f"{label}{result.row}"
         problem = next((p for p in problems if p.startswith(name + ":")), None)
         time = result.seconds if result.seconds is not None else 0.0
-        cases.append(_case("natlab.pairs", name, time, problem))
+        suite = "natlab.networks" if result.network else "natlab.pairs"
+        cases.append(_case(suite, name, time, problem))
         failures += problem is not None
     for behaviour, found in discoveries.items():
         prefix = f"discovery behind {behaviour} "
@@ -73,12 +76,14 @@ def render_png(results: Iterable[PairResult], behaviours: Sequence[str]) -> byte
         from PIL import Image, ImageDraw  # noqa: PLC0415 - the natlab extra only
     except ImportError as exc:
         raise RuntimeError("a PNG needs Pillow: pip install 'secureconnect[natlab]'") from exc
-    behaviours = list(behaviours)
+    behaviours, results = list(behaviours), list(results)
     grid = matrix_cells(results, behaviours)
+    rows = network_cells(results)
     n = len(behaviours)
     left, top = MARGIN + LABEL_W, MARGIN + HEADER_H
-    legend_y = float(top + n * CELL_H + 24)
-    width, height = left + n * CELL_W + MARGIN, int(legend_y) + 52
+    networks_y = top + n * CELL_H + (24 if rows else 0)
+    legend_y = float(networks_y + len(rows) * CELL_H + 24)
+    width, height = left + max(n, 2) * CELL_W + MARGIN, int(legend_y) + 52
     image = Image.new("RGB", (width, height), "#ffffff")
     draw = ImageDraw.Draw(image)
     ink = "#1a1a1a"
@@ -90,21 +95,11 @@ def render_png(results: Iterable[PairResult], behaviours: Sequence[str]) -> byte
         y = top + i * CELL_H
         draw.text((left - 8, y + CELL_H / 2), row, fill=ink, anchor="rm")
         for j, column in enumerate(behaviours):
-            cell = cell_at(grid, row, column)
-            x = left + j * CELL_W
-            box = (x + 1, y + 1, x + CELL_W - 2, y + CELL_H - 2)
-            draw.rectangle(box, fill=COLOURS[cell.outcome], outline="#ffffff")
-            lines = (
-                [cell.text()]
-                if cell.outcome in (Outcome.FAILED, Outcome.MISSING)
-                else [
-                    cell.types,
-                    cell.time,
-                ]
-            )
-            for k, line in enumerate(line for line in lines if line):
-                offset = (k - (len(lines) - 1) / 2) * 14
-                draw.text((x + CELL_W / 2, y + CELL_H / 2 + offset), line, fill=ink, anchor="mm")
+            _png_cell(draw, left + j * CELL_W, y, cell_at(grid, row, column))
+    for k, (name, cell) in enumerate(rows):
+        y = networks_y + k * CELL_H
+        draw.text((left - 8, y + CELL_H / 2), name, fill=ink, anchor="rm")
+        _png_cell(draw, left, y, cell)
     key_x = float(MARGIN)
     for outcome in Outcome:
         draw.rectangle((key_x, legend_y, key_x + 14, legend_y + 14), fill=COLOURS[outcome])
@@ -115,3 +110,15 @@ def render_png(results: Iterable[PairResult], behaviours: Sequence[str]) -> byte
     out = io.BytesIO()
     image.save(out, format="PNG")
     return out.getvalue()
+
+
+def _png_cell(draw: Any, x: float, y: float, cell: Any) -> None:
+    """One coloured cell with its candidate types and time (or FAILED, or -)."""
+    box = (x + 1, y + 1, x + CELL_W - 2, y + CELL_H - 2)
+    draw.rectangle(box, fill=COLOURS[cell.outcome], outline="#ffffff")
+    failed = cell.outcome in (Outcome.FAILED, Outcome.MISSING, Outcome.ENDED)
+    lines = [cell.text()] if failed else [cell.types, cell.time]
+    lines = [line for line in lines if line]
+    for k, line in enumerate(lines):
+        offset = (k - (len(lines) - 1) / 2) * 14
+        draw.text((x + CELL_W / 2, y + CELL_H / 2 + offset), line, fill="#1a1a1a", anchor="mm")

@@ -87,6 +87,8 @@ LINGER = 2.0  # seconds a connected peer waits for the other's ``bye`` before cl
 SIGNAL_TIMEOUT = 10.0  # seconds any single signaling request may take (capped by --timeout)
 PING, PONG = "ping", "pong"
 PING_AGAIN, PONG_AGAIN = "ping-again", "pong-again"  # after --hold seconds idle
+PONG_AGAIN_WAIT = 10.0  # seconds the ping after the hold has to be answered: a call that
+# survived answers in about a round trip (or an SCTP retransmission, 1-3 s, RFC 9260 §6.3.1)
 CHANNEL_LABEL = "natlab"
 
 log = logging.getLogger("secureconnect.natlab.peer")
@@ -305,7 +307,11 @@ class _Attempt:
             await asyncio.sleep(options.hold)
             self.stage = f"pinging again after {options.hold:g} s idle"
             self._channel.send(PING_AGAIN)
-            await self._until(self._pong_again.wait())
+            try:
+                async with asyncio.timeout(PONG_AGAIN_WAIT):  # SCTP retransmits within it
+                    await self._until(self._pong_again.wait())
+            except TimeoutError:
+                raise PeerFailed(f"no answer {PONG_AGAIN_WAIT:g} s after {self.stage}") from None
 
     async def _offer(self, client: SignalClient, config: RTCConfiguration) -> None:
         self.stage = "waiting for the other peer"

@@ -30,7 +30,9 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
-RECORD_KEYS = ("a", "b", "connected", "local", "remote", "seconds")
+from secureconnect.natlab.networks import NETWORKS, Network
+
+RECORD_KEYS = ("a", "b", "connected", "local", "remote", "seconds", "network")
 NOT_MEASURED = "-"
 
 
@@ -48,7 +50,13 @@ class PairResult:
     local: str | None
     remote: str | None
     seconds: float | None
-    stack: str = "aiortc"  # which peers: aiortc (ours), chromium, yours (--peer-cmd)
+    stack: str = "aiortc"  # which peers: aiortc (ours), chromium, firefox, yours (--peer-cmd)
+    network: str | None = None  # a harder network's row (natlab/networks.py); None: the matrix
+
+    @property
+    def row(self) -> str:
+        """The row's name: the network's, or ``a <-> b`` for a pair of the matrix."""
+        return self.network or f"{self.a} <-> {self.b}"
 
 
 class Outcome(Enum):
@@ -58,6 +66,7 @@ class Outcome(Enum):
     RELAY = "via relay"
     FAILED = "failed"
     MISSING = "not measured"
+    ENDED = "ended when idle"  # an idle row's expected end (natlab/networks.py)
 
 
 @dataclass(frozen=True)
@@ -83,6 +92,8 @@ class _Cell:
             return NOT_MEASURED
         if self.outcome is Outcome.FAILED:
             return "FAILED"
+        if self.outcome is Outcome.ENDED:
+            return "ENDED when idle"
         return f"{self.types} {self.time}".rstrip()
 
 
@@ -125,6 +136,8 @@ def matrix_cells(
         raise ValueError(f"behaviours repeat a name: {list(behaviours)}")
     grid: dict[tuple[str, str], _Cell] = {}
     for result in results:
+        if result.network is not None:
+            continue  # a harder network's row: network_lines(), not a cell
         for name in (result.a, result.b):
             if name not in order:
                 raise ValueError(f"unknown behaviour {name!r}; expected one of {list(order)}")
@@ -150,7 +163,8 @@ def _summary(grid: Mapping[tuple[str, str], _Cell], behaviours: Sequence[str]) -
     for i, row in enumerate(behaviours):
         for column in behaviours[i:]:
             counts[cell_at(grid, row, column).outcome] += 1
-    parts = [f"{counts[o]} {o.value}" for o in Outcome if counts[o] or o is not Outcome.MISSING]
+    quiet = (Outcome.MISSING, Outcome.ENDED)  # named only when there are some
+    parts = [f"{counts[o]} {o.value}" for o in Outcome if counts[o] or o not in quiet]
     return f"{sum(counts.values())} pairs: " + ", ".join(parts)
 
 
@@ -165,7 +179,7 @@ FAILED: no connection within the timeout. -: not measured."""
 
 def render_table(results: Iterable[PairResult], behaviours: Sequence[str]) -> str:
     """A plain-text matrix (rows and columns in ``behaviours`` order), a summary and a legend."""
-    behaviours = list(behaviours)
+    behaviours, results = list(behaviours), list(results)
     grid = matrix_cells(results, behaviours)
     corner = "a \\ b"
     label_width = max([len(corner), *map(len, behaviours)])
@@ -177,7 +191,44 @@ def render_table(results: Iterable[PairResult], behaviours: Sequence[str]) -> st
     for row in behaviours:
         cells = [texts[row, c].ljust(w) for c, w in zip(behaviours, widths, strict=True)]
         lines.append("  ".join([row.ljust(label_width), *cells]).rstrip())
-    return "\n".join([*lines, "", _summary(grid, behaviours), "", LEGEND]) + "\n"
+    networks = network_lines(results)
+    extra = ["", "harder networks:", *networks] if networks else []
+    return "\n".join([*lines, "", _summary(grid, behaviours), *extra, "", LEGEND]) + "\n"
+
+
+def network_cells(results: Iterable[PairResult]) -> list[tuple[str, _Cell]]:
+    """The harder networks' rows (:mod:`.networks`), in the order measured: (name, cell)."""
+    cells = []
+    for result in results:
+        if result.network is not None:
+            outcome = outcome_of(result)
+            if outcome is Outcome.FAILED and expected_of(result.network) == "ends":
+                outcome = Outcome.ENDED
+            seconds = result.seconds if outcome is not Outcome.FAILED else None
+            cells.append((result.network, _Cell(outcome, result.local, result.remote, seconds)))
+    return cells
+
+
+def network_lines(results: Iterable[PairResult]) -> list[str]:
+    """One line per harder network's row, with what the lab expects of it:
+    ``  hairpin  host/srflx 1.2s  (expected: direct)``; FAILED is the outcome an idle row
+    expects to end with (``ends``)."""
+    rows = network_cells(results)
+    width = max((len(name) for name, _ in rows), default=0)
+    texts = [cell.text() for _, cell in rows]
+    cells = max(map(len, texts), default=0)
+    return [
+        f"  {name.ljust(width)}  {text.ljust(cells)}  (expected: {expected_of(name)})"
+        for (name, _), text in zip(rows, texts, strict=True)
+    ]
+
+
+def expected_of(network: str) -> str:
+    """A harder network's expected outcome (``direct``, ``relay``, ``ends``), or ``?``."""
+    try:
+        return NETWORKS[Network(network)].expected
+    except ValueError:
+        return "?"
 
 
 # -- SVG ---------------------------------------------------------------------------------------
@@ -187,6 +238,7 @@ COLOURS = {
     Outcome.RELAY: "#f5b942",  # amber
     Outcome.FAILED: "#e0605a",  # red
     Outcome.MISSING: "#e6e6e6",  # grey
+    Outcome.ENDED: "#b7a6de",  # lilac
 }
 CELL_W, CELL_H = 124, 46
 LABEL_W, HEADER_H = 132, 58  # room for the row labels and the column labels
@@ -204,9 +256,9 @@ def _svg_cell(x: float, y: float, row: str, column: str, cell: _Cell) -> list[st
     if cell.outcome in (Outcome.DIRECT, Outcome.RELAY):
         words = f"{row} with {column}: {cell.outcome.value} ({cell.types}) in {cell.time or '?'}"
         lines = [_text(cx, y + 20, cell.types), _text(cx, y + 36, cell.time, 11)]
-    elif cell.outcome is Outcome.FAILED:
-        words = f"{row} with {column}: failed"
-        lines = [_text(cx, y + 28, "FAILED", font_weight="bold")]
+    elif cell.outcome in (Outcome.FAILED, Outcome.ENDED):
+        words = f"{row} with {column}: {cell.outcome.value}"
+        lines = [_text(cx, y + 28, cell.text(), font_weight="bold")]
     else:
         words = f"{row} with {column}: not measured"
         lines = [_text(cx, y + 28, NOT_MEASURED)]
@@ -223,12 +275,14 @@ def _svg_cell(x: float, y: float, row: str, column: str, cell: _Cell) -> list[st
 def render_svg(results: Iterable[PairResult], behaviours: Sequence[str]) -> str:
     """A self-contained SVG heat map: one coloured cell per pair (mirrored, see the module
     docstring), behaviour names on both axes, a colour legend underneath."""
-    behaviours = list(behaviours)
+    behaviours, results = list(behaviours), list(results)
     grid = matrix_cells(results, behaviours)
+    rows = network_cells(results)
     n = len(behaviours)
     left, top = MARGIN + LABEL_W, MARGIN + HEADER_H
-    legend_y = top + n * CELL_H + 24
-    width = left + n * CELL_W + MARGIN
+    networks_y = top + n * CELL_H + (24 if rows else 0)
+    legend_y = networks_y + len(rows) * CELL_H + 24
+    width = left + max(n, 2) * CELL_W + MARGIN
     height = legend_y + 52
     summary = _summary(grid, behaviours)
     parts = [
@@ -246,6 +300,10 @@ def render_svg(results: Iterable[PairResult], behaviours: Sequence[str]) -> str:
         parts.append(_text(left - 8, y + CELL_H / 2 + 4, row, 12, text_anchor="end"))
         for j, column in enumerate(behaviours):
             parts += _svg_cell(left + j * CELL_W, y, row, column, cell_at(grid, row, column))
+    for k, (name, cell) in enumerate(rows):
+        y = networks_y + k * CELL_H
+        parts.append(_text(left - 8, y + CELL_H / 2 + 4, name, 12, text_anchor="end"))
+        parts += _svg_cell(left, y, name, "its pair", cell)
     parts.append(_text(MARGIN + LABEL_W / 2, MARGIN + 14, "peer's NAT", 13, font_weight="bold"))
     x = float(MARGIN)
     for outcome in Outcome:

@@ -47,9 +47,33 @@ from secureconnect.launcher import run_appliance as launch
 from secureconnect.natlab.behaviours import ALL_BEHAVIOURS, Behaviour
 from secureconnect.natlab.discovery import Discovery, discover
 from secureconnect.natlab.labs import LabError
+from secureconnect.natlab.networks import IDLE_HOLD, NETWORKS, Network
 from secureconnect.natlab.report import PairResult
 from secureconnect.natlab.topology import Lab, LabClient, Netem
 from secureconnect.natlab.usercmd import peer_environment, user_report
+from secureconnect.natlab.verdicts import (
+    check_network,
+    check_pair,
+    dies_when_idle,
+    expected_route,
+    needs_direct_check,
+    network_needs_direct_check,
+    route_of,
+)
+
+__all__ = [
+    "BROWSER_PEERS",
+    "LabAppliance",
+    "LabOutcome",
+    "LabPlan",
+    "dies_when_idle",
+    "expected_route",
+    "route_of",
+    "run_appliance",
+    "run_lab",
+    "run_pair",
+    "turn_transport",
+]
 from secureconnect.netaddr import url_host
 from secureconnect.statedir import SELF_SIGNED_CERT
 
@@ -68,34 +92,6 @@ BROWSER_PEERS: dict[str, tuple[str, ...]] = {
 DIRECT_CHECK_TIMEOUT = 10.0
 
 
-def expected_route(a: Behaviour, b: Behaviour) -> str:
-    """``"relay"`` where no direct path can exist between clients behind ``a`` and ``b``, else
-    ``"direct"`` (host, srflx or prflx candidates on both sides).
-
-    - UDP blocked: only the TURN server is reachable (over TCP or TLS).
-    - Symmetric mapping (RFC 4787 §4.1: a new mapping per destination) against a NAT that also
-      filters by port (§5: address-and-port-dependent filtering, i.e. port-restricted or another
-      symmetric NAT): the port the symmetric NAT opens towards the peer is not the one its STUN
-      server saw, and the peer's filter admits only the latter.
-    - Everything else punches through: the other side's mapping is endpoint-independent, and its
-      filter admits the symmetric side's new port (restricted cone filters by address only).
-    """
-    pair = {a, b}
-    if Behaviour.UDP_BLOCKED in pair:
-        return "relay"
-    if Behaviour.SYMMETRIC in pair and pair <= {Behaviour.SYMMETRIC, Behaviour.PORT_RESTRICTED}:
-        return "relay"
-    return "direct"
-
-
-def route_of(result: PairResult) -> str:
-    """How a connected pair went: through the TURN relay if either end used a relay candidate;
-    ``unknown`` when a peer of the user's did not say which pair it selected."""
-    if result.local is None or result.remote is None:
-        return "unknown"
-    return "relay" if "relay" in (result.local, result.remote) else "direct"
-
-
 @dataclass(frozen=True)
 class LabPlan:
     """What one run does; the CLI fills it from its flags."""
@@ -109,6 +105,7 @@ class LabPlan:
     browsers: tuple[str, ...] = ()  # more matrices, with browsers as the peers (BROWSER_PEERS)
     udp_timeout: int = 300  # seconds an idle UDP mapping lives in the routers
     hold: float = 0.0  # seconds each call stays idle before a second ping must get through
+    networks: tuple[Network, ...] = ()  # harder networks' rows after the matrix (networks.py)
 
 
 @dataclass
@@ -118,8 +115,9 @@ class LabOutcome:
     behaviours: tuple[Behaviour, ...]
     discoveries: dict[Behaviour, Discovery] = field(default_factory=dict)
     results: list[PairResult] = field(default_factory=list)
-    #: (stack, a, b) -> whether the pair connected directly with STUN only (pairs checked)
-    direct_possible: dict[tuple[str, str, str], bool] = field(default_factory=dict)
+    #: (stack, row) -> whether the row's pair connected directly with STUN only (those checked;
+    #: the row is ``a <-> b`` or a network's name: PairResult.row)
+    direct_possible: dict[tuple[str, str], bool] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -329,83 +327,6 @@ def _str_or_none(value: object) -> str | None:
 # -- the whole run ---------------------------------------------------------------------------
 
 
-def needs_direct_check(result: PairResult) -> bool:
-    """Whether the route seen needs a STUN-only attempt to be judged.
-
-    aioice nominates aggressively (every check of the controlling agent carries USE-CANDIDATE,
-    so the first pair that answers wins): between two filtering NATs a host->relay pair can
-    answer before the hole punching of the direct pair completes, and the peers then relay
-    although a direct path exists. A relayed pair expected direct is therefore tried again with
-    STUN only, and must connect directly. A pair expected to need the relay (and reachable over
-    UDP at all) is tried with STUN only too, and must not connect: "only via relay".
-    """
-    a, b = Behaviour(result.a), Behaviour(result.b)
-    if not result.connected or Behaviour.UDP_BLOCKED in (a, b) or route_of(result) == "unknown":
-        return False
-    return expected_route(a, b) == "relay" or route_of(result) == "relay"
-
-
-IDLE_STAGE = "pinging again after"  # natlab/peer.py's stage once the hold is over
-
-
-def dies_when_idle(result: PairResult) -> bool:
-    """Whether a call outlives no idle period longer than the NATs' UDP timeout: when a peer
-    behind a symmetric NAT relays. Its NAT gives the next packet after the mapping expired a new
-    port (RFC 4787 §4.1, address-and-port-dependent mapping), and the TURN allocation, bound to
-    the old 5-tuple (RFC 8656 §2.2), is lost with it. A relay behind a NAT that keeps its port
-    (endpoint-independent mapping), and every direct pair, get going again with the next
-    consent check (RFC 7675, every 5 s)."""
-    a, b = Behaviour(result.a), Behaviour(result.b)
-    return (result.local == "relay" and a is Behaviour.SYMMETRIC) or (
-        result.remote == "relay" and b is Behaviour.SYMMETRIC
-    )
-
-
-def _check_idle_death(name: str, result: PairResult, reason: str) -> str:
-    """A call :func:`dies_when_idle` must have connected, then ended once idle."""
-    if result.connected:
-        return f"{name}: the relayed call outlived the NAT's idle timeout, expected it to end"
-    if IDLE_STAGE not in reason:
-        return f"{name}: did not connect ({reason})"
-    return ""
-
-
-def check_pair(
-    result: PairResult,
-    mine: dict[str, object],
-    theirs: dict[str, object],
-    direct: PairResult | None = None,
-    *,
-    idle_expiry: bool = False,
-) -> str:
-    """What is wrong with one pair's outcome, or ``""``; ``direct`` is the STUN-only attempt
-    (:func:`needs_direct_check`); ``idle_expiry``: each call stayed idle longer than the NATs'
-    UDP timeout (:func:`dies_when_idle` says which calls that ends)."""
-    a, b = Behaviour(result.a), Behaviour(result.b)
-    name = f"{a.value} <-> {b.value}"
-    reason = str(mine.get("error") or theirs.get("error") or "no connection")
-    if idle_expiry and dies_when_idle(result):
-        return _check_idle_death(name, result, reason)
-    if not result.connected:
-        return f"{name}: did not connect ({reason})"
-    direct_ok = direct is not None and direct.connected and route_of(direct) == "direct"
-    return _check_route(name, expected_route(a, b), result, direct_ok=direct_ok)
-
-
-def _check_route(name: str, want: str, result: PairResult, *, direct_ok: bool) -> str:
-    """What is wrong with a connected pair's route, or ``""``."""
-    got = route_of(result)
-    if got == "unknown":
-        return ""  # connected; the user's peer did not say how
-    if want == "relay" and got != "relay":
-        return f"{name}: connected via {result.local}/{result.remote}, expected relay"
-    if want == "relay" and direct_ok:
-        return f"{name}: connected directly with STUN only, expected to need the relay"
-    if want == "direct" and got == "relay" and not direct_ok:
-        return f"{name}: relayed ({result.local}/{result.remote}) and no direct path with STUN only"
-    return ""
-
-
 def run_lab(plan: LabPlan, log: Callable[[str], None]) -> LabOutcome:
     """Build the lab, run discovery and every pair, tear everything down; see the module doc."""
     began = time.monotonic()
@@ -418,8 +339,10 @@ def run_lab(plan: LabPlan, log: Callable[[str], None]) -> LabOutcome:
             netem=plan.netem,
             lab_id=plan.lab_id,
             udp_timeout=plan.udp_timeout,
+            networks=plan.networks,
         )
-        log(f"building lab {lab.lab_id}: {', '.join(b.value for b in plan.behaviours)}")
+        shown = ", ".join([*(b.value for b in plan.behaviours), *plan.networks])
+        log(f"building lab {lab.lab_id}: {shown}")
         with lab:
             log(f"lab built in {time.monotonic() - began:.1f} s; starting the appliance")
             with run_appliance(lab, workdir) as appliance:
@@ -428,39 +351,71 @@ def run_lab(plan: LabPlan, log: Callable[[str], None]) -> LabOutcome:
                 stacks = [("yours" if plan.peer_cmd else "aiortc", plan.peer_cmd)]
                 stacks += [(name, BROWSER_PEERS[name]) for name in plan.browsers]
                 for stack, peer_cmd in stacks:
-                    _run_matrix(lab, appliance, plan, outcome, log, stack=stack, peer_cmd=peer_cmd)
+                    label = "" if not outcome.results else f"[{stack}] "
+                    run = _Stack(lab, appliance, plan, outcome, log, stack, peer_cmd, label)
+                    _run_matrix(run)
     outcome.seconds = time.monotonic() - began
     return outcome
 
 
-def _run_matrix(
-    lab: Lab,
-    appliance: LabAppliance,
-    plan: LabPlan,
-    outcome: LabOutcome,
-    log: Callable[[str], None],
-    *,
-    stack: str,
-    peer_cmd: tuple[str, ...],
-) -> None:
-    """Every pair of behaviours with one kind of peer (``stack``); a problem of a stack after
-    the first is prefixed with its name in brackets."""
-    label = "" if not outcome.results else f"[{stack}] "
-    pairs = list(combinations_with_replacement(plan.behaviours, 2))
-    for n, (a, b) in enumerate(pairs, 1):
-        first, second = lab.client(a, 0), lab.client(b, 1)
-        result, mine, theirs = run_pair(
-            lab,
-            appliance,
+@dataclass(frozen=True)
+class _Stack:
+    """One kind of peer's run through the lab: where, with what, and where results go."""
+
+    lab: Lab
+    appliance: LabAppliance
+    plan: LabPlan
+    outcome: LabOutcome
+    log: Callable[[str], None]
+    name: str  # aiortc, yours, chromium, firefox
+    peer_cmd: tuple[str, ...]  # empty: the lab's own peer
+    label: str  # "" for the first stack, else "[name] " before its problems
+
+    def pair(
+        self, first: LabClient, second: LabClient, room: str, *, turn: bool = True, hold: float = 0
+    ) -> tuple[PairResult, dict[str, object], dict[str, object]]:
+        timeout = self.plan.timeout if turn else DIRECT_CHECK_TIMEOUT
+        return run_pair(
+            self.lab,
+            self.appliance,
             first,
             second,
-            room=f"{stack}-{n}",
-            timeout=plan.timeout,
-            peer_cmd=peer_cmd,
-            hold=plan.hold,
+            room=room,
+            timeout=timeout,
+            turn=turn,
+            peer_cmd=self.peer_cmd,
+            hold=hold,
         )
-        result = dataclasses.replace(result, stack=stack)
-        outcome.results.append(result)
+
+    def stun_only(
+        self, first: LabClient, second: LabClient, result: PairResult
+    ) -> tuple[PairResult, dict[str, object]]:
+        """The pair again with STUN only (no TURN): does a direct path exist? Recorded in
+        ``direct_possible`` under the row of ``result``; the attempt and a's report."""
+        room = f"{self.name}-{result.row.replace(' <-> ', '-')}-stun-only"
+        direct, report, _ = self.pair(first, second, room, turn=False)
+        works = direct.connected and route_of(direct) == "direct"
+        self.outcome.direct_possible[(self.name, result.row)] = works
+        self.log(
+            "       STUN only: " + (f"{direct.local}/{direct.remote}" if works else "no connection")
+        )
+        return direct, report
+
+    def judged(self, problem: str) -> None:
+        if problem:
+            self.outcome.problems.append(self.label + problem)
+            self.log(f"       UNEXPECTED: {self.label}{problem}")
+
+
+def _run_matrix(run: _Stack) -> None:
+    """Every pair of behaviours with one kind of peer, then the harder networks' rows."""
+    plan = run.plan
+    pairs = list(combinations_with_replacement(plan.behaviours, 2))
+    for n, (a, b) in enumerate(pairs, 1):
+        first, second = run.lab.client(a, 0), run.lab.client(b, 1)
+        result, mine, theirs = run.pair(first, second, f"{run.name}-{n}", hold=plan.hold)
+        result = dataclasses.replace(result, stack=run.name)
+        run.outcome.results.append(result)
         shown = (
             f"{result.local}/{result.remote} in {result.seconds:.1f} s"
             if result.connected and result.seconds is not None
@@ -468,30 +423,36 @@ def _run_matrix(
             if result.connected
             else "FAILED"
         )
-        log(f"{label}[{n}/{len(pairs)}] {a.value} <-> {b.value}: {shown}")
-        direct = None
-        if needs_direct_check(result):
-            direct, _, _ = run_pair(
-                lab,
-                appliance,
-                first,
-                second,
-                room=f"{stack}-{n}-stun-only",
-                timeout=DIRECT_CHECK_TIMEOUT,
-                turn=False,
-                peer_cmd=peer_cmd,
-            )
-            works = direct.connected and route_of(direct) == "direct"
-            outcome.direct_possible[(stack, a.value, b.value)] = works
-            log(
-                "       STUN only: "
-                + (f"{direct.local}/{direct.remote}" if works else "no connection")
-            )
+        run.log(f"{run.label}[{n}/{len(pairs)}] {a.value} <-> {b.value}: {shown}")
+        direct = run.stun_only(first, second, result)[0] if needs_direct_check(result) else None
         idle_expiry = plan.hold > plan.udp_timeout
-        problem = check_pair(result, mine, theirs, direct, idle_expiry=idle_expiry)
-        if problem:
-            outcome.problems.append(label + problem)
-            log(f"       UNEXPECTED: {label}{problem}")
+        run.judged(check_pair(result, mine, theirs, direct, idle_expiry=idle_expiry))
+    for network in plan.networks:
+        _run_network(run, network)
+
+
+def _run_network(run: _Stack, network: Network) -> None:
+    """One harder network's row (:mod:`.networks`): its pair, a STUN-only attempt where the
+    route needs proving, the verdict. The idle rows need a peer that holds a call (ours)."""
+    spec = NETWORKS[network]
+    if spec.idle and run.peer_cmd:
+        run.log(f"{run.label}{network.value}: not run (only the lab's own peer holds a call idle)")
+        return
+    first, second = run.lab.network_clients(network)
+    hold = IDLE_HOLD if spec.idle else 0.0
+    result, mine, theirs = run.pair(first, second, f"{run.name}-{network.value}", hold=hold)
+    result = dataclasses.replace(result, stack=run.name, network=network.value)
+    run.outcome.results.append(result)
+    shown = (
+        f"{result.local}/{result.remote} in {result.seconds or 0:.1f} s"
+        if result.connected
+        else "not connected"
+    )
+    run.log(f"{run.label}{network.value} ({spec.description}): {shown}, expected {spec.expected}")
+    direct = direct_report = None
+    if network_needs_direct_check(result):
+        direct, direct_report = run.stun_only(first, second, result)
+    run.judged(check_network(result, mine, theirs, direct, direct_report))
 
 
 def _discover_all(

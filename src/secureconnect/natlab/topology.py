@@ -43,13 +43,11 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
-import shutil
 import signal
-import subprocess
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -62,77 +60,42 @@ from secureconnect.natlab.behaviours import (
     router_ruleset,
 )
 from secureconnect.natlab.labs import MAX_LABS, PREFIX, LabError, LabLock, free_lab, lab_prefix
+from secureconnect.natlab.netcmd import (
+    base_sysctls,
+    exec_argv_in,
+    ip_batch,
+    nft,
+    require_root,
+    run,
+    sysctl,
+    tool,
+)
+from secureconnect.natlab.networks import LabClient, Network, NetworkPlan, plan_network
+
+__all__ = [
+    "Lab",
+    "LabClient",
+    "Netem",
+    "call_in_namespace",
+    "cleanup_stale",
+    "exec_argv_in",
+    "list_namespaces",
+    "namespace_pids",
+    "require_root",
+]
 
 BRIDGE = "br0"
 SERVER_ADDRESSES = ("198.51.100.2", "198.51.100.3")
 PUBLIC_NETWORK = "198.51.100.0/24"
 _PUBLIC_PREFIX = "198.51.100."
 _FIRST_PUBLIC_HOST = 10
-_MAX_CLIENTS = 240  # 198.51.100.10-249 and 10.1-240.0.0/24
+_MAX_CLIENTS = 190  # 198.51.100.10-199 and 10.1-190.0.0/24 (the networks: .210 and up)
 WAN, LAN, UPLINK = "wan", "lan", "uplink"  # interface names inside router/client namespaces
-COMMAND_TIMEOUT = 15.0  # seconds for any one ip/nft/sysctl/tc command
 KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL for processes left in a namespace
 NETNS_DIR = Path("/run/netns")  # where `ip netns` keeps the namespaces' names
-_PACKAGES = {"ip": "iproute2", "nft": "nftables", "sysctl": "procps", "tc": "iproute2"}
 _CLONE_NEWNET = 0x40000000  # setns(2): join a network namespace
 T = TypeVar("T")
 DEFAULT_UDP_TIMEOUT = 300  # RFC 4787 REQ-5 recommends >= 5 minutes for UDP mappings
-
-
-def require_root() -> None:
-    """LabError unless this process is root and ``ip``, ``nft``, ``sysctl`` and ``tc`` exist
-    (naming the Debian package to install)."""
-    if os.geteuid() != 0:
-        raise LabError("secureconnect natlab needs root (it creates network namespaces)")
-    missing = sorted({pkg for tool, pkg in _PACKAGES.items() if shutil.which(tool) is None})
-    if missing:
-        raise LabError(
-            "secureconnect natlab needs "
-            + ", ".join(f"`{t}`" for t, p in _PACKAGES.items() if p in missing)
-            + f": apt-get install {' '.join(missing)}"
-        )
-
-
-def _tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        raise LabError(f"`{name}` not found: apt-get install {_PACKAGES.get(name, name)}")
-    return path
-
-
-def _run(argv: Sequence[str], *, stdin: str | None = None) -> str:
-    """Run ``argv`` (bounded by COMMAND_TIMEOUT); its stdout, or LabError with its stderr."""
-    shown = " ".join(argv)
-    try:
-        done = subprocess.run(  # noqa: S603 (our own argv: tool paths and lab names)
-            argv,
-            input=stdin,
-            capture_output=True,
-            text=True,
-            timeout=COMMAND_TIMEOUT,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        raise LabError(f"`{shown}` did not finish in {COMMAND_TIMEOUT} s") from None
-    except OSError as exc:
-        raise LabError(f"`{shown}` could not run: {exc}") from None
-    if done.returncode != 0:
-        fed = f"\ninput:\n{stdin}" if stdin else ""
-        raise LabError(f"`{shown}` exited {done.returncode}: {done.stderr.strip()}{fed}")
-    return done.stdout
-
-
-def _ip_batch(namespace: str | None, commands: Iterable[str]) -> None:
-    """Run ``ip`` commands (one per line, without the leading ``ip``) in one process, inside
-    ``namespace`` (None: the namespace-management commands ``netns add/del``)."""
-    where = ["-n", namespace] if namespace else []
-    text = "\n".join(commands) + "\n"
-    _run([_tool("ip"), *where, "-batch", "-"], stdin=text)
-
-
-def exec_argv_in(namespace: str, *argv: str) -> list[str]:
-    """``ip netns exec NAMESPACE ARGV...``: the argv that runs a command inside ``namespace``."""
-    return [_tool("ip"), "netns", "exec", namespace, *argv]
 
 
 def call_in_namespace(namespace: str, fn: Callable[[], T], *, timeout: float) -> T:
@@ -171,7 +134,7 @@ def call_in_namespace(namespace: str, fn: Callable[[], T], *, timeout: float) ->
 
 def list_namespaces() -> list[str]:
     """The names of all named network namespaces (``ip netns list``)."""
-    output = _run([_tool("ip"), "netns", "list"])
+    output = run([tool("ip"), "netns", "list"])
     return [line.split()[0] for line in output.splitlines() if line.strip()]
 
 
@@ -222,7 +185,7 @@ def _delete_namespaces(namespaces: Sequence[str]) -> list[str]:
     doomed = [name for name in namespaces if name in present]
     if doomed:
         _kill_processes(doomed)
-        _ip_batch(None, (f"netns del {name}" for name in doomed))
+        ip_batch(None, (f"netns del {name}" for name in doomed))
     return doomed
 
 
@@ -289,23 +252,6 @@ class Netem:
 
 
 @dataclass(frozen=True)
-class LabClient:
-    """One client of the lab.
-
-    ``address`` is the address the client has on its own interface (10.n.0.2 behind a router,
-    its public address for ``open``); ``public_address`` is what the outside sees (the router's
-    WAN address, or ``address`` for ``open``); ``router_namespace`` is None for ``open``.
-    """
-
-    behaviour: Behaviour
-    index: int
-    namespace: str
-    address: str
-    public_address: str
-    router_namespace: str | None
-
-
-@dataclass(frozen=True)
 class _Node:
     """A client and the plumbing around it."""
 
@@ -344,6 +290,7 @@ class Lab:
         netem: Netem | None = None,
         lab_id: int | None = None,
         udp_timeout: int = DEFAULT_UDP_TIMEOUT,
+        networks: Sequence[Network] = (),
     ) -> None:
         behaviours = [Behaviour(b) for b in behaviours]
         if not behaviours:
@@ -388,6 +335,16 @@ class Lab:
             )
             gateway = "" if is_open else f"10.{k + 1}.0.1"
             self._nodes[behaviour, index] = _Node(client, f"v-{suffix}", gateway)
+        self._networks: dict[Network, NetworkPlan] = {
+            Network(network): plan_network(
+                Network(network),
+                m,
+                prefix=prefix,
+                server_namespace=self.server_namespace,
+                bridge=BRIDGE,
+            )
+            for m, network in enumerate(dict.fromkeys(networks))
+        }
         self._built: list[str] = []  # namespaces created so far, for teardown
 
     # -- the plan ----------------------------------------------------------------------------
@@ -403,13 +360,30 @@ class Lab:
         """Every client, in address order (behaviours as given, then index)."""
         return [node.client for node in self._nodes.values()]
 
+    def network_clients(self, network: Network) -> tuple[LabClient, LabClient]:
+        """The two clients of a harder network (:mod:`.networks`); LabError if the lab has
+        not got it."""
+        plan = self._networks.get(Network(network))
+        if plan is None:
+            raise LabError(f"this lab has no {Network(network).value} network")
+        first, second = plan.clients
+        return first, second
+
+    @property
+    def networks(self) -> tuple[Network, ...]:
+        """The harder networks of this lab, in the order given."""
+        return tuple(self._networks)
+
     def namespaces(self) -> list[str]:
-        """Every namespace of the lab: the server's, then each router's and client's."""
+        """Every namespace of the lab: the server's, each router's and client's, then the
+        harder networks'."""
         names = [self.server_namespace]
         for node in self._nodes.values():
             if node.client.router_namespace:
                 names.append(node.client.router_namespace)
             names.append(node.client.namespace)
+        for plan in self._networks.values():
+            names += plan.namespaces
         return names
 
     def exec_argv(self, namespace: str, *argv: str) -> list[str]:
@@ -454,13 +428,18 @@ class Lab:
     def _build(self) -> None:
         names = self.namespaces()
         self._built = names  # registered first: teardown deletes whichever exist
-        _ip_batch(None, (f"netns add {name}" for name in names))
-        routers = {node.client.router_namespace for node in self._nodes.values()}
+        ip_batch(None, (f"netns add {name}" for name in names))
+        routers = {node.client.router_namespace: self.udp_timeout for node in self._nodes.values()}
+        for plan in self._networks.values():
+            routers.update(dict.fromkeys(plan.routers, plan.udp_timeout or self.udp_timeout))
         for name in names:  # before any link exists, so that new links inherit "default"
-            _sysctl(name, router=name in routers, udp_timeout=self.udp_timeout)
+            timeout = routers.get(name)
+            sysctl(name, base_sysctls(router=timeout is not None, udp_timeout=timeout or 0))
         self._build_public_segment()
         for node in self._nodes.values():
             self._build_node(node)
+        for plan in self._networks.values():
+            self._build_network(plan)
         if self.netem is not None and (self.netem.delay_ms or self.netem.jitter_ms):
             self._add_delay(self.netem)
 
@@ -481,17 +460,17 @@ class Lab:
                 f"link set dev {node.bridge_port} master {BRIDGE}",
                 f"link set dev {node.bridge_port} up",
             ]
-        _ip_batch(self.server_namespace, commands)
+        ip_batch(self.server_namespace, commands)
 
     def _build_node(self, node: _Node) -> None:
         client = node.client
         router = client.router_namespace
         uplink = ["link set dev lo up", f"link set dev {UPLINK} up"]
         if router is None:  # open: the client's uplink is on the bridge itself
-            _ip_batch(client.namespace, [*uplink, f"address add {client.address}/24 dev {UPLINK}"])
+            ip_batch(client.namespace, [*uplink, f"address add {client.address}/24 dev {UPLINK}"])
             self._add_loss(client.namespace, UPLINK)
             return
-        _ip_batch(
+        ip_batch(
             router,
             [
                 "link set dev lo up",
@@ -502,7 +481,7 @@ class Lab:
                 f"link set dev {LAN} up",
             ],
         )
-        _ip_batch(
+        ip_batch(
             client.namespace,
             [
                 *uplink,
@@ -517,12 +496,22 @@ class Lab:
             lan_interface=LAN,
             client_address=client.address,
         )
-        _nft(router, rules)
+        nft(router, rules)
         self._add_loss(router, WAN)
+
+    def _build_network(self, plan: NetworkPlan) -> None:
+        """Run a harder network's steps in order (:func:`.networks.plan_network`)."""
+        for step in plan.steps:
+            if step.kind == "ip":
+                ip_batch(step.namespace, step.lines)
+            elif step.kind == "nft":
+                nft(step.namespace, step.lines[0])
+            else:
+                sysctl(step.namespace, step.lines)
 
     def _add_loss(self, namespace: str, interface: str) -> None:
         if self.netem is not None and self.netem.loss_percent:
-            _nft(namespace, loss_ruleset(interface, self.netem.loss_percent))
+            nft(namespace, loss_ruleset(interface, self.netem.loss_percent))
 
     def _add_delay(self, netem: Netem) -> None:
         """netem on both ends of every client's WAN link (each direction gets the delay)."""
@@ -539,7 +528,7 @@ class Lab:
         for namespace, interfaces in per_namespace.items():
             text = "".join(f"qdisc add dev {dev} root {' '.join(spec)}\n" for dev in interfaces)
             try:
-                _run([_tool("tc"), "-n", namespace, "-batch", "-"], stdin=text)
+                run([tool("tc"), "-n", namespace, "-batch", "-"], stdin=text)
             except LabError as exc:
                 if "unknown" in str(exc).lower():
                     raise LabError(
@@ -557,28 +546,3 @@ class Lab:
                 self._built = []
         finally:
             self._lock.release()
-
-
-def _sysctl(namespace: str, *, router: bool, udp_timeout: int) -> None:
-    """Per-namespace kernel settings: IPv4 forwarding for routers only, IPv6 off, no reverse
-    path filter, and (routers) UDP conntrack entries that outlive test pauses. Set explicitly
-    because a new namespace inherits the host's IPv4 settings (``devconf_inherit_init_net``)."""
-    settings = [
-        f"net.ipv4.ip_forward={int(router)}",
-        "net.ipv4.conf.all.rp_filter=0",
-        "net.ipv4.conf.default.rp_filter=0",
-    ]
-    if Path("/proc/sys/net/ipv6").exists():
-        settings += ["net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"]
-    if router:
-        settings += [
-            f"net.netfilter.nf_conntrack_udp_timeout={udp_timeout}",
-            f"net.netfilter.nf_conntrack_udp_timeout_stream={udp_timeout}",
-        ]
-    _run(exec_argv_in(namespace, _tool("sysctl"), "-q", "-w", *settings))
-
-
-def _nft(namespace: str, ruleset: str) -> None:
-    """Load ``ruleset`` with ``nft -f -`` inside ``namespace``."""
-    if ruleset:
-        _run(exec_argv_in(namespace, _tool("nft"), "-f", "-"), stdin=ruleset)
