@@ -8,6 +8,7 @@ import socket
 
 import pytest
 
+from secureconnect.natlab.labs import LabError
 from secureconnect.natlab.runner import run_pair, turn_transport
 from secureconnect.stun.attributes import decode_xor_address_untrusted
 from secureconnect.stun.constants import AttrType
@@ -22,6 +23,11 @@ BINDING = bytes.fromhex("0001 0000 2112a442") + bytes(range(12))  # a Binding re
 @pytest.fixture(scope="module")
 def natlab_behaviours() -> tuple[str, ...]:
     return ("symmetric", "port-restricted")
+
+
+@pytest.fixture(scope="module")
+def natlab_networks() -> tuple[str, ...]:
+    return ("hairpin", "ipv6-firewall")
 
 
 def mapped_address(host: str, port: int) -> tuple[str, int]:
@@ -70,3 +76,49 @@ def test_a_pair_by_parametrize(nat_pair: NatPair) -> None:
     assert nat_pair.first.client.index == 0
     assert nat_pair.second.client.index == 1
     assert nat_pair.first.public_address != nat_pair.second.public_address
+
+
+def udp_to(host: str, port: int, payload: bytes) -> None:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.sendto(payload, (host, port))
+
+
+@pytest.mark.nat_pair("hairpin")
+def test_a_network_pair_by_marker_reaches_itself_through_the_hairpin(nat_pair: NatPair) -> None:
+    """Two clients behind one NAT: what one sends to the other's public address:port comes
+    back in through the NAT, from the sender's public address (RFC 4787 REQ-9)."""
+    first, second = nat_pair.first, nat_pair.second
+    assert first.public_address == second.public_address != first.address
+    host, port = nat_pair.natlab.stun_url.removeprefix("stun:").rsplit(":", 1)
+
+    def listen() -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("0.0.0.0", 0))
+        sock.settimeout(3)
+        sock.sendto(BINDING, (host, int(port)))  # opens its mapping, as ICE would
+        sock.recv(2048)
+        return sock
+
+    receiver = second.call(listen, timeout=10)
+    mapped_port = receiver.getsockname()[1]  # the NAT keeps ports
+    try:
+        first.call(lambda: udp_to(first.public_address, mapped_port, b"hairpin"), timeout=10)
+        data, source = second.call(lambda: receiver.recvfrom(100), timeout=10)
+    finally:
+        receiver.close()
+    assert data == b"hairpin"
+    assert source[0] == first.public_address
+
+
+@pytest.mark.nat_pair("ipv6-firewall")
+def test_the_ipv6_pair_has_global_addresses_behind_a_firewall(nat_pair: NatPair) -> None:
+    first, second = nat_pair.first, nat_pair.second
+    assert first.client.address6 is not None
+    assert second.client.address6 is not None
+    shown = first.run(["ip", "-6", "-o", "address", "show", "dev", "uplink", "scope", "global"])
+    assert first.client.address6 in shown.stdout, shown
+
+
+def test_a_network_the_lab_has_not_got_is_named(natlab: NatLab) -> None:
+    with pytest.raises(LabError, match="no double-nat network"):
+        natlab.network_peers("double-nat")

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 from secureconnect.credentials import CredentialMinter
 from secureconnect.natlab.behaviours import ALL_BEHAVIOURS, Behaviour, parse_behaviour
+from secureconnect.natlab.networks import Network
 from secureconnect.natlab.runner import (
     STUN_PORT,
     TURN_PORT,
@@ -118,6 +119,16 @@ class NatLab:
         return LabPeer(self, self.lab.client(parse_behaviour(str(behaviour)), index))
 
     @property
+    def networks(self) -> tuple[Network, ...]:
+        """The harder networks built besides the behaviours (docs/natlab.md)."""
+        return self.lab.networks
+
+    def network_peers(self, network: Network | str) -> tuple[LabPeer, LabPeer]:
+        """The two clients of a harder network, e.g. ``hairpin``: behind one NAT."""
+        first, second = self.lab.network_clients(Network(str(network)))
+        return LabPeer(self, first), LabPeer(self, second)
+
+    @property
     def signal_url(self) -> str:
         return self.appliance.url
 
@@ -177,12 +188,15 @@ def start_natlab(
     *,
     workdir: Path | None = None,
     lab_id: int | None = None,
+    networks: Sequence[Network | str] = (),
 ) -> Iterator[NatLab]:
-    """Build the lab and start the appliance in it; tear both down after."""
+    """Build the lab (the ``behaviours``, and the harder ``networks``) and start the appliance
+    in it; tear both down after."""
     plan = [parse_behaviour(str(b)) for b in behaviours]
+    extra = [Network(str(n)) for n in networks]
     with (
         contextlib_tempdir(workdir) as where,
-        Lab(plan, lab_id=lab_id) as lab,
+        Lab(plan, lab_id=lab_id, networks=extra) as lab,
         run_appliance(lab, where) as appliance,
     ):
         yield NatLab(lab, appliance, where / "state")

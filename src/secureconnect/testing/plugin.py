@@ -11,8 +11,10 @@ appliance for your tests (docs/testing.md).
 * ``natlab`` (one per module): clients behind real NATs of the behaviours ``natlab_behaviours``
   names (override that fixture; default: all six) with the appliance inside the lab
   (:class:`~secureconnect.testing.natlab.NatLab`).
+  ``natlab_networks`` adds harder networks (default: none), e.g. ``("hairpin",)``.
 * ``nat_pair``: two clients of that lab, ``@pytest.mark.nat_pair("symmetric", "full-cone")`` or
-  ``parametrize("nat_pair", [...], indirect=True)``, with a room of their own.
+  ``parametrize("nat_pair", [...], indirect=True)``, with a room of their own; or the two
+  clients of a harder network, ``@pytest.mark.nat_pair("hairpin")`` (behind one NAT).
 
 A machine that cannot build a lab (not root, no nftables) fails the tests that need one, saying
 why; ``--natlab-unavailable=skip`` (or ``secureconnect_natlab_unavailable = skip`` in the ini
@@ -63,7 +65,9 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", f"{MARKER}(*settings): KEY=VALUE settings for the appliance fixture"
     )
     config.addinivalue_line(
-        "markers", "nat_pair(a, b): the NAT behaviours of the nat_pair fixture's two clients"
+        "markers",
+        "nat_pair(a, b) or nat_pair(network): the NAT behaviours of the nat_pair fixture's two "
+        "clients, or a harder network of natlab_networks (e.g. 'hairpin')",
     )
 
 
@@ -76,9 +80,17 @@ def natlab_behaviours() -> tuple[str, ...]:
 
 
 @pytest.fixture(scope="module")
+def natlab_networks() -> tuple[str, ...]:
+    """The harder networks of the module's lab (``hairpin``, ``no-hairpin``, ``double-nat``,
+    ``ipv6-firewall``, ``idle-port-restricted``, ``idle-symmetric``); none unless overridden."""
+    return ()
+
+
+@pytest.fixture(scope="module")
 def natlab(
     request: pytest.FixtureRequest,
     natlab_behaviours: tuple[str, ...],
+    natlab_networks: tuple[str, ...],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[NatLab]:
     """The module's lab, with the appliance running inside it."""
@@ -92,7 +104,8 @@ def natlab(
         if choice == "skip":
             pytest.skip(why)
         pytest.fail(f"{why} (or run with --natlab-unavailable=skip)", pytrace=False)
-    with start_natlab(natlab_behaviours, workdir=tmp_path_factory.mktemp("natlab")) as lab:
+    workdir = tmp_path_factory.mktemp("natlab")
+    with start_natlab(natlab_behaviours, workdir=workdir, networks=natlab_networks) as lab:
         yield lab
 
 
@@ -104,11 +117,19 @@ def nat_pair(request: pytest.FixtureRequest, natlab: NatLab) -> NatPair:
     marker = request.node.get_closest_marker("nat_pair")
     param = getattr(request, "param", None)
     names = tuple(param) if param is not None else tuple(marker.args) if marker else ()
+    room = f"pair-{uuid.uuid4().hex[:10]}"
+    if len(names) == 1:  # a harder network: its own two clients
+        if names[0] not in natlab.networks:
+            raise pytest.UsageError(f"nat_pair({names[0]!r}): add it to natlab_networks")
+        return NatPair(natlab, *natlab.network_peers(names[0]), room=room)
     if len(names) != 2:
-        raise pytest.UsageError("nat_pair needs two behaviours: @pytest.mark.nat_pair(a, b)")
+        raise pytest.UsageError(
+            "nat_pair needs two behaviours or one network: @pytest.mark.nat_pair(a, b), "
+            "@pytest.mark.nat_pair('hairpin')"
+        )
     first = natlab.peer(names[0], 0)
     second = natlab.peer(names[1], 1 if names[0] == names[1] else 0)
-    return NatPair(natlab, first, second, room=f"pair-{uuid.uuid4().hex[:10]}")
+    return NatPair(natlab, first, second, room=room)
 
 
 @pytest.fixture
