@@ -1,7 +1,8 @@
 """The ``secureconnect`` command line.
 
 ``run`` starts the supervisor (all enabled components, or the ones named), ``drain`` drains a
-running one gracefully (:mod:`secureconnect.draincmd`), ``check-config``
+running one gracefully (:mod:`secureconnect.draincmd`), ``probe`` tests STUN/TURN servers
+(:mod:`secureconnect.probecmd`), ``check-config``
 validates a file and prints the effective config with secrets masked, ``example-config`` prints
 the commented example, ``init`` writes a production config and its files
 (:mod:`secureconnect.initcmd`). Flags that change config keys go through one table,
@@ -40,6 +41,7 @@ from secureconnect.draincmd import add_drain_parser, keep_pid_file, pid_file, ru
 from secureconnect.initcmd import add_init_parser, run_init
 from secureconnect.logs import configure_logging, fields
 from secureconnect.natlab.command import add_natlab_parser, run_natlab
+from secureconnect.probecmd import add_probe_parser, run_probe
 from secureconnect.runtime import COMPONENT_NAMES, build_components, prepare_runtime, uses_tls
 from secureconnect.sdnotify import Notifier
 from secureconnect.secretfiles import load_room_secrets, load_turn_secrets
@@ -99,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_init_parser(commands)
     add_natlab_parser(commands)
     add_drain_parser(commands)
+    add_probe_parser(commands)
     _config_flags(commands.choices["drain"], config_optional=True)
     return parser
 
@@ -140,6 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 (one return
             return run_init(args)
         if args.command == "natlab":
             return run_natlab(args)
+        if args.command == "probe":
+            return run_probe(args)
         if args.command == "check-config":
             config = load_config(args.config, _overrides(args))
             sys.stdout.write(render_effective(config))
