@@ -81,8 +81,8 @@ def add_natlab_parser(commands: Any) -> None:
     lab.add_argument(
         "--browsers",
         default="",
-        help="comma-separated: also run every pair with these browsers as the peers (chromium), "
-        "each a matrix of its own",
+        help="comma-separated: also run every pair with these browsers as the peers (chromium: "
+        "Playwright; firefox: Firefox ESR over WebDriver BiDi), each a matrix of its own",
     )
     lab.add_argument(
         "--lab-id",

@@ -86,6 +86,7 @@ READY_TIMEOUT = 30.0
 #: the browsers the lab can run as peers (``--browsers``): their peer program (natlab/browser.py)
 BROWSER_PEERS: dict[str, tuple[str, ...]] = {
     "chromium": (sys.executable, "-m", "secureconnect.natlab.browser"),
+    "firefox": (sys.executable, "-m", "secureconnect.natlab.firefox"),
 }
 #: seconds a STUN-only attempt gets: a direct path connects in about a second; where none
 #: exists aioice would retransmit for over 30 s, so this bound is what declares "no path"
