@@ -37,11 +37,36 @@ HEADLESS_FLAGS = [
     "--disable-features=WebRtcHideLocalIpsWithMdns",
 ]
 FLAGS = [*HEADLESS_FLAGS, "--ignore-certificate-errors"]  # the lab appliance's own certificate
+#: A page script run before the page's own: every RTCPeerConnection it makes, and every
+#: setConfiguration, gets ``%s`` (JSON) as its ICE servers. The page takes its ICE servers from
+#: signaling, TURN included; the lab's STUN-only attempt ("is there a direct path at all")
+#: needs them to be the STUN-only list the lab hands the peer in SECURECONNECT_ICE_SERVERS.
+ICE_OVERRIDE = """() => {
+  const servers = %s;
+  const Native = window.RTCPeerConnection;
+  const ours = (config) => ({ ...(config || {}), iceServers: servers });
+  function Wrapped(config, ...rest) { return new Native(ours(config), ...rest); }
+  Wrapped.prototype = Native.prototype;
+  Object.setPrototypeOf(Wrapped, Native);
+  const set = Native.prototype.setConfiguration;
+  Native.prototype.setConfiguration = function (config) { return set.call(this, ours(config)); };
+  window.RTCPeerConnection = Wrapped;
+}"""
 CONNECTED = """() => {
   const peers = Object.values(window.demo ? window.demo.peers : {});
   return peers.find(p => p.state === "connected" && p.channel === "open" && p.pairType
                          && p.rtt != null) || null;
 }"""
+
+
+def ice_override() -> str | None:
+    """:data:`ICE_OVERRIDE` for the peer's environment when it is a STUN-only attempt (no TURN
+    server among SECURECONNECT_ICE_SERVERS), else None: the page's own servers."""
+    servers = json.loads(os.environ.get("SECURECONNECT_ICE_SERVERS", "[]"))
+    urls = [u for s in servers for u in ([s["urls"]] if isinstance(s["urls"], str) else s["urls"])]
+    if not urls or any(u.startswith(("turn:", "turns:")) for u in urls):
+        return None
+    return ICE_OVERRIDE % json.dumps(servers)
 
 
 def run() -> dict[str, object]:
@@ -60,6 +85,9 @@ def run() -> dict[str, object]:
         browser = playwright.chromium.launch(executable_path=executable, args=FLAGS)
         try:
             page = browser.new_page(ignore_https_errors=True)
+            override = ice_override()
+            if override is not None:
+                page.add_init_script(f"({override})()")
             page.goto(page_url, timeout=limit * 1000)
             left = max(1.0, limit - (time.monotonic() - started))
             handle = page.wait_for_function(CONNECTED, timeout=left * 1000, polling=200)

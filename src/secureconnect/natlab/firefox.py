@@ -42,7 +42,7 @@ from urllib.parse import urlsplit
 
 from websockets.sync.client import ClientConnection, connect
 
-from secureconnect.natlab.browser import CONNECTED
+from secureconnect.natlab.browser import CONNECTED, ice_override
 
 EXECUTABLE = "firefox-esr"
 #: headless, no other instance's profile, WebDriver BiDi on a free port of 127.0.0.1 (the
@@ -247,6 +247,9 @@ def run() -> dict[str, object]:
             bidi = Bidi(ws, deadline)
             bidi.call("session.new", capabilities={"alwaysMatch": {"acceptInsecureCerts": True}})
             context = bidi.call("browsingContext.getTree")["contexts"][0]["context"]
+            override = ice_override()
+            if override is not None:  # a STUN-only attempt: the page's TURN servers go
+                bidi.call("script.addPreloadScript", functionDeclaration=override)
             bidi.call("browsingContext.navigate", context=context, url=page_url, wait="complete")
             peer = _wait_connected(bidi, context, deadline)
             seconds = round(time.monotonic() - started, 2)
