@@ -63,7 +63,16 @@ def test_outcomes() -> None:
 def test_json_records_have_exactly_the_documented_keys() -> None:
     records = json_records(RESULTS)
     assert [tuple(r) for r in records] == [RECORD_KEYS] * len(RESULTS)
-    assert RECORD_KEYS == ("a", "b", "connected", "local", "remote", "seconds", "network")
+    assert RECORD_KEYS == (
+        "a",
+        "b",
+        "connected",
+        "local",
+        "remote",
+        "seconds",
+        "network",
+        "protocol",
+    )
     assert records[1] == {
         "a": "symmetric",
         "b": "port-restricted",
@@ -72,6 +81,7 @@ def test_json_records_have_exactly_the_documented_keys() -> None:
         "remote": "relay",
         "seconds": 1.96,
         "network": None,
+        "protocol": None,
     }
     json.dumps(records)  # serialisable as is
 

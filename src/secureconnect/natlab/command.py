@@ -85,6 +85,12 @@ def add_natlab_parser(commands: Any) -> None:
         "Playwright; firefox: Firefox ESR over WebDriver BiDi), each a matrix of its own",
     )
     lab.add_argument(
+        "--sequential",
+        action="store_true",
+        help="with --browsers: run the stacks' matrices one after the other instead of at once "
+        "(slower; each stack has the CPU to itself)",
+    )
+    lab.add_argument(
         "--lab-id",
         type=int,
         default=None,
@@ -182,6 +188,7 @@ def run_natlab(args: argparse.Namespace) -> int:
     plan = runner.LabPlan(
         behaviours=behaviours,
         networks=networks,
+        parallel=not args.sequential,
         timeout=max(5.0, min(args.timeout, 300.0)),
         netem=netem,
         discovery=not args.no_discovery,

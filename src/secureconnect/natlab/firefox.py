@@ -258,6 +258,7 @@ def run() -> dict[str, object]:
         "connected": True,
         "local": peer["pairType"],
         "remote": peer["remoteType"],
+        "protocol": peer.get("protocol"),  # of the selected pair's local candidate: udp or tcp
         "seconds": seconds,
         "stack": "firefox",
     }

@@ -83,7 +83,8 @@ TurnTransport = Literal["udp", "tcp", "tls", "none"]
 ROLES: tuple[Role, ...] = ("offer", "answer")
 TURN_TRANSPORTS: tuple[TurnTransport, ...] = ("udp", "tcp", "tls", "none")
 CLOSE_RESERVE = 3.0  # seconds of --timeout kept for hanging up (at most a quarter of it)
-LINGER = 2.0  # seconds a connected peer waits for the other's ``bye`` before closing
+LINGER = 5.0  # seconds a connected peer waits for the other's ``bye`` before closing (and the
+# time the other's pong, maybe an SCTP retransmission on a loaded machine, has to arrive)
 SIGNAL_TIMEOUT = 10.0  # seconds any single signaling request may take (capped by --timeout)
 PING, PONG = "ping", "pong"
 PING_AGAIN, PONG_AGAIN = "ping-again", "pong-again"  # after --hold seconds idle
@@ -406,17 +407,29 @@ class _Attempt:
                 if self.other is not None and sender != self.other:
                     continue  # a stranger in the room: not our pair
                 if data.get("type") == "bye":
-                    self._other_gone(f"the other peer gave up: {data.get('error')}")
+                    error = data.get("error")
+                    self._other_gone(f"the other peer gave up: {error}", connected=error is None)
                 elif data.get("type") == ("answer" if self.options.role == "offer" else "offer"):
                     self._descriptions.put_nowait((sender, data))
             elif kind == "error":
                 log.warning("natlab-peer-signal-error", extra=fields(reply=message))
         self._fail("the signaling connection closed")
 
-    def _other_gone(self, why: str) -> None:
+    def _other_gone(self, why: str, *, connected: bool = False) -> None:
+        """The other peer said ``bye``. If it is ``connected`` (it got its pong) ours may still
+        be on its way, and the other lingers for our ``bye``: wait for it as long. A pong that
+        has not come by then, or a ``bye`` with an error, fails the call."""
         self._other_done.set()
+        if self._pong.is_set():
+            return
+        if connected:
+            asyncio.get_running_loop().call_later(LINGER, self._fail_unless_ponged, why)
+            return
+        self._fail(why)
+
+    def _fail_unless_ponged(self, why: str) -> None:
         if not self._pong.is_set():
-            self._fail(why)
+            self._fail(f"{why}; no pong within {LINGER:g} s")
 
     def _fail(self, why: str) -> None:
         if not self._failed.is_set():

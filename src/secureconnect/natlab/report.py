@@ -32,7 +32,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 from secureconnect.natlab.networks import NETWORKS, Network
 
-RECORD_KEYS = ("a", "b", "connected", "local", "remote", "seconds", "network")
+RECORD_KEYS = ("a", "b", "connected", "local", "remote", "seconds", "network", "protocol")
 NOT_MEASURED = "-"
 
 
@@ -52,6 +52,9 @@ class PairResult:
     seconds: float | None
     stack: str = "aiortc"  # which peers: aiortc (ours), chromium, firefox, yours (--peer-cmd)
     network: str | None = None  # a harder network's row (natlab/networks.py); None: the matrix
+    #: the selected pair's transport as ``a`` reported it: ``udp``, ``tcp`` (ICE-TCP, RFC 6544:
+    #: browsers connect a UDP-blocked client directly over TCP where they can), None: unknown
+    protocol: str | None = None
 
     @property
     def row(self) -> str:

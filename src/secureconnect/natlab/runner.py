@@ -107,6 +107,7 @@ class LabPlan:
     udp_timeout: int = 300  # seconds an idle UDP mapping lives in the routers
     hold: float = 0.0  # seconds each call stays idle before a second ping must get through
     networks: tuple[Network, ...] = ()  # harder networks' rows after the matrix (networks.py)
+    parallel: bool = True  # the stacks' matrices at once (False: one after the other)
 
 
 @dataclass
@@ -305,6 +306,7 @@ def run_pair(
         local=_str_or_none(mine.get("local")),
         remote=_str_or_none(mine.get("remote")),
         seconds=float(seconds) if isinstance(seconds, (int, float)) and connected else None,
+        protocol=_protocol_of(mine),
     )
     return result, mine, theirs
 
@@ -319,6 +321,18 @@ def _peer_report(returncode: int, out: str, err: str) -> dict[str, object]:
         tail = " | ".join(err.strip().splitlines()[-5:])
         return {"connected": False, "error": f"peer exited {returncode} without a report: {tail}"}
     return report
+
+
+def _protocol_of(report: dict[str, object]) -> str | None:
+    """The selected pair's transport from a peer's report: its ``protocol``, or the suffix of
+    our peer's ``local_candidate`` (``ip:port/udp``)."""
+    said = report.get("protocol")
+    if isinstance(said, str):
+        return said.lower()
+    candidate = report.get("local_candidate")
+    if isinstance(candidate, str) and "/" in candidate:
+        return candidate.rsplit("/", 1)[1].lower()
+    return None
 
 
 def _str_or_none(value: object) -> str | None:
@@ -351,10 +365,16 @@ def run_lab(plan: LabPlan, log: Callable[[str], None]) -> LabOutcome:
                     _discover_all(lab, plan.behaviours, outcome, log)
                 stacks = [("yours" if plan.peer_cmd else "aiortc", plan.peer_cmd)]
                 stacks += [(name, BROWSER_PEERS[name]) for name in plan.browsers]
-                for stack, peer_cmd in stacks:
-                    label = "" if not outcome.results else f"[{stack}] "
-                    run = _Stack(lab, appliance, plan, outcome, log, stack, peer_cmd, label)
-                    _run_matrix(run)
+                runs = []
+                for k, (name, cmd) in enumerate(stacks):
+                    label = "" if k == 0 else f"[{name}] "  # the first stack's problems: bare
+                    mine = LabOutcome(plan.behaviours)
+                    runs.append(_Stack(lab, appliance, plan, mine, log, name, cmd, label))
+                _run_stacks(runs, parallel=plan.parallel)
+                for run in runs:  # in the stacks' order, whichever finished first
+                    outcome.results += run.outcome.results
+                    outcome.direct_possible.update(run.outcome.direct_possible)
+                    outcome.problems += run.outcome.problems
     outcome.seconds = time.monotonic() - began
     return outcome
 
@@ -406,6 +426,23 @@ class _Stack:
         if problem:
             self.outcome.problems.append(self.label + problem)
             self.log(f"       UNEXPECTED: {self.label}{problem}")
+
+
+def _run_stacks(runs: list[_Stack], *, parallel: bool) -> None:
+    """Every stack's matrix: one after the other, or all at once (each in a thread of its own,
+    with rooms of its own; two peers of different stacks in one client namespace use different
+    ports, which every NAT of the lab maps apart). On an error or Ctrl-C the threads are left
+    to end with their peers, which the lab's teardown kills."""
+    if not parallel or len(runs) == 1:
+        for run in runs:
+            _run_matrix(run)
+        return
+    pool = ThreadPoolExecutor(max_workers=len(runs), thread_name_prefix="natlab-stack")
+    try:
+        for future in [pool.submit(_run_matrix, run) for run in runs]:
+            future.result()
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _run_matrix(run: _Stack) -> None:
