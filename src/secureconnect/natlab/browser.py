@@ -76,9 +76,10 @@ def run() -> dict[str, object]:
     page_url = f"https://{signal.netloc}/?room={os.environ['SECURECONNECT_ROOM']}"
     if os.environ.get("SECURECONNECT_ROLE") == "answer":
         time.sleep(0.5)  # the offerer joins first: the demo page's rule makes it offer
-    executable = shutil.which("chromium")
+    name = os.environ.get("SECURECONNECT_CHROMIUM") or "chromium"  # e.g. google-chrome
+    executable = shutil.which(name)
     if executable is None:
-        return {"connected": False, "error": "chromium is not installed"}
+        return {"connected": False, "error": f"{name} is not installed"}
     from playwright.sync_api import sync_playwright  # noqa: PLC0415 - only when a browser runs
 
     with sync_playwright() as playwright:

@@ -229,9 +229,10 @@ def run() -> dict[str, object]:
     page_url = f"https://{signal_url.netloc}/?room={os.environ['SECURECONNECT_ROOM']}"
     if os.environ.get("SECURECONNECT_ROLE") == "answer":
         time.sleep(0.5)  # the offerer joins first: the demo page's rule makes it offer
-    executable = shutil.which(EXECUTABLE)
+    name = os.environ.get("SECURECONNECT_FIREFOX") or EXECUTABLE  # e.g. firefox
+    executable = shutil.which(name)
     if executable is None:
-        return {"connected": False, "error": f"{EXECUTABLE} is not installed", "stack": "firefox"}
+        return {"connected": False, "error": f"{name} is not installed", "stack": "firefox"}
     with (
         tempfile.TemporaryDirectory(prefix="scnl-firefox-") as tmp,
         firefox(executable, Path(tmp)) as proc,
