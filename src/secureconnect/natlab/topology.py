@@ -27,6 +27,12 @@ the IPv4 paths under test exist. Routers forward (``ip_forward`` in their namesp
 keep UDP conntrack entries for RFC 4787's recommended five minutes, and get the nftables rules
 of ``behaviours.router_ruleset``.
 
+The harder networks (``networks=``, :mod:`secureconnect.natlab.networks`: two clients behind
+one NAT, a double NAT, dual-stack clients behind an IPv6 firewall, NATs with a short UDP
+timeout) are planned there as data, named ``scnl-N-<tag>-...``, and built here after the
+matrix's clients, on the public addresses from 198.51.100.210 up. ``netem`` impairs the
+matrix's links only.
+
 Resource handling: :class:`Lab` is a context manager. Its lab id's exclusive lock is held from
 the moment the id is chosen (construction) to teardown; entering it removes what a crashed run
 of the same lab id left behind, and builds the lab; if building fails or is interrupted, what
