@@ -304,11 +304,20 @@ def run_pair(
         b=b.behaviour.value,
         connected=connected,
         local=_str_or_none(mine.get("local")),
-        remote=_str_or_none(mine.get("remote")),
+        remote=_remote_type(mine, theirs),
         seconds=float(seconds) if isinstance(seconds, (int, float)) and connected else None,
         protocol=_protocol_of(mine),
     )
     return result, mine, theirs
+
+
+def _remote_type(mine: dict[str, object], theirs: dict[str, object]) -> str | None:
+    """b's candidate type as a saw it, unless b says it relays: a peer that learns the other's
+    relay candidate from a check before the signalled candidate arrives calls it ``prflx``
+    (Firefox does), and only b knows that address is its TURN allocation's."""
+    if theirs.get("local") == "relay":
+        return "relay"
+    return _str_or_none(mine.get("remote"))
 
 
 def _peer_report(returncode: int, out: str, err: str) -> dict[str, object]:
