@@ -113,7 +113,8 @@ def check_matrix_rows(records: list[dict[str, Any]], stack: str) -> None:
         if other is Behaviour.UDP_BLOCKED:
             continue
         pair = by_pair[frozenset(["full-cone", other.value])]
-        assert "relay" not in (pair["local"], pair["remote"]), pair
+        if stack == "aiortc":  # a browser may end on a relayed pair (then proven direct above)
+            assert "relay" not in (pair["local"], pair["remote"]), pair
     blocked = by_pair[frozenset(["udp-blocked", "open"])]
     assert "relay" in (blocked["local"], blocked["remote"])
 
