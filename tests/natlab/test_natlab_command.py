@@ -109,12 +109,12 @@ def check_matrix_rows(records: list[dict[str, Any]], stack: str) -> None:
     # The named expectations, spelled out.
     sym = by_pair[frozenset(["symmetric"])]
     assert "relay" in (sym["local"], sym["remote"])
-    for other in ALL_BEHAVIOURS:
-        if other is Behaviour.UDP_BLOCKED:
-            continue
+    for other in ALL_BEHAVIOURS:  # full-cone reaches everyone over UDP directly: if ICE
+        if other is Behaviour.UDP_BLOCKED:  # settled on the relay (aioice's aggressive
+            continue  # nomination under load, Chromium too), STUN only proved the direct path
         pair = by_pair[frozenset(["full-cone", other.value])]
-        if stack == "aiortc":  # a browser may end on a relayed pair (then proven direct above)
-            assert "relay" not in (pair["local"], pair["remote"]), pair
+        relayed = "relay" in (pair["local"], pair["remote"])
+        assert not relayed or pair["direct_possible"] is True, pair
     blocked = by_pair[frozenset(["udp-blocked", "open"])]
     assert "relay" in (blocked["local"], blocked["remote"])
 
