@@ -243,6 +243,7 @@ def turn_settings(turn: TurnConfig) -> TurnSettings:
         rfc5766_channels=turn.rfc5766_channels,
         software=turn.software or None,
         reason_phrases=bool(turn.software),
+        metrics_users=turn.metrics_users,
         alternate_servers=tuple(parse_address(a) for a in turn.alternate_servers),
         tls_alternate_servers=tuple(parse_address(a) for a in turn.tls_alternate_servers),
         # Each process counts its own allocations; client addresses spread evenly over workers.

@@ -37,12 +37,14 @@ from typing import Any
 
 import trio
 
+from secureconnect.accounting import is_cumulative
 from secureconnect.config import Config
 from secureconnect.credentials import NonceMint
 from secureconnect.logs import fields
 from secureconnect.netaddr import Address
 from secureconnect.turn.quotas import QuotaBook
 from secureconnect.turn.reuseport import ReuseportGroup, bind_groups
+from secureconnect.turn.settings import retired_name
 from secureconnect.turn.workerlink import (
     MAX_MESSAGE,
     QuotaService,
@@ -165,8 +167,10 @@ class TurnWorker:
     name: str = ""
     #: the worker's counters as it last reported them (every second)
     samples: dict[str, float] = field(default_factory=dict)
-    #: the ``_total`` counters of this worker's earlier processes: a restart starts its
-    #: counters at zero, and ``/metrics`` must not go backwards
+    #: the counters (``_total``, histograms) of this worker's earlier processes: a restart
+    #: starts its counters at zero, and ``/metrics`` must not go backwards; per-user series
+    #: are kept under ``user="other"`` (``turn.settings.retired_name``), so that the names of
+    #: users from every past process are not kept forever
     retired: dict[str, float] = field(default_factory=dict)
     pid: int | None = None
     _control: socket.socket | None = None
@@ -221,8 +225,9 @@ class TurnWorker:
             self._control = None
             self.pool.controls.pop(self.index, None)
             for name, value in self.samples.items():
-                if name.endswith("_total"):
-                    self.retired[name] = self.retired.get(name, 0.0) + value
+                if is_cumulative(name):
+                    kept = retired_name(name)
+                    self.retired[kept] = self.retired.get(kept, 0.0) + value
             self.samples = {}
             trio_control.close()
             quota.close()

@@ -54,6 +54,11 @@ def test_peers_on_different_nodes_meet_and_signal_in_order(cluster: list[Node]) 
                 assert refused.value.code == "room-full"
             assert await alice.receive() == {"type": "peer-joined", "peer": carol.peer}
             assert await alice.receive() == {"type": "peer-left", "peer": carol.peer}
+            # Carol's session ended on node 3 (its leave): its duration, by Redis's clock.
+            await until(
+                lambda: three.metrics().get("signal_session_duration_seconds_count", 0) == 1,
+                "the duration of carol's session on node 3",
+            )
             # A peer of another room, or of none, is unknown wherever it is.
             await alice.send("p-000000000000", "x")
             error = await alice.receive()

@@ -90,6 +90,8 @@ def test_no_file_and_empty_file_give_the_defaults(tmp_path: Path) -> None:
         ("[turn]\nlisten = ['0.0.0.0']\n", "turn.external_addresses", "wildcard"),
         ("[turn]\nallowed_peers = ['10.0.0.1/8']\n", "turn.allowed_peers", "host bits"),
         ("[signal]\nice_ttl = 864000\n", "signal.ice_ttl", "7 days"),
+        ("[turn]\nmetrics_users = -1\n", "turn.metrics_users", "no per-user series"),
+        ("[turn]\nmetrics_users = 101\n", "turn.metrics_users", "to 100"),
     ],
 )
 def test_bad_config_names_file_and_key(tmp_path: Path, text: str, key: str, fragment: str) -> None:

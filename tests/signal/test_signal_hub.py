@@ -449,6 +449,27 @@ def test_metrics(h: Harness) -> None:
     assert families["signal_sessions_away"].type == "gauge"
 
 
+def test_session_durations_run_from_the_first_join_to_leave_or_expiry(h: Harness) -> None:
+    """``signal_session_duration_seconds``: a resume continues a session (its time away
+    counts), an expired one ends when its grace period does."""
+    h.open(1, 2, 3)
+    h.join(1, now=T0)
+    h.join(2, now=T0 + 10)
+    secret = h.welcomes[1]["resume"]
+    h.hub.closed(1, T0 + 20)
+    h.join(3, resume=secret, now=T0 + 25)  # resumed: the same session
+    h.send(3, {"type": "leave"}, now=T0 + 40)  # 40 s after its first join
+    h.hub.closed(2, T0 + 50)
+    h.tick(T0 + 80)  # away for the 30 s grace period: 70 s after its join
+    samples = h.hub.metrics()
+    assert samples["signal_session_duration_seconds_count"] == 2
+    assert samples["signal_session_duration_seconds_sum"] == 40 + 70
+    assert samples['signal_session_duration_seconds_bucket{le="60"}'] == 1
+    assert samples['signal_session_duration_seconds_bucket{le="120"}'] == 2
+    families = {f.name: f for f in text_string_to_metric_families(render([samples]))}
+    assert families["signal_session_duration_seconds"].type == "histogram"
+
+
 def test_frames_of_unknown_connections_are_ignored(h: Harness) -> None:
     assert h.hub.receive(99, '{"type": "ping", "id": 1}', T0, T0) == []
     assert h.hub.closed(99, T0) == []

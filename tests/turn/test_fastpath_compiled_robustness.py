@@ -103,6 +103,13 @@ def test_many_allocations_on_one_listener() -> None:
         assert [receive(b_peer) for _ in range(3)] == [
             (bytes([i]), address(b_relay)) for i in (0, 3, 6)
         ]
+        # each allocation counts its own share of the server's counters
+        assert a.fp.traffic(a.relay.fileno()) == (5, 5, 0, 0)
+        assert a.fp.traffic(fd) == (3, 3, 0, 0)
+        b_peer.sendto(b"back", address(b_relay))
+        drain_relay(a.fp, fd, NOW, 1)
+        assert a.fp.traffic(fd) == (3, 3, 1, 4)
+        assert a.fp.counters()["to_client_bytes"] == 4
 
 
 def test_failed_sends(plane: Plane) -> None:
@@ -128,11 +135,13 @@ def test_failed_sends(plane: Plane) -> None:
         "to_peer_bytes": 4,
         "send_errors": 2,
     }
+    assert plane.fp.traffic(fd) == (4, 4, 0, 0)  # the allocation's count, like the server's
     with rig(plane.listener.family, add=False) as other:
         other.fp.add(other.relay.fileno(), other.listener.fileno(), (other.ip, 0), INF)
         other.open_path()
         other.from_peer(NOW, b"lost", b"lost too")
         assert changes(other.fp, {k: 0 for k in other.fp.counters()}) == {"send_errors": 2}
+        assert other.fp.traffic(other.relay.fileno()) == (0, 0, 0, 0)  # taken back as well
 
 
 def test_runs_to_one_address_go_out_segmented_and_arrive_one_by_one(plane: Plane) -> None:
@@ -165,6 +174,7 @@ def test_a_failing_segmented_send_is_counted_datagram_by_datagram() -> None:
         other.open_path()
         other.from_peer(NOW, b"same", b"size", b"four")
         assert changes(other.fp, {k: 0 for k in other.fp.counters()}) == {"send_errors": 3}
+        assert other.fp.traffic(other.relay.fileno()) == (0, 0, 0, 0)
         assert other.fp.gso == 1
 
 
@@ -207,6 +217,7 @@ def test_table_errors() -> None:
             lambda: fp.budget(99999),
             lambda: fp.set_budget(99999, 1.0),
             lambda: fp.spend(99999, 1),
+            lambda: fp.traffic(99999),
         ):
             with pytest.raises(KeyError):
                 call()

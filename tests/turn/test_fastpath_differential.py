@@ -5,7 +5,8 @@ datagrams (ChannelData, Send indications in and out of the plain shape, STUN req
 peer datagrams of every size), plays each sequence on two rigs of real loopback sockets - one per
 implementation - and requires the same observations after every step: what every client and peer
 socket received (Data indications compared decoded: their transaction ids are random), what was
-handed back to Python, and the counters. Addresses are symbolic, since the rigs' ports differ.
+handed back to Python, the counters, and each allocation's own traffic counters. Addresses are
+symbolic, since the rigs' ports differ.
 """
 
 from __future__ import annotations
@@ -297,6 +298,15 @@ def test_compiled_and_python_fast_paths_agree(
         seen = [rig.observe() for rig in rigs]
         assert seen[0] == seen[1], (step, op)
         assert python.fp.counters() == compiled.fp.counters(), (step, op)
+        assert [traffic(python, r) for r in RELAYS] == [traffic(compiled, r) for r in RELAYS]
+
+
+def traffic(rig: Rig, relay: str) -> tuple[int, ...] | str:
+    """One allocation's own counters (``FastPathAPI.traffic``), or the error's name."""
+    try:
+        return rig.fp.traffic(rig.relays[relay].fileno())
+    except KeyError:
+        return "KeyError"
 
 
 def test_data_indications_carry_the_peer_address_xored_with_their_own_transaction_id() -> None:

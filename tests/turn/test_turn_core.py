@@ -442,7 +442,7 @@ def test_closing_a_stream_ends_its_allocation() -> None:
     core, relays = make_core()
     c = client(core, ("tcp", CLIENT, SERVER))
     c.allocate()
-    core.close_five_tuple(("tcp", CLIENT, SERVER))
+    core.close_five_tuple(("tcp", CLIENT, SERVER), NOW)
     assert relays.open() == []
     assert len(core.table) == 0
 

@@ -3,6 +3,7 @@ sockets, the fast path both ways, and cleanup when a connection or the server en
 
 from __future__ import annotations
 
+import logging
 import socket
 import ssl
 import threading
@@ -10,6 +11,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
+import pytest
 import trio
 import trio.testing
 import trustme
@@ -31,6 +33,7 @@ from secureconnect.stun import (
     long_term_key,
     new_transaction_id,
 )
+from secureconnect.turn.allocation import Traffic
 from secureconnect.turn.auth import Authenticator
 from secureconnect.turn.core import TurnCore
 from secureconnect.turn.peerpolicy import LOOPBACK_RANGES, PeerPolicy
@@ -386,3 +389,52 @@ async def test_trio_keeps_running_while_the_data_plane_holds_the_lock() -> None:
         finally:
             await trio.to_thread.run_sync(holder.join)
             await stream.aclose()
+
+
+async def test_each_allocation_counts_its_traffic_and_its_end_is_logged_with_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Per-allocation counters on the active fast path (compiled, or the Python twin with
+    SECURECONNECT_NO_EXTENSIONS) and on the TCP path, read without touching a datagram; the
+    allocation-ended line carries them."""
+    caplog.set_level(logging.INFO, logger="secureconnect.turn")
+    async with running_turn() as server:
+        client, sock = await udp_client(server)
+        relayed = await client.allocate()
+        peer, peer_address = await peer_socket()
+        await client.channel_bind(0x4001, peer_address)
+        for payload in (b"hello", b"hi"):
+            await sock.send(b"\x40\x01" + len(payload).to_bytes(2, "big") + payload)
+            with trio.fail_after(5):
+                await peer.recv(2048)
+        await peer.sendto(b"back", relayed)
+        with trio.fail_after(5):
+            await sock.recv(2048)
+        [allocation] = list(core_of(server).table)
+        assert allocation.traffic() == Traffic(2, 7, 1, 4)
+        samples = server.metrics()
+        assert samples['turn_user_relayed_bytes_total{user="io",direction="to_peer"}'] == 7
+        stream = await trio.open_tcp_stream(*bound(server, "tcp"))
+        tcp, receive = stream_client(stream)
+        tcp_relayed = await tcp.allocate()
+        await tcp.channel_bind(0x4002, peer_address)
+        await peer.sendto(b"xyz", tcp_relayed)
+        assert await receive() == b"\x40\x02\x00\x03xyz\x00"
+        response = await client.request(Method.REFRESH, [(A.LIFETIME, bytes(4))])
+        assert response.cls is MessageClass.SUCCESS
+        await stream.aclose()
+        with trio.fail_after(5):
+            await trio.testing.wait_all_tasks_blocked()
+        assert len(core_of(server).table) == 0
+    records = [r for r in caplog.records if r.getMessage() == "allocation-ended"]
+    ended = [r.__dict__["sc_fields"] for r in records]
+    assert [(e["transport"], e["reason"]) for e in ended] == [
+        ("udp", "deleted"),
+        ("tcp", "connection_closed"),
+    ]
+    assert [
+        (e["to_peer_packets"], e["to_peer_bytes"], e["to_client_packets"], e["to_client_bytes"])
+        for e in ended
+    ] == [(2, 7, 1, 4), (0, 0, 1, 3)]
+    assert ended[0]["relayed"] == f"{relayed[0]}:{relayed[1]}"
+    assert ended[0]["user"] == "io"

@@ -26,7 +26,7 @@ settings = TurnSettings(
     relay_ipv4="127.0.0.1", relay_ipv6=None, external_ipv4=None, external_ipv6=None,
     default_lifetime=600, max_lifetime=3600, user_quota=10, ip_quota=10, total_quota=10,
     max_permissions=8, max_channels=8, bandwidth=0, rfc5766_channels=False, software=None,
-    reason_phrases=False,
+    reason_phrases=False, metrics_users=20,
 )
 auth = Authenticator(realm=REALM, minter=CredentialMinter((SECRET,)), nonces=NonceMint.random())
 counters = TurnCounters()

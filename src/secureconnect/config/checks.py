@@ -13,6 +13,10 @@ from secureconnect.netaddr import parse_address
 
 Check = Callable[[Any], "str | None"]
 MAX_WORKERS = 64  # TURN worker processes (turn.workers)
+#: turn.metrics_users: each user is three series per process (docs/metrics.md); a TURN worker's
+#: report of its samples to the parent must stay one datagram of its socket pair (about 200 KB:
+#: 100 users of the longest labels, turn.settings.user_label, take 140 KB)
+MAX_METRICS_USERS = 100
 
 
 def port(value: int) -> str | None:
@@ -25,6 +29,12 @@ def port_or_zero(value: int) -> str | None:
 
 def workers(value: int) -> str | None:
     return None if 1 <= value <= MAX_WORKERS else f"must be 1 to {MAX_WORKERS}"
+
+
+def metrics_users(value: int) -> str | None:
+    if 0 <= value <= MAX_METRICS_USERS:
+        return None
+    return f"must be 0 (no per-user series) to {MAX_METRICS_USERS}"
 
 
 def positive(value: float) -> str | None:

@@ -315,6 +315,15 @@ class TurnConfig:
             check=checks.non_negative,
         ),
     )
+    metrics_users: int = field(
+        default=20,
+        metadata=_doc(
+            "users with /metrics series of their own (turn_user_*: allocations, bytes each way), "
+            "the heaviest by relayed bytes (a REST name counts for its user part); the others "
+            "sum under user other; 0: no per-user series; at most 100 (docs/metrics.md)",
+            check=checks.metrics_users,
+        ),
+    )
     rfc5766_channels: bool = field(
         default=False,
         metadata=_doc(

@@ -21,6 +21,10 @@ a dying node is delivered once, and one that arrived is not sent again. Without 
 gets what was sent while the session was away (the protocol's first version). Messages delivered
 to a connected session are kept for :data:`HISTORY_SECONDS` only, so an active room does not fill
 the server-wide bound that away sessions need.
+
+A session's duration, from the join that created it to its end (a ``leave``, or the end of a
+grace period spent away; a resume continues it), goes into ``DirectoryCounters.durations``: the
+``signal_session_duration_seconds`` histogram of the node that ended it (docs/metrics.md).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from secureconnect.accounting import Histogram
 from secureconnect.signal.messages import encode
 
 Message = dict[str, Any]
@@ -103,14 +108,21 @@ class Backplane(Protocol):
     when they will come later through the hub's :meth:`apply`."""
 
     def join(
-        self, conn: int, room: str, resume: str | None, last: int | None, capacity: int
+        self,
+        conn: int,
+        room: str,
+        resume: str | None,
+        last: int | None,
+        capacity: int,
+        *,
+        now: float,
     ) -> list[Event] | None: ...
 
     def route(
         self, conn: int, sender: str, room: str, target: str, message: Message
     ) -> list[Event] | None: ...
 
-    def leave(self, peer: str, epoch: int) -> list[Event] | None: ...
+    def leave(self, peer: str, epoch: int, now: float) -> list[Event] | None: ...
 
     def detach(self, peer: str, epoch: int, now: float) -> list[Event] | None: ...
 
@@ -137,9 +149,12 @@ class DirectoryCounters:
     resumes: int = 0
     sessions_expired: int = 0
     unencodable: int = 0
+    #: seconds from a session's first join to its end (leave or expiry), sessions ended here
+    durations: Histogram = field(default_factory=Histogram)
 
     def samples(self) -> dict[str, float]:
         return {
+            **self.durations.samples("signal_session_duration_seconds"),
             "signal_signals_routed_total": self.signals_routed,
             "signal_signals_buffered_total": self.signals_buffered,
             "signal_buffer_dropped_total": self.buffer_dropped,
@@ -164,6 +179,7 @@ class Member:
 
     __slots__ = (
         "attached",
+        "born",
         "box",
         "box_bytes",
         "detached_at",
@@ -175,10 +191,11 @@ class Member:
         "seq",
     )
 
-    def __init__(self, peer: str, room: str, resume: str) -> None:
+    def __init__(self, peer: str, room: str, resume: str, born: float = 0.0) -> None:
         self.peer = peer
         self.room = room
         self.resume = resume
+        self.born = born  # the hub's clock at the join that created it
         self.attached = True
         self.detached_at = 0.0
         self.epoch = 1
@@ -202,7 +219,14 @@ class MemoryBackplane:
     _now: float = 0.0  # the latest clock reading the hub passed in
 
     def join(
-        self, conn: int, room: str, resume: str | None, last: int | None, capacity: int
+        self,
+        conn: int,
+        room: str,
+        resume: str | None,
+        last: int | None,
+        capacity: int,
+        *,
+        now: float,
     ) -> list[Event]:
         member = self._by_resume.get(resume or "")
         if member is not None and member.room == room:
@@ -220,7 +244,7 @@ class MemoryBackplane:
             if not members:
                 del self.rooms[room]
             return [Refused(conn, *ROOM_FULL)]
-        member = Member(self._new_peer_id(), room, secrets.token_urlsafe(24))
+        member = Member(self._new_peer_id(), room, secrets.token_urlsafe(24), now)
         joined = {"type": "peer-joined", "peer": member.peer}
         members[member.peer] = member
         self._members[member.peer] = member
@@ -235,11 +259,11 @@ class MemoryBackplane:
             return [unknown_peer(conn, target)]
         return self._deliver(member, message)
 
-    def leave(self, peer: str, epoch: int) -> list[Event]:
+    def leave(self, peer: str, epoch: int, now: float) -> list[Event]:
         member = self._members.get(peer)
         if member is None or member.epoch != epoch:
             return []
-        return self._remove(member)
+        return self._remove(member, now)
 
     def detach(self, peer: str, epoch: int, now: float) -> list[Event]:
         member = self._members.get(peer)
@@ -256,7 +280,7 @@ class MemoryBackplane:
         for member in list(self._members.values()):
             if not member.attached and now - member.detached_at >= grace:
                 self.counters.sessions_expired += 1
-                out += self._remove(member)
+                out += self._remove(member, now)
             else:
                 self._forget_history(member, now)
         return out
@@ -351,7 +375,8 @@ class MemoryBackplane:
         while box and box[0][1] is not None and now - box[0][1] >= HISTORY_SECONDS:
             self._drop_oldest(member)
 
-    def _remove(self, member: Member) -> list[Event]:
+    def _remove(self, member: Member, now: float) -> list[Event]:
+        self.counters.durations.observe(now - member.born)
         while member.box:
             self._drop_oldest(member)
         self._by_resume.pop(member.resume, None)

@@ -244,7 +244,7 @@ class SignalHub:
         if isinstance(message, Leave):
             state.session = None
             self._forget(session)
-            return self._run(self.backplane.leave(session.peer, session.epoch), now, wall)
+            return self._run(self.backplane.leave(session.peer, session.epoch, now), now, wall)
         if isinstance(message, IceRequest):
             return [Outbound(conn, self._ice_message(session, now, wall))]
         raise SignalError("unknown-type", "unhandled message")  # pragma: no cover
@@ -260,7 +260,7 @@ class SignalHub:
             raise SignalError("unauthorized", "a valid token for this room is required", "join")
         state.joining = True
         events = self.backplane.join(
-            conn, join.room, join.resume, join.last, self.settings.max_room_size
+            conn, join.room, join.resume, join.last, self.settings.max_room_size, now=now
         )
         return self._run(events, now, wall)
 

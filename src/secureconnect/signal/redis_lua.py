@@ -7,7 +7,7 @@ scripts stay valid there; see docs/cluster.md):
 ``P r:ROOM``           hash    peer id -> node of the peers in the room
 ``P s:PEER``           hash    room, node, rk (the resume secret's SHA-256), epoch, seq, sent,
                                away (ms since the epoch the session went away, 0 if attached),
-                               bytes (its mailbox)
+                               bytes (its mailbox), born (ms since the epoch it joined)
 ``P b:PEER``           list    the mailbox: ``SEQ:DELIVERED_MS:JSON`` (0: not delivered yet)
 ``P k:SHA``            string  resume secret's SHA-256 -> peer id
 ``P away``             zset    peer id -> ms it went away (the grace period runs from there)
@@ -55,9 +55,10 @@ local function tell_room(room, peer, message)
     ',"m":' .. message .. '}'
   for node, _ in pairs(nodes) do redis.call('PUBLISH', P .. 'c:' .. node, payload) end
 end
+-- -> false if there was no such session, else its age in ms (-1 if it has no 'born')
 local function remove(peer)
   local s = P .. 's:' .. peer
-  local fields = redis.call('HMGET', s, 'room', 'node', 'rk', 'bytes')
+  local fields = redis.call('HMGET', s, 'room', 'node', 'rk', 'bytes', 'born')
   if not fields[1] then return false end
   redis.call('DECRBY', P .. 'total', tonumber(fields[4]) or 0)
   redis.call('DEL', s, P .. 'b:' .. peer, P .. 'k:' .. fields[3])
@@ -67,7 +68,9 @@ local function remove(peer)
   if redis.call('HDEL', room, peer) == 1 and redis.call('EXISTS', room) == 1 then
     tell_room(fields[1], peer, '{"type":"peer-left","peer":' .. cjson.encode(peer) .. '}')
   end
-  return true
+  local born = tonumber(fields[5])
+  if not born then return -1 end
+  return math.max(0, now_ms() - born)
 end
 local function others(room, peer)
   local out = {}
@@ -122,7 +125,7 @@ local peer = ARGV[5]
 if redis.call('EXISTS', P .. 's:' .. peer) == 1 then return {'retry'} end
 redis.call('HSET', r, peer, node)
 redis.call('HSET', P .. 's:' .. peer, 'room', room, 'node', node, 'rk', ARGV[6], 'epoch', 1,
-  'seq', 0, 'sent', 0, 'away', 0, 'bytes', 0)
+  'seq', 0, 'sent', 0, 'away', 0, 'bytes', 0, 'born', now)
 redis.call('SET', P .. 'k:' .. ARGV[6], peer)
 redis.call('SADD', P .. 'n:' .. node, peer)
 tell_room(room, peer, '{"type":"peer-joined","peer":' .. cjson.encode(peer) .. '}')
@@ -177,11 +180,11 @@ redis.call('INCRBY', P .. 'total', #entry)
 return {'buffered', dropped}
 """
 
-#: ARGV: P, peer, epoch. -> 1 if removed
+#: ARGV: P, peer, epoch. -> the session's age in ms if removed, else -1
 LEAVE: Final = r"""
 local epoch = redis.call('HGET', P .. 's:' .. ARGV[2], 'epoch')
-if epoch ~= ARGV[3] then return 0 end
-return remove(ARGV[2]) and 1 or 0
+if epoch ~= ARGV[3] then return -1 end
+return remove(ARGV[2]) or -1
 """
 
 #: ARGV: P, peer, epoch, node. -> 1 if the session went away
@@ -196,16 +199,17 @@ redis.call('SREM', P .. 'n:' .. ARGV[4], ARGV[2])
 return 1
 """
 
-#: ARGV: P, grace ms, at most this many. -> how many sessions ended
+#: ARGV: P, grace ms, at most this many. -> the ages in ms of the sessions that ended
 EXPIRE: Final = r"""
-local ended = 0
+local ages = {}
 local due = redis.call('ZRANGEBYSCORE', P .. 'away', '-inf', now_ms() - tonumber(ARGV[2]),
   'LIMIT', 0, tonumber(ARGV[3]))
 for _, peer in ipairs(due) do
   redis.call('ZREM', P .. 'away', peer)
-  if remove(peer) then ended = ended + 1 end
+  local age = remove(peer)
+  if age then ages[#ages + 1] = age end
 end
-return ended
+return ages
 """
 
 #: ARGV: P, node, ttl ms, load report JSON. Marks the sessions of nodes whose heartbeat is
@@ -249,7 +253,7 @@ if f[1] then
   return 'kept'
 end
 redis.call('HSET', P .. 's:' .. peer, 'room', room, 'node', node, 'rk', ARGV[6],
-  'epoch', ARGV[5], 'seq', ARGV[7], 'sent', ARGV[7], 'away', 0, 'bytes', 0)
+  'epoch', ARGV[5], 'seq', ARGV[7], 'sent', ARGV[7], 'away', 0, 'bytes', 0, 'born', now_ms())
 redis.call('SET', P .. 'k:' .. ARGV[6], peer)
 redis.call('SADD', P .. 'n:' .. node, peer)
 redis.call('HSET', P .. 'r:' .. room, peer, node)

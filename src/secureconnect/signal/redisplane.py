@@ -160,14 +160,21 @@ class RedisBackplane:
     # -- the Backplane protocol: queue, answer later ------------------------------------------
 
     def join(
-        self, conn: int, room: str, resume: str | None, last: int | None, capacity: int
+        self,
+        conn: int,
+        room: str,
+        resume: str | None,
+        last: int | None,
+        capacity: int,
+        *,
+        now: float,
     ) -> None:
-        self._submit("join", conn, room, resume, last, capacity)
+        self._submit("join", conn, room, resume, last, capacity)  # Redis's clock, not ``now``
 
     def route(self, conn: int, sender: str, room: str, target: str, message: Message) -> None:
         self._submit("route", conn, sender, room, target, message)
 
-    def leave(self, peer: str, epoch: int) -> list[Event] | None:
+    def leave(self, peer: str, epoch: int, now: float) -> list[Event] | None:
         local = self.mirror.remove(peer, epoch)
         if local is not None:
             self._submit("leave", peer, epoch, local)
@@ -346,8 +353,9 @@ class RedisBackplane:
                 continue
         self.nodes = nodes
         grace = int(self.limits.resume_grace * 1000)
-        ended = await self._script("expire", grace, 1000)
-        self.counters.sessions_expired += int(ended)
+        ages = await self._script("expire", grace, 1000)  # of the sessions that ended, in ms
+        self.counters.sessions_expired += len(ages)
+        self._ended(ages)
         client = self._client
         self.stats.cluster_away = int(await client.zcard(self._key("away")))
         self.stats.cluster_buffered_bytes = int(await client.get(self._key("total")) or 0)
@@ -435,8 +443,15 @@ class RedisBackplane:
         return []
 
     async def _redis_leave(self, peer: str, epoch: int, local: LocalSession) -> list[Event]:
-        await self._script("leave", peer, epoch)
+        self._ended([await self._script("leave", peer, epoch)])
         return []
+
+    def _ended(self, ages: list[Any]) -> None:
+        """Sessions ended by a script: their ages in ms by Redis's clock (-1: not ended, or
+        created by an older script without ``born``) into the duration histogram."""
+        for age in ages:
+            if int(age) >= 0:
+                self.counters.durations.observe(int(age) / 1000.0)
 
     async def _redis_detach(self, peer: str, epoch: int) -> list[Event]:
         await self._script("detach", peer, epoch, self.node)

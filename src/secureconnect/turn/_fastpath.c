@@ -320,6 +320,25 @@ static PyObject *FP_counters(FastPath *s, PyObject *Py_UNUSED(ignored)) {
     return d;
 }
 
+/* One allocation's own counters: (to_peer_packets, to_peer_bytes, to_client_packets,
+ * to_client_bytes), counted beside the server's (fastpath_wire.c's count_relayed), for the
+ * per-allocation accounting (docs/metrics.md). Read when asked, never per datagram; like
+ * counters(), a snapshot of aligned 64-bit words, and the entry is never freed while a drain
+ * runs (remove() needs the object idle). */
+static PyObject *FP_traffic(FastPath *s, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"relay_fd", NULL};
+    int relay_fd;
+    entry_t *e;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "i:traffic", kwlist, &relay_fd) ||
+        (e = known(s, relay_fd)) == NULL)
+        return NULL;
+    const uint64_t *t = e->traffic;
+    return Py_BuildValue("(KKKK)", (unsigned long long)t[TO_PEER_PACKETS],
+                         (unsigned long long)t[TO_PEER_BYTES],
+                         (unsigned long long)t[TO_CLIENT_PACKETS],
+                         (unsigned long long)t[TO_CLIENT_BYTES]);
+}
+
 /* ---- Python side: the drains ----------------------------------------------------------- */
 
 static PyObject *FP_drain_listener(FastPath *s, PyObject *args, PyObject *kw) {
@@ -441,6 +460,8 @@ static PyMethodDef FP_methods[] = {
     METHOD(budget, "budget(relay_fd) -> float: the remaining bytes"),
     METHOD(set_budget, "set_budget(relay_fd, value)"),
     METHOD(spend, "spend(relay_fd, size) -> bool: take size bytes from the budget"),
+    METHOD(traffic, "traffic(relay_fd) -> (to_peer_packets, to_peer_bytes, to_client_packets, "
+                    "to_client_bytes): one allocation's relayed traffic"),
     METHOD(drain_listener, "drain_listener(listener_fd, now, limit) -> [(data, source)]"),
     METHOD(drain_relay, "drain_relay(relay_fd, now, limit) -> datagrams read"),
     METHOD(run_epoll, "run_epoll(epoll_fd, wake_fd, lock, clock, listeners, handlers, limit) "

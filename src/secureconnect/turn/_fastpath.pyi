@@ -58,6 +58,11 @@ class FastPath:
         """Take ``size`` bytes; False (``dropped_bandwidth`` counted) when that would go below
         0. Nothing else is counted: the caller counts what it relays."""
 
+    def traffic(self, relay_fd: int) -> tuple[int, int, int, int]:
+        """One allocation's relayed traffic: (to_peer_packets, to_peer_bytes,
+        to_client_packets, to_client_bytes), counted beside :meth:`counters`' (a snapshot, read
+        when asked: nothing per datagram but the increments). ``KeyError`` if unknown."""
+
     def counters(self) -> dict[str, int]:
         """The relay counters by name; readable while a drain runs (a snapshot as of then)."""
 

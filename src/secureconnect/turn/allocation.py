@@ -16,6 +16,11 @@ so tests drive expiry with explicit numbers. :class:`AllocationTable` indexes al
 has a copy in the UDP fast path (``turn.fastpath``, docs/fastpath.md): :attr:`Allocation.mirror`,
 which every change below is pushed to.
 
+Accounting: an allocation counts its own relayed traffic (packets and bytes each way, beside the
+server's counters, by ``relaypath`` and by the fast path's copy), read when asked
+(:meth:`Allocation.traffic`). When it ends, :class:`AllocationEnded` records its totals and why
+it ended (:data:`ENDED_REASONS`), for the log line and the metrics (docs/metrics.md).
+
 :class:`RelayPortPool` chooses relay port numbers in the configured range and remembers which it
 handed out; binding a socket to one is the I/O layer's job (:class:`RelayBinder`), so a port that
 another process holds is skipped and the next candidate tried.
@@ -28,7 +33,7 @@ import random
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Final, Protocol
+from typing import Final, NamedTuple, Protocol
 
 from secureconnect.netaddr import Address
 
@@ -37,8 +42,10 @@ __all__ = [
     "CHANNEL_MAX",
     "CHANNEL_MAX_RFC5766",
     "CHANNEL_MIN",
+    "ENDED_REASONS",
     "Address",
     "Allocation",
+    "AllocationEnded",
     "AllocationTable",
     "Channel",
     "FiveTuple",
@@ -47,6 +54,7 @@ __all__ = [
     "RelayMirror",
     "RelayPortPool",
     "Reservation",
+    "Traffic",
     "quota_key",
     "source_key",
 ]
@@ -61,6 +69,34 @@ CHANNEL_MAX: Final = 0x4FFF
 #: RFC 5766 §11 allowed 0x4000 through 0x7FFF; some clients (coturn's turnutils_uclient) still
 #: pick numbers up there, so a server may opt in to the old range.
 CHANNEL_MAX_RFC5766: Final = 0x7FFF
+#: Why an allocation ended, the ``reason`` of ``allocation-ended`` and of
+#: ``turn_allocations_ended_total``: ``deleted`` (the client's Refresh with LIFETIME 0, RFC 8656
+#: §7.3), ``expired`` (not refreshed in time, §7.3), ``connection_closed`` (its TCP/TLS
+#: connection ended, §3.1), ``credential_expired`` (its REST credential expired, with
+#: ``turn.strict_expiry``), ``shutdown`` (the server stopped); ``killed`` and ``revoked`` are kept
+#: for an operator's command (ending one session, or every session of a user).
+ENDED_REASONS: Final = (
+    "deleted",
+    "expired",
+    "connection_closed",
+    "credential_expired",
+    "shutdown",
+    "killed",
+    "revoked",
+)
+
+
+class Traffic(NamedTuple):
+    """Relayed packets and bytes each way: client -> peer (``to_peer``) and peer -> client."""
+
+    to_peer_packets: int = 0
+    to_peer_bytes: int = 0
+    to_client_packets: int = 0
+    to_client_bytes: int = 0
+
+    def minus(self, other: Traffic) -> Traffic:
+        """What was counted since ``other`` (an earlier reading of the same counters)."""
+        return Traffic(*(a - b for a, b in zip(self, other, strict=True)))
 
 
 class RelayMirror(Protocol):
@@ -74,6 +110,7 @@ class RelayMirror(Protocol):
     def forget_channel(self, number: int) -> None: ...
     def spend(self, size: int) -> bool: ...
     def refill(self, rate: float, elapsed: float) -> None: ...
+    def traffic(self) -> tuple[int, int, int, int]: ...
 
 
 class RelayEndpoint(Protocol):
@@ -140,6 +177,7 @@ class Allocation:
         "budget",
         "channel_by_peer",
         "channels",
+        "created",
         "credential_expiry",
         "family",
         "five_tuple",
@@ -152,7 +190,12 @@ class Allocation:
         "permissions",
         "relay",
         "relayed",
+        "settled",
         "stream",
+        "to_client_bytes",
+        "to_client_packets",
+        "to_peer_bytes",
+        "to_peer_packets",
         "username",
     )
 
@@ -168,8 +211,10 @@ class Allocation:
         expires: float,
         budget: float,
         credential_expiry: float | None = None,
+        created: float = 0.0,
     ) -> None:
         self.five_tuple = five_tuple
+        self.created = created  # the core's clock, for its lifetime when it ends
         self.stream = five_tuple[0] != "udp"
         self.username = username
         self.key = key  # the long-term key, to protect responses
@@ -188,6 +233,52 @@ class Allocation:
         #: the UDP fast path's copy of this allocation (UDP clients' only): every change below
         #: is pushed to it, and it holds the bandwidth budget
         self.mirror: RelayMirror | None = None
+        #: what ``relaypath`` relayed of it here (a UDP client's fast path counts in its copy)
+        self.to_peer_packets = self.to_peer_bytes = 0
+        self.to_client_packets = self.to_client_bytes = 0
+        #: its traffic as last handed to the per-user accounting (``settings.settle_users``)
+        self.settled = Traffic()
+
+    def traffic(self) -> Traffic:
+        """Packets and bytes relayed each way so far: its own counts plus its fast path
+        copy's (read now: a C call for the compiled path, nothing counted per datagram)."""
+        mirror = self.mirror
+        if mirror is None:
+            return Traffic(
+                self.to_peer_packets,
+                self.to_peer_bytes,
+                self.to_client_packets,
+                self.to_client_bytes,
+            )
+        peer_packets, peer_bytes, client_packets, client_bytes = mirror.traffic()
+        return Traffic(  # no generator: /metrics reads every live allocation
+            self.to_peer_packets + peer_packets,
+            self.to_peer_bytes + peer_bytes,
+            self.to_client_packets + client_packets,
+            self.to_client_bytes + client_bytes,
+        )
+
+    def ended(self, now: float, reason: str) -> AllocationEnded:
+        """It ends, for ``reason``: its totals from now on are its own (the fast path's copy is
+        about to go, and its relay descriptor may be reused at once), and the record of it."""
+        total = self.traffic()
+        self.mirror = None
+        self.to_peer_packets, self.to_peer_bytes, self.to_client_packets, self.to_client_bytes = (
+            total
+        )
+        transport, client, _ = self.five_tuple
+        unsettled, self.settled = total.minus(self.settled), total
+        return AllocationEnded(
+            self.username,
+            transport,
+            client,
+            self.relayed,
+            self.created,
+            now,
+            reason,
+            total,
+            unsettled,
+        )
 
     def permits(self, peer_ip: str, now: float) -> bool:
         """Whether an unexpired permission covers ``peer_ip`` (RFC 8656 §9)."""
@@ -232,6 +323,54 @@ class Allocation:
             del self.channel_by_peer[channel.peer]
             if mirror is not None:
                 mirror.forget_channel(number)
+
+
+@dataclass(frozen=True, slots=True)
+class AllocationEnded:
+    """An allocation that ended: who, from where, its relayed address, its lifetime, why
+    (:data:`ENDED_REASONS`) and its totals. The I/O layer logs it (``allocation-ended``); the
+    core's counters take the lifetime and the user's traffic from it."""
+
+    username: str
+    transport: str  # "udp", "tcp" or "tls"
+    client: Address
+    relayed: Address
+    created: float
+    ended: float  # the core's clock
+    reason: str
+    traffic: Traffic
+    #: what the per-user accounting has not counted yet (it counts live allocations too)
+    unsettled: Traffic = field(default_factory=Traffic)
+
+    @property
+    def user(self) -> str:
+        """Whose it was: a REST name's user part (``quota_key``), else the username."""
+        return quota_key(self.username)
+
+    @property
+    def duration(self) -> float:
+        return max(0.0, self.ended - self.created)
+
+    def log_fields(self) -> dict[str, object]:
+        """The fields of its log line (``secureconnect.logs.fields``)."""
+        traffic = self.traffic
+        return {
+            "user": self.user,
+            "username": self.username,
+            "transport": self.transport,
+            "client": f"{_host(self.client[0])}:{self.client[1]}",
+            "relayed": f"{_host(self.relayed[0])}:{self.relayed[1]}",
+            "reason": self.reason,
+            "duration_s": round(self.duration, 3),
+            "to_peer_packets": traffic.to_peer_packets,
+            "to_peer_bytes": traffic.to_peer_bytes,
+            "to_client_packets": traffic.to_client_packets,
+            "to_client_bytes": traffic.to_client_bytes,
+        }
+
+
+def _host(ip: str) -> str:
+    return f"[{ip}]" if ":" in ip else ip
 
 
 @dataclass(slots=True)

@@ -68,6 +68,25 @@ class Silent(Exception):
         self.reason = reason
 
 
+#: Why a request that carried credentials got 401 or 438 (``turn_auth_failures_total{reason}``,
+#: docs/metrics.md), in RFC 8489 §9.2.4's order: ``stale-nonce`` (438: a NONCE expired, forged
+#: or issued to another address), ``realm`` (a REALM other than ours), ``expired`` (a REST
+#: credential past its expiry, or further ahead than ``credential_ttl`` allows), ``unauthorized``
+#: (MESSAGE-INTEGRITY does not check: a wrong password, an unknown user, a REST name signed with
+#: a secret we do not have).
+AUTH_FAILURES: Final = ("stale-nonce", "realm", "expired", "unauthorized")
+
+
+class Challenge(StunError):
+    """A 401 or 438 with REALM and a fresh NONCE; ``failure`` says why (:data:`AUTH_FAILURES`;
+    it only counts when the request carried credentials: a first request without them is the
+    normal start of every client)."""
+
+    def __init__(self, code: int, attributes: tuple[tuple[int, bytes], ...], failure: str) -> None:
+        super().__init__(code, attributes=attributes)
+        self.failure = failure
+
+
 def static_user_backoff() -> FailureBackoff:
     """A static user from any address: 20 failures, then 1 s doubling to 30 s."""
     return FailureBackoff(20, base=1.0, cap=30.0)
@@ -187,10 +206,16 @@ class Authenticator:
         self.guesses = GuessThrottle(user_backoff)
 
     def challenge(
-        self, code: int, source_ip: str, now: float, username: str | None = None
-    ) -> StunError:
+        self,
+        code: int,
+        source_ip: str,
+        now: float,
+        username: str | None = None,
+        failure: str = "unauthorized",
+    ) -> Challenge:
         """A 401 or 438 carrying REALM and a fresh NONCE (RFC 8489 §9.2.4), unless the source
-        is over its rate, in which case :class:`Silent` is raised instead."""
+        is over its rate, in which case :class:`Silent` is raised instead; ``failure`` is why
+        (:data:`AUTH_FAILURES`)."""
         # Both 401 and 438 answer requests nobody has authenticated: rate-limit both per source
         # (docs/security.md: unauthenticated answers are the amplification to bound). A request
         # that names a user is limited per address *and user*, so a flooder behind a client's
@@ -213,7 +238,7 @@ class Authenticator:
             # RFC 8489 §9.2.4: with the "Password algorithms" bit, the server includes
             # PASSWORD-ALGORITHMS in 401 and 438 responses.
             attributes.append((_ALGORITHMS, OUR_ALGORITHMS))
-        return StunError(code, attributes=tuple(attributes))
+        return Challenge(code, tuple(attributes), failure)
 
     def authenticate(
         self, msg: StunMessage, source_ip: str, now: float, *, check_expiry: bool
@@ -240,10 +265,10 @@ class Authenticator:
         # "If the NONCE is no longer valid, the server MUST generate ... 438 (Stale Nonce)".
         if not self.nonces.check(nonce, now, source_ip):
             guesses.failed(source_ip, username, now, static=False)
-            raise self.challenge(ErrorCode.STALE_NONCE, source_ip, now, username)
+            raise self.challenge(ErrorCode.STALE_NONCE, source_ip, now, username, "stale-nonce")
         # A realm other than ours cannot produce a valid key: 401 like a wrong password.
         if realm != self.realm:
-            raise self.challenge(ErrorCode.UNAUTHORIZED, source_ip, now, username)
+            raise self.challenge(ErrorCode.UNAUTHORIZED, source_ip, now, username, "realm")
         hash_key = _algorithm(msg, nonce)
         if expiry is not None:
             passwords = self.minter.passwords_for(username)
@@ -251,7 +276,7 @@ class Authenticator:
             # expiry more than CredentialMinter.max_ttl ahead is refused too: milliseconds
             # where seconds belong would make a credential good for fifty thousand years.
             if (check_expiry or self.strict_expiry) and not self.minter.is_current(username, now):
-                raise self.challenge(ErrorCode.UNAUTHORIZED, source_ip, now, username)
+                raise self.challenge(ErrorCode.UNAUTHORIZED, source_ip, now, username, "expired")
         else:
             static = self.static_users.get(username)
             passwords = (static,) if static is not None else ()

@@ -18,7 +18,8 @@ Every request on an allocation records its transaction id and response, so a ret
 (same 5-tuple, same transaction id, RFC 8656 §7.2 and §6.3) gets the same answer.
 
 :meth:`TurnCore.handle_timeout` expires allocations, permissions, channels and reservations and
-refills bandwidth budgets; the I/O layer calls it about once a second.
+refills bandwidth budgets; the I/O layer calls it about once a second. An allocation that ends is
+counted (``TurnCounters.ended``) and handed to the I/O layer's ``on_ended``, which logs it.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from secureconnect.stun.constants import REASON_PHRASES
 from secureconnect.turn.allocation import (
     Address,
     Allocation,
+    AllocationEnded,
     FiveTuple,
     RelayBinder,
     RelayPortPool,
@@ -56,7 +58,7 @@ from secureconnect.turn.allocation import (
     quota_key,
     source_key,
 )
-from secureconnect.turn.auth import Authenticated, Authenticator, Silent
+from secureconnect.turn.auth import Authenticated, Authenticator, Challenge, Silent
 from secureconnect.turn.manager import AllocationManager
 from secureconnect.turn.peerpolicy import OwnEndpoints, PeerPolicy
 from secureconnect.turn.quotas import QuotaBook, QuotaGate
@@ -79,6 +81,7 @@ from secureconnect.turn.settings import ToPeer, TurnCounters, TurnSettings, coun
 A = AttrType
 _BINDING_REQUEST: Final = b"\x00\x01"  # the message type of a Binding request
 _SEND_INDICATION: Final = b"\x00\x16"  # RFC 8656 §17: Send (0x006), indication class
+_Handler = Callable[[StunMessage, Allocation, Authenticated, float], list[tuple[int, bytes]]]
 
 __all__ = ["ToPeer", "TurnCore", "TurnCounters", "TurnSettings"]
 
@@ -99,12 +102,14 @@ class TurnCore:
         counters: TurnCounters | None = None,
         quotas: QuotaGate | None = None,
         redirect: RedirectPolicy | None = None,
+        on_ended: Callable[[AllocationEnded], None] | None = None,
     ) -> None:
         """Everything the core uses comes in here and stays (h11's ``Connection`` is the
         model): ``binder`` opens and closes relay sockets (the I/O layer's data plane),
         ``own_endpoints`` are the server's bound service endpoints (never relayed to),
         ``quotas`` the quota book (a book of its own by default; the parent's, shared by every
-        worker, in a worker process), ``redirect`` where new allocations go (here by default)."""
+        worker, in a worker process), ``redirect`` where new allocations go (here by default),
+        ``on_ended`` what the I/O layer does with each allocation that ends (logs it)."""
         self.settings = settings
         self.redirect = redirect or RedirectPolicy(
             settings.alternate_servers, settings.tls_alternate_servers, settings.alternate_threshold
@@ -112,11 +117,13 @@ class TurnCore:
         self.auth = auth
         self.peers = peers
         self.own_endpoints = own_endpoints or OwnEndpoints()
+        self.on_ended = on_ended
         self.allocations = AllocationManager(
             reservation_lifetime=settings.reservation_lifetime,
             binder=binder,
             quotas=quotas if quotas is not None else QuotaBook(settings),
             ports=ports,
+            ended=self._ended,
         )
         # A TURN server is a STUN server: it answers Binding on its ports (keepalives, RFC 8656),
         # saying what the core's own answers say (SOFTWARE, reason phrases).
@@ -124,14 +131,13 @@ class TurnCore:
             ResponderConfig(software=settings.software, reason_phrases=settings.reason_phrases)
         )
         self.counters = counters or TurnCounters()
+        self.counters.users.resize(settings.metrics_users)
         self.table = self.allocations.table
         self._software: tuple[tuple[int, bytes], ...] = (
             ((A.SOFTWARE, settings.software.encode()),) if settings.software else ()
         )
         self._last_tick: float | None = None
-        self._handlers: dict[
-            int, Callable[[StunMessage, Allocation, Authenticated, float], list[tuple[int, bytes]]]
-        ] = {
+        self._handlers: dict[int, _Handler] = {
             Method.REFRESH: self._refresh,
             Method.CREATE_PERMISSION: self._create_permission,
             Method.CHANNEL_BIND: self._channel_bind,
@@ -281,36 +287,37 @@ class TurnCore:
         self._last_tick = now
         rate = self.settings.bandwidth
         for allocation in self.table:
-            credential_over = (
-                self.auth.strict_expiry
-                and allocation.credential_expiry is not None
-                and allocation.credential_expiry <= now
-            )
-            if allocation.lifetime_expires <= now or credential_over:
-                self.counters.allocations_expired += 1
-                self.allocations.delete(allocation)
-                continue
-            allocation.expire(now)
-            if rate:
-                allocation.refill(float(rate), elapsed)
+            credential = allocation.credential_expiry  # strict expiry caps the lifetime at it
+            if self.auth.strict_expiry and credential is not None and credential <= now:
+                self.allocations.delete(allocation, "credential_expired", now)
+            elif allocation.lifetime_expires <= now:  # RFC 8656 §7.3: not refreshed in time
+                self.allocations.delete(allocation, "expired", now)
+            else:
+                allocation.expire(now)
+                if rate:
+                    allocation.refill(float(rate), elapsed)
         self.allocations.expire_reservations(now)
 
     def metrics(self) -> dict[str, float]:
         """Counters and gauges for the /metrics endpoint (see ``counter_samples``)."""
         return counter_samples(self.counters, self.table)
 
-    def close_five_tuple(self, five_tuple: FiveTuple) -> None:
+    def close_five_tuple(self, five_tuple: FiveTuple, now: float) -> None:
         """The TCP/TLS connection of ``five_tuple`` closed: RFC 8656 §3.1 ends its allocation."""
         allocation = self.table.get(five_tuple)
         if allocation is not None:
-            self.counters.allocations_deleted += 1
-            self.allocations.delete(allocation)
+            self.allocations.delete(allocation, "connection_closed", now)
 
-    def close_all(self) -> None:
+    def close_all(self, now: float) -> None:
         """Release every relay socket (shutdown)."""
         for allocation in self.table:
-            self.allocations.delete(allocation)
+            self.allocations.delete(allocation, "shutdown", now)
         self.allocations.expire_reservations(None)
+
+    def _ended(self, event: AllocationEnded) -> None:
+        self.counters.ended(event)
+        if self.on_ended is not None:
+            self.on_ended(event)
 
     # -- requests --------------------------------------------------------------------------
 
@@ -379,10 +386,11 @@ class TurnCore:
             expires=now + lifetime,
             budget=float(settings.bandwidth) if settings.bandwidth else float("inf"),
             credential_expiry=identity.credential_expiry,
+            created=now,
         )
         self.table.add(allocation)
         self.allocations.binder.activate(endpoint, allocation)
-        self.counters.allocations_created += 1
+        self.counters.created(user)
         tid = msg.transaction_id
         attributes: list[tuple[int, bytes]] = [
             (A.XOR_RELAYED_ADDRESS, encode_xor_address(*allocation.relayed, tid)),
@@ -414,8 +422,7 @@ class TurnCore:
         if lifetime == 0:
             # "If the 'desired lifetime' is zero, then the request succeeds and the allocation
             # is deleted."
-            self.counters.allocations_deleted += 1
-            self.allocations.delete(allocation)
+            self.allocations.delete(allocation, "deleted", now)
         else:
             allocation.lifetime_expires = now + lifetime
         return [(A.LIFETIME, encode_u32(lifetime))]
@@ -557,9 +564,8 @@ class TurnCore:
         if error.code in NO_INTEGRITY_CODES and (
             msg.integrity_offset is not None or msg.integrity_sha256_offset is not None
         ):  # a first, unauthenticated request is no failure
-            reason = "stale-nonce" if error.code == ErrorCode.STALE_NONCE else "unauthorized"
-            failures = self.counters.auth_failures
-            failures[reason] = failures.get(reason, 0) + 1
+            reason = error.failure if isinstance(error, Challenge) else "unauthorized"
+            self.counters.auth_failures[reason] = self.counters.auth_failures.get(reason, 0) + 1
         return self._error_bytes(
             msg.method, msg.transaction_id, error, protect=protect, fingerprint=msg.has_fingerprint
         )

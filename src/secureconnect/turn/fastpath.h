@@ -37,12 +37,17 @@
 
 /* ---- counters (docs/fastpath.md, the names of relaypath.RelayCounters) ------------------- */
 
-/* The indexes of FastPath.counters; their names are counter_names in _fastpath.c. */
+/* The indexes of FastPath.counters; their names are counter_names in _fastpath.c. The first
+ * N_TRAFFIC also index an entry's own traffic (FastPath.traffic). */
 enum {
     TO_PEER_PACKETS, TO_PEER_BYTES, TO_CLIENT_PACKETS, TO_CLIENT_BYTES, DROP_NO_ALLOCATION,
     DROP_BAD_CHANNEL, DROP_NO_PERMISSION, DROP_BANDWIDTH, DROP_MALFORMED, DROP_OWN_PORT,
     SEND_ERRORS, N_COUNTERS
 };
+#define N_TRAFFIC 4 /* TO_PEER_PACKETS .. TO_CLIENT_BYTES */
+_Static_assert(TO_PEER_BYTES == TO_PEER_PACKETS + 1 && TO_CLIENT_BYTES == TO_CLIENT_PACKETS + 1 &&
+                   TO_CLIENT_BYTES + 1 == N_TRAFFIC,
+               "a direction's bytes follow its packets (fastpath_wire.c's count_relayed)");
 
 /* ---- tables ---------------------------------------------------------------------------- */
 
@@ -68,6 +73,9 @@ typedef struct entry {
     int relay_family, listener_family; /* the sockets' families (getsockname), 0 if unknown */
     endpoint_t client;
     double budget; /* bytes that may still be relayed, both ways (inf: no cap) */
+    /* this allocation's share of counters[0..N_TRAFFIC): counted beside them, per datagram, so
+     * that reading them (FastPath.traffic) needs no per-datagram work beyond the increments */
+    uint64_t traffic[N_TRAFFIC];
     perm_t *perms;
     Py_ssize_t n_perms, cap_perms;
     chan_t *chans;
@@ -80,6 +88,7 @@ typedef union { struct sockaddr sa; struct sockaddr_in v4; struct sockaddr_in6 v
 typedef struct {
     int fd, to_client;
     uint32_t size; /* the counted payload bytes, taken back if a datagram to a client fails */
+    entry_t *entry; /* whose traffic counted it (entries are not freed while a drain runs) */
     uint8_t header[HEADER_MAX];
     sockaddr_u dest;
     struct iovec iov[3];

@@ -37,6 +37,7 @@ class FastPathAPI(Protocol):
     def budget(self, relay_fd: int) -> float: ...
     def set_budget(self, relay_fd: int, value: float) -> None: ...
     def spend(self, relay_fd: int, size: int) -> bool: ...
+    def traffic(self, relay_fd: int) -> tuple[int, int, int, int]: ...
     def counters(self) -> dict[str, int]: ...
     def drain_listener(
         self, listener_fd: int, now: float, limit: int
@@ -105,6 +106,9 @@ class Mirror:
 
     def spend(self, size: int) -> bool:
         return self.fastpath.spend(self.relay_fd, size)
+
+    def traffic(self) -> tuple[int, int, int, int]:
+        return self.fastpath.traffic(self.relay_fd)
 
     def refill(self, rate: float, elapsed: float) -> None:
         fastpath, fd = self.fastpath, self.relay_fd

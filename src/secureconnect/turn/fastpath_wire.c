@@ -93,13 +93,25 @@ int fp_take_budget(FastPath *s, entry_t *e, size_t size) {
     return 1;
 }
 
+/* Count a relayed datagram of `size` payload bytes in direction `packets` (TO_PEER_PACKETS or
+ * TO_CLIENT_PACKETS; the bytes' index follows it), server-wide and for its allocation. */
+static inline void count_relayed(FastPath *s, entry_t *e, int packets, size_t size) {
+    s->counters[packets]++;
+    s->counters[packets + 1] += size;
+    e->traffic[packets]++;
+    e->traffic[packets + 1] += size;
+}
+
 /* A failed send: counted; what went to a client is taken back (udpplane.relay_drain), what
- * went to a peer stays counted (udpplane.forward_channel_data, send_to_peer). */
+ * went to a peer stays counted (udpplane.forward_channel_data, send_to_peer), for the server
+ * and for the allocation alike. */
 static void send_failed(FastPath *s, const out_t *o) {
     s->counters[SEND_ERRORS]++;
     if (o->to_client) {
         s->counters[TO_CLIENT_PACKETS]--;
         s->counters[TO_CLIENT_BYTES] -= o->size;
+        o->entry->traffic[TO_CLIENT_PACKETS]--;
+        o->entry->traffic[TO_CLIENT_BYTES] -= o->size;
     }
 }
 
@@ -107,12 +119,13 @@ static void send_failed(FastPath *s, const out_t *o) {
  * payload, and pad zero bytes. The destination is resolved for the socket's family as Python's
  * sendto does (getaddrinfo): an IPv4-mapped address becomes IPv4 for an IPv4 socket, and any
  * other address of the other family fails, counted like a failed send. */
-static out_t *queue_out(FastPath *s, int fd, int family, const endpoint_t *dest, int to_client,
-                        const uint8_t *payload, size_t size, size_t header_len, size_t pad) {
+static out_t *queue_out(FastPath *s, entry_t *e, int fd, int family, const endpoint_t *dest,
+                        int to_client, const uint8_t *payload, size_t size, size_t header_len,
+                        size_t pad) {
     static const uint8_t zeros[4] = {0, 0, 0, 0};
     out_t *o = &s->outs[s->n_out];
     endpoint_t to = *dest;
-    o->fd = fd, o->to_client = to_client, o->size = (uint32_t)size;
+    o->fd = fd, o->to_client = to_client, o->size = (uint32_t)size, o->entry = e;
     if (family == AF_INET && to.ip.family == AF_INET6 && v4_mapped(to.ip.addr)) {
         memmove(to.ip.addr, to.ip.addr + 12, 4);
         memset(to.ip.addr + 4, 0, 12);
@@ -362,9 +375,8 @@ static void client_channel_data(FastPath *s, entry_t *e, const uint8_t *p, size_
         return;
     }
     if (!fp_take_budget(s, e, length)) return;
-    s->counters[TO_PEER_PACKETS]++;
-    s->counters[TO_PEER_BYTES] += length;
-    queue_out(s, e->relay_fd, e->relay_family, &ch->peer, 0, p + 4, length, 0, 0);
+    count_relayed(s, e, TO_PEER_PACKETS, length);
+    queue_out(s, e, e->relay_fd, e->relay_family, &ch->peer, 0, p + 4, length, 0, 0);
 }
 
 /* A Send indication (RFC 8656 §11.2): 0 leaves it to Python (not the plain shape, or no
@@ -392,9 +404,8 @@ static int client_send(FastPath *s, entry_t *e, const uint8_t *p, size_t n, doub
         }
     }
     if (!fp_take_budget(s, e, data_len)) return 1;
-    s->counters[TO_PEER_PACKETS]++;
-    s->counters[TO_PEER_BYTES] += data_len;
-    queue_out(s, e->relay_fd, e->relay_family, &peer, 0, data, data_len, 0, 0);
+    count_relayed(s, e, TO_PEER_PACKETS, data_len);
+    queue_out(s, e, e->relay_fd, e->relay_family, &peer, 0, data, data_len, 0, 0);
     return 1;
 }
 
@@ -468,17 +479,17 @@ void fp_on_peer_datagram(FastPath *s, entry_t *e, int i, double now) {
         return;
     }
     if (!fp_take_budget(s, e, n)) return;
-    s->counters[TO_CLIENT_PACKETS]++;
-    s->counters[TO_CLIENT_BYTES] += n;
+    count_relayed(s, e, TO_CLIENT_PACKETS, n);
     const chan_t *ch = fp_find_chan_by_peer(e, &peer);
     if (ch != NULL && ch->expires > now) {
         /* RFC 8656 §12.6 ChannelData; over UDP not padded (§12.5) */
-        out_t *o = queue_out(s, e->listener_fd, e->listener_family, &e->client, 1, p, n, 4, 0);
+        out_t *o = queue_out(s, e, e->listener_fd, e->listener_family, &e->client, 1, p, n, 4,
+                             0);
         if (o != NULL) put16(o->header, ch->number), put16(o->header + 2, (unsigned)n);
         return;
     }
     /* a Data indication (RFC 8656 §11.3), its header's length known once it is written */
-    out_t *o = queue_out(s, e->listener_fd, e->listener_family, &e->client, 1, p, n, HEADER_MAX,
-                         -n & 3);
+    out_t *o = queue_out(s, e, e->listener_fd, e->listener_family, &e->client, 1, p, n,
+                         HEADER_MAX, -n & 3);
     if (o != NULL) o->iov[0].iov_len = data_indication(s, o->header, &peer, n);
 }

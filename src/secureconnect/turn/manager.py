@@ -7,17 +7,22 @@ reservation when asked, RFC 8656 §7.2), and releases socket, port and quota slo
 whenever an allocation or a reservation ends (:class:`~secureconnect.turn.quotas.QuotaGate`:
 the book, shared by every worker). :class:`~secureconnect.turn.core.TurnCore` decides *whether*
 (authentication, quotas, the RFC's checks) and takes the slots; this decides nothing, it keeps
-the books straight.
+the books straight. Every allocation that ends is recorded once, as an
+:class:`~secureconnect.turn.allocation.AllocationEnded` handed to ``ended`` (the core counts it
+and passes it on to the I/O layer, which logs it).
 Sans-IO like the core: times are the caller's ``now``.
 """
 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 
 from secureconnect.stun import ErrorCode, StunError
 from secureconnect.turn.allocation import (
+    ENDED_REASONS,
     Allocation,
+    AllocationEnded,
     AllocationTable,
     RelayBinder,
     RelayEndpoint,
@@ -32,7 +37,7 @@ from secureconnect.turn.quotas import QuotaGate
 class AllocationManager:
     """Relay sockets and ports for allocations and reservations; see the module docstring."""
 
-    __slots__ = ("binder", "ports", "quotas", "reservation_lifetime", "table")
+    __slots__ = ("binder", "ended", "ports", "quotas", "reservation_lifetime", "table")
 
     def __init__(
         self,
@@ -41,8 +46,11 @@ class AllocationManager:
         binder: RelayBinder,
         quotas: QuotaGate,
         ports: RelayPortPool | None = None,
+        ended: Callable[[AllocationEnded], None] | None = None,
     ) -> None:
         self.binder = binder
+        #: told of every allocation that ends, once, before its relay socket closes
+        self.ended = ended
         self.quotas = quotas
         self.ports = ports or RelayPortPool()
         self.table = AllocationTable()
@@ -89,15 +97,22 @@ class AllocationManager:
         self.ports.release(reservation.family, reservation.port)
         self.quotas.give(reservation.user, reservation.source, 1)
 
-    def delete(self, allocation: Allocation) -> None:
-        """An allocation ended: out of the table, its socket closed, its port and quota slot
-        free."""
+    def delete(self, allocation: Allocation, reason: str, now: float) -> AllocationEnded | None:
+        """An allocation ended for ``reason`` (``allocation.ENDED_REASONS``): out of the
+        table, its totals read (before its socket and the fast path's copy go), its socket
+        closed, its port and quota slot free. The record, the first time only (None after)."""
+        if reason not in ENDED_REASONS:  # the log's and the metrics' label values are these
+            raise ValueError(f"unknown reason an allocation ended: {reason!r}")
         removed = self.table.remove(allocation)
+        event = allocation.ended(now, reason) if removed else None
         self.binder.close(allocation.relay)
         self.ports.release(allocation.family, allocation.relayed[1])
-        if removed:  # its slot is given back once, however often it is deleted
+        if event is not None:  # its slot is given back once, however often it is deleted
             client_ip = allocation.five_tuple[1][0]
             self.quotas.give(quota_key(allocation.username), source_key(client_ip), 1)
+            if self.ended is not None:
+                self.ended(event)
+        return event
 
     def expire_reservations(self, now: float | None) -> None:
         """Release the reservations expired by ``now`` (every one when None)."""

@@ -68,6 +68,10 @@ class _Entry:
         "permissions",
         "relay_fd",
         "stream",
+        "to_client_bytes",
+        "to_client_packets",
+        "to_peer_bytes",
+        "to_peer_packets",
     )
 
     def __init__(self, relay_fd: int, listener_fd: int, client: Address, budget: float) -> None:
@@ -82,6 +86,8 @@ class _Entry:
         self.channels: dict[int, Channel] = {}
         self.channel_by_peer: dict[Address, Channel] = {}
         self.peer_headers: dict[Address, bytes] = {}
+        self.to_peer_packets = self.to_peer_bytes = 0  # counted by relaypath, as RelayCounters
+        self.to_client_packets = self.to_client_bytes = 0
 
 
 class PyFastPath:
@@ -156,6 +162,15 @@ class PyFastPath:
             self.relay.dropped_bandwidth += 1
             return False
         return True
+
+    def traffic(self, relay_fd: int) -> tuple[int, int, int, int]:
+        entry = self._by_relay[relay_fd]
+        return (
+            entry.to_peer_packets,
+            entry.to_peer_bytes,
+            entry.to_client_packets,
+            entry.to_client_bytes,
+        )
 
     def counters(self) -> dict[str, int]:
         relay = self.relay
@@ -266,6 +281,8 @@ class PyFastPath:
                 # Not relayed after all: the counters say what reached the client.
                 counters.to_client_packets -= 1
                 counters.to_client_bytes -= len(data)
+                entry.to_client_packets -= 1
+                entry.to_client_bytes -= len(data)
         return read
 
     def _send(self, fd: int, data: bytes, address: Address) -> bool:

@@ -9,7 +9,9 @@ Two directions, both called per relayed datagram by the I/O layer:
 
 What the hot path avoids: STUN decoding (ChannelData is recognised by its first two bits, 01),
 logging, exceptions, and object creation beyond the output bytes. Counters are plain integer
-attributes. The bandwidth budget is a per-allocation number the table refills every tick.
+attributes: the server's (:class:`RelayCounters`) and the allocation's own four (packets and
+bytes each way, read for accounting when asked, never per datagram). The bandwidth budget is a
+per-allocation number the table refills every tick.
 """
 
 from __future__ import annotations
@@ -57,6 +59,11 @@ class RelayState(Protocol):
     budget: float
     stream: bool
     mirror: RelayMirror | None
+    # its relayed traffic, counted beside RelayCounters' (docs/metrics.md)
+    to_peer_packets: int
+    to_peer_bytes: int
+    to_client_packets: int
+    to_client_bytes: int
 
 
 @dataclass(slots=True)
@@ -123,6 +130,8 @@ def spend_to_peer(allocation: RelayState, size: int, counters: RelayCounters) ->
             return False
     counters.to_peer_packets += 1
     counters.to_peer_bytes += size
+    allocation.to_peer_packets += 1
+    allocation.to_peer_bytes += size
     return True
 
 
@@ -157,6 +166,8 @@ def wrap_peer_data(
         return None
     counters.to_client_packets += 1
     counters.to_client_bytes += size
+    allocation.to_client_packets += 1
+    allocation.to_client_bytes += size
     channel = allocation.channel_by_peer.get(peer)
     if channel is not None and channel.expires > now:
         header = channel.prefix + size.to_bytes(2, "big")

@@ -61,7 +61,7 @@ from secureconnect.turn.peerpolicy import OwnEndpoints, PeerPolicy
 from secureconnect.turn.pyfastpath import RECV_SIZE
 from secureconnect.turn.quotas import QuotaGate
 from secureconnect.turn.settings import counter_samples
-from secureconnect.turn.udpplane import UdpDataPlane
+from secureconnect.turn.udpplane import UdpDataPlane, log_allocation_ended
 
 STREAM_QUEUE_BYTES = 256 * 1024  # bytes queued to one TCP/TLS client before drops
 TICK = 1.0  # seconds between expiry passes (and looks for the last allocation in a drain)
@@ -134,7 +134,8 @@ class CoreParts:
     def build(
         self, binder: RelayBinder, own_endpoints: OwnEndpoints, counters: TurnCounters
     ) -> TurnCore:
-        """A fresh core: empty tables and port pool, the server's lasting counters."""
+        """A fresh core: empty tables and port pool, the server's lasting counters; each
+        allocation that ends is logged (``allocation-ended``)."""
         return TurnCore(
             self.settings,
             auth=self.auth,
@@ -144,6 +145,7 @@ class CoreParts:
             ports=RelayPortPool(*self.port_range) if self.port_range else None,
             counters=counters,
             quotas=self.quotas,
+            on_ended=log_allocation_ended,
         )
 
 
@@ -395,7 +397,7 @@ class TurnServer(StreamComponent):
             outbox.send.close()
             with trio.CancelScope(shield=True):  # the allocation ends even when cancelled
                 async with self.locked():
-                    core.close_five_tuple(five_tuple)
+                    core.close_five_tuple(five_tuple, self.clock())
 
     async def _read_stream(
         self, core: TurnCore, stream: trio.abc.Stream, five_tuple: FiveTuple, outbox: StreamOutbox

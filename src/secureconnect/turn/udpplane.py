@@ -25,6 +25,8 @@ Theory of operation:
   client's, waited on by trio) is closed by ``close_elsewhere``.
 - Failures: a send error is counted (``send_errors``); a datagram whose handling raises costs
   that datagram only (``packet_errors``, the first traceback logged).
+- Accounting: each allocation that ends is logged once with its totals
+  (:func:`log_allocation_ended`, the core's ``on_ended``; docs/metrics.md).
 
 Wall time: the core wants Unix time for nonces and REST expiries; ``wall_offset`` (Unix time
 minus ``clock()``) is kept current by whoever runs the timers, and each drain passes
@@ -43,7 +45,7 @@ import time
 from collections.abc import Callable
 
 from secureconnect.logs import fields
-from secureconnect.turn.allocation import Address, Allocation, RelayEndpoint
+from secureconnect.turn.allocation import Address, Allocation, AllocationEnded, RelayEndpoint
 from secureconnect.turn.core import ToPeer, TurnCore, TurnSettings
 from secureconnect.turn.dataplane import CompiledLoop, EpollThread, Handler, Unhandled
 from secureconnect.turn.fastpath import Mirror, fastpath_reason, new_fastpath
@@ -143,7 +145,7 @@ class UdpDataPlane:
             return
         with self.lock:
             if self.core is not None:
-                self.core.close_all()
+                self.core.close_all(self.clock())
             self.core = None
             self.epoll = None
             self.listeners.clear()
@@ -229,6 +231,8 @@ class UdpDataPlane:
                     # say what reached the client.
                     counters.to_client_packets -= 1
                     counters.to_client_bytes -= len(data)
+                    allocation.to_client_packets -= 1
+                    allocation.to_client_bytes -= len(data)
 
         return drain
 
@@ -325,6 +329,12 @@ class UdpDataPlane:
     def total_send_errors(self) -> int:
         """Failed sends, the fast path's included."""
         return self.send_errors + self.fastpath.counters()["send_errors"]
+
+
+def log_allocation_ended(event: AllocationEnded) -> None:
+    """The core's ``on_ended``: one line per allocation that ended, with its totals
+    (docs/metrics.md); called with the lock held, once per allocation, never per datagram."""
+    log.info("allocation-ended", extra=fields(**event.log_fields()))
 
 
 def _as_socket(endpoint: RelayEndpoint) -> socket.socket:
