@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from natlab_runs import run_natlab
 
 pytestmark = [pytest.mark.browser]
 
@@ -30,32 +31,11 @@ def test_firefox_connects_every_pair_as_expected(tmp_path: Path) -> None:
     need the relay (and the lab's second attempt finds no direct path). ``--peer-cmd true``
     makes the first matrix instant, so the run is the Firefox matrix."""
     require_firefox()
-    out = tmp_path / "pairs.json"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "secureconnect",
-            "natlab",
-            "--behaviours",
-            "open,symmetric",
-            "--no-discovery",
-            "--timeout",
-            "30",
-            "--peer-cmd",
-            "true",
-            "--browsers",
-            "firefox",
-            "--json",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    status, log, everything = run_natlab(
+        tmp_path, "open,symmetric", "true", "--browsers", "firefox", timeout=30
     )
-    assert done.returncode == 0, done.stderr
-    records = [r for r in json.loads(out.read_text()) if r["stack"] == "firefox"]
+    assert status == 0, log
+    records = [r for r in everything if r["stack"] == "firefox"]
     routes = {(r["a"], r["b"]): r["route"] for r in records}
     assert routes == {
         ("open", "open"): "direct",
@@ -66,7 +46,7 @@ def test_firefox_connects_every_pair_as_expected(tmp_path: Path) -> None:
         assert record["connected"] is True
         assert {record["local"], record["remote"]} <= CANDIDATES
         assert isinstance(record["seconds"], float)
-    assert "[firefox] [3/3] symmetric <-> symmetric" in done.stderr
+    assert "[firefox] [3/3] symmetric <-> symmetric" in log
 
 
 def test_a_page_that_does_not_load_is_a_verdict_and_leaves_nothing(tmp_path: Path) -> None:

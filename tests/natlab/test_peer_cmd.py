@@ -7,46 +7,16 @@ from __future__ import annotations
 
 import json
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from natlab_runs import run_natlab
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "natlab" / "python_peer.py"
-
-
-def natlab(
-    tmp_path: Path, behaviours: str, peer: str, *extra: str
-) -> tuple[int, str, list[dict[str, object]]]:
-    out = tmp_path / "pairs.json"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "secureconnect",
-            "natlab",
-            "--behaviours",
-            behaviours,
-            "--no-discovery",
-            "--timeout",
-            "20",
-            "--peer-cmd",
-            peer,
-            "--json",
-            str(out),
-            *extra,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    records = json.loads(out.read_text()) if out.exists() else []
-    return done.returncode, done.stderr, records
 
 
 @pytest.mark.browser
@@ -55,7 +25,7 @@ def test_the_python_example_and_chromium_connect_every_pair(tmp_path: Path) -> N
     the demo page in each client namespace (natlab/browser.py; libwebrtc, a second ICE stack;
     examples/natlab/browser_peer.py runs the same): every pair as expected, in each matrix."""
     peer = f"{shlex.quote(sys.executable)} {shlex.quote(str(EXAMPLE))}"
-    status, log, records = natlab(tmp_path, "open,symmetric", peer, "--browsers", "chromium")
+    status, log, records = run_natlab(tmp_path, "open,symmetric", peer, "--browsers", "chromium")
     assert status == 0, log
     routes = {(r["stack"], r["a"], r["b"]): r["route"] for r in records}
     for stack in ("yours", "chromium"):
@@ -67,11 +37,11 @@ def test_the_python_example_and_chromium_connect_every_pair(tmp_path: Path) -> N
 
 
 def test_an_exit_status_is_a_verdict(tmp_path: Path) -> None:
-    status, log, records = natlab(tmp_path, "open", "true")
+    status, log, records = run_natlab(tmp_path, "open", "true")
     assert status == 0, log
     assert records[0]["connected"] is True
     assert records[0]["route"] == "unknown"
-    status, log, records = natlab(tmp_path, "open", "false")
+    status, log, records = run_natlab(tmp_path, "open", "false")
     assert status == 1
     assert "open <-> open: did not connect (exited 1)" in log
 
@@ -82,7 +52,7 @@ def test_the_json_follows_its_schema(tmp_path: Path) -> None:
     schema = json.loads((ROOT / "docs" / "natlab-results.schema.json").read_text())
     item = schema["items"]
     peer = f"{shlex.quote(sys.executable)} {shlex.quote(str(EXAMPLE))}"
-    _, _, records = natlab(tmp_path, "open,udp-blocked", peer)
+    _, _, records = run_natlab(tmp_path, "open,udp-blocked", peer)
     behaviours = schema["$defs"]["behaviour"]["enum"]
     candidates = schema["$defs"]["candidate"]["enum"]
     for record in records:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from typing import Any
 
 import pytest
 from appliance import free_port, stop_process
-from servers import coturn_binary
+from servers import coturn_binary, wait_listening
 
 pytestmark = [pytest.mark.coturn, pytest.mark.timeout(60)]
 
@@ -38,19 +37,6 @@ class Coturn:
             f"turn:127.0.0.1:{self.port}?transport=tcp",
             f"turns:127.0.0.1:{self.tls_port}?transport=tcp",
         ]
-
-
-def _wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"coturn exited early with status {proc.returncode}")
-        with socket.socket() as probe:
-            probe.settimeout(0.2)
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"coturn did not listen on {port} within {timeout} s")
 
 
 @contextmanager
@@ -87,8 +73,8 @@ def coturn(workdir: Path, cert: Any, *, auth: bool = True) -> Iterator[Coturn]:
         [coturn_binary(), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
-        _wait_listening(port, proc)
-        _wait_listening(tls_port, proc)
+        wait_listening(port, proc)
+        wait_listening(tls_port, proc)
         yield Coturn(port, tls_port)
     finally:
         stop_process(proc)

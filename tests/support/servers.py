@@ -57,7 +57,7 @@ def require_tool(name: str) -> str:
     return path
 
 
-def _wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -169,7 +169,7 @@ def coturn(workdir: Path, *extra: str, secret: str = SECRET) -> Iterator[TurnTar
         [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
-        _wait_listening(port, proc)
+        wait_listening(port, proc)
         yield TurnTarget("coturn", "127.0.0.1", port, None, secret, "coturn", proc.pid)
     finally:
         stop_process(proc)
