@@ -17,6 +17,7 @@ MODULES = sorted(PACKAGE.rglob("*.py"))
 # shell is added here on purpose, not by choosing a file name).
 TRIO_ALLOWED = {
     "cli",
+    "admincmd",  # the admin commands: trio.run for a cluster-wide request over Redis
     "supervisor",
     "stun.serve",
     "transport.listeners",
@@ -26,6 +27,9 @@ TRIO_ALLOWED = {
     "signal.redisplane",  # the Redis backplane's I/O (its scripts and events are sans-IO)
     "workers",  # the TURN worker processes, from the parent's side
     "turnworker",  # and from the worker's
+    "admin.server",  # the admin socket's I/O (its protocol and store are sans-IO)
+    "admin.siblings",  # and the other processes' metrics, asked over it
+    "admin.cluster",  # and the cluster's admin channel on Redis
 }
 CONTRACTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"][
     "contracts"
@@ -33,7 +37,7 @@ CONTRACTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["import
 
 
 #: subpackages with a layers contract of their own (transport is one layer as a whole)
-LAYERED_PACKAGES = ("stun", "turn", "signal", "natlab", "config")
+LAYERED_PACKAGES = ("stun", "turn", "signal", "natlab", "config", "admin")
 
 
 def module_name(path: Path) -> str:

@@ -2,7 +2,8 @@
 
 ``run`` starts the supervisor (all enabled components, or the ones named), ``drain`` drains a
 running one gracefully (:mod:`secureconnect.draincmd`), ``probe`` tests STUN/TURN servers
-(:mod:`secureconnect.probecmd`), ``check-config``
+(:mod:`secureconnect.probecmd`), ``sessions``, ``kill``, ``revoke`` and ``metrics`` talk to the
+running processes' admin sockets (:mod:`secureconnect.admincmd`), ``check-config``
 validates a file and prints the effective config with secrets masked, ``example-config`` prints
 the commented example, ``init`` writes a production config and its files
 (:mod:`secureconnect.initcmd`). Flags that change config keys go through one table,
@@ -18,16 +19,29 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import socket
 import sys
 import time
 import typing
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import trio
 
 from secureconnect import __version__
+from secureconnect.admin.cluster import ClusterAdmin
+from secureconnect.admin.paths import resolve_runtime_dir, socket_name
+from secureconnect.admin.server import (
+    AdminServer,
+    AdminUnavailable,
+    RevocationHolder,
+    SessionHolder,
+)
+from secureconnect.admin.siblings import SiblingMetrics
+from secureconnect.admin.store import RevocationStore
+from secureconnect.admincmd import add_admin_parsers, run_admin
 from secureconnect.config import (
     Config,
     ConfigError,
@@ -42,15 +56,22 @@ from secureconnect.initcmd import add_init_parser, run_init
 from secureconnect.logs import configure_logging, fields
 from secureconnect.natlab.command import add_natlab_parser, run_natlab
 from secureconnect.probecmd import add_probe_parser, run_probe
-from secureconnect.runtime import COMPONENT_NAMES, build_components, prepare_runtime, uses_tls
+from secureconnect.runtime import (
+    COMPONENT_NAMES,
+    Runtime,
+    build_components,
+    prepare_runtime,
+    uses_tls,
+)
 from secureconnect.sdnotify import Notifier
 from secureconnect.secretfiles import load_room_secrets, load_turn_secrets
 from secureconnect.serviceurls import service_urls, turn_uris
 from secureconnect.signal.tokens import RoomTokens
 from secureconnect.statedir import resolve_state_dir
-from secureconnect.supervisor import StartupError, Supervisor
+from secureconnect.supervisor import Component, StartupError, Supervisor
 
 log = logging.getLogger("secureconnect.cli")
+ADMIN_COMMANDS = ("sessions", "kill", "revoke", "metrics")
 
 # argparse destination -> dotted config key: the one table of CLI overrides.
 FLAG_KEYS: dict[str, str] = {
@@ -102,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_natlab_parser(commands)
     add_drain_parser(commands)
     add_probe_parser(commands)
+    add_admin_parsers(commands, partial(_config_flags, config_optional=True))
     _config_flags(commands.choices["drain"], config_optional=True)
     return parser
 
@@ -154,6 +176,8 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 (one return
             return print_credentials(config, args.config, args.user, args.ttl)
         if args.command == "room-token":
             return print_room_token(config, args.config, args.room, args.ttl)
+        if args.command in ADMIN_COMMANDS:
+            return run_admin(args, config)
         if args.command == "drain":
             state_dir = resolve_state_dir(config.general.state_dir)
             return run_drain(args, state_dir, config.general.drain_deadline)
@@ -217,9 +241,31 @@ def run(config: Config, config_path: Path | None, names: Sequence[str]) -> int:
     )
     runtime.board.states = supervisor.state  # /healthz reads the supervisor's live states
 
+    admin = admin_server(runtime, components, names)
+    cluster = None
+    if config.signal.backplane and any(isinstance(c, SessionHolder) for c in components):
+        node = config.signal.node_name or socket.gethostname()
+        cluster = ClusterAdmin(config.signal.backplane, config.signal.backplane_prefix, node, admin)
+    siblings = None
+    if any(component.name == "signal" for component in components):  # it serves /metrics
+        siblings = SiblingMetrics([admin.path.parent], admin.path)
+        runtime.board.sources.append(siblings.metrics)
+
+    async def serve_admin(*, task_status: trio.TaskStatus[None]) -> None:
+        try:
+            await admin.serve(task_status=task_status)
+        except AdminUnavailable as exc:  # the appliance serves on; the commands cannot reach it
+            log.warning("admin-socket-unavailable", extra=fields(reason=str(exc)))
+            task_status.started()
+
     async def main_task() -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(supervisor.serve_signals)
+            await nursery.start(serve_admin)
+            if siblings is not None:
+                nursery.start_soon(siblings.run)
+            if cluster is not None:
+                await nursery.start(cluster.run)
             async with trio.open_nursery() as running:
                 await running.start(supervisor.run)
                 urls = service_urls(runtime.url_sources)
@@ -243,6 +289,31 @@ def run(config: Config, config_path: Path | None, names: Sequence[str]) -> int:
         notifier.status(f"cannot start {failure}")
         return 1
     return 0
+
+
+def admin_server(
+    runtime: Runtime, components: Sequence[Component], names: Sequence[str]
+) -> AdminServer:
+    """The process's admin socket (docs/admin.md): asks ``components`` for their sessions and
+    keeps the revocation list when TURN runs here."""
+    config = runtime.config
+    runtime_dir = resolve_runtime_dir(config.general.runtime_dir, runtime.state_dir)
+    store = None
+    if any(isinstance(c, RevocationHolder) for c in components):
+        store = RevocationStore(
+            runtime.revocations_file,
+            runtime.revocations,
+            max_ttl=runtime.minter.max_ttl,
+            static_users=[user.split(":", 1)[0] for user in config.turn.users],
+        )
+    own = list(runtime.board.sources)  # not the siblings' (cli.run adds them after)
+    return AdminServer(
+        runtime_dir / socket_name(names),
+        components,
+        store,
+        lambda: [source() for source in own],
+        components=tuple(c.name for c in components),
+    )
 
 
 def _first_leaf(group: BaseExceptionGroup[StartupError]) -> StartupError:

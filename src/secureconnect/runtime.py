@@ -28,6 +28,8 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from secureconnect.admin.store import FILE_NAME as REVOCATIONS_FILE
+from secureconnect.admin.store import load_revocations
 from secureconnect.certrenewal import ServerCertificate
 from secureconnect.config import Config, ConfigError, SignalConfig, StunConfig, TurnConfig
 from secureconnect.credentials import CredentialMinter, NonceMint
@@ -53,6 +55,7 @@ from secureconnect.turn.auth import Authenticator, UserBackoff
 from secureconnect.turn.core import TurnSettings
 from secureconnect.turn.peerpolicy import DEFAULT_DENY, LOOPBACK_RANGES, PeerPolicy
 from secureconnect.turn.quotas import QuotaBook, QuotaGate
+from secureconnect.turn.revocations import RevocationError, Revocations
 from secureconnect.turn.serve import CoreParts, TurnEndpoints, TurnServer
 from secureconnect.workers import TurnWorker, WorkerPool, WorkerSpec, port_slices
 
@@ -82,6 +85,13 @@ class Runtime:
     room_tokens: RoomTokens | None = None
     #: what each built component serves, in start order (read by ``service_urls`` once bound)
     url_sources: list[UrlSource] = field(default_factory=list)
+    #: users the operator revoked (``secureconnect revoke``, docs/admin.md): read by TURN's
+    #: authenticator, changed by the admin socket, kept in ``revocations_file``
+    revocations: Revocations = field(default_factory=Revocations)
+
+    @property
+    def revocations_file(self) -> Path:
+        return self.state_dir / REVOCATIONS_FILE
 
     def tls_context(self) -> ssl.SSLContext:
         """The current server TLS context; components ask per handshake, so a reload or a
@@ -134,6 +144,10 @@ def prepare_runtime(config: Config, config_path: Path | None, *, tls: bool = Tru
             store, state_dir, config.tls.server_names, generated=generated
         )
     runtime = Runtime(config, config_path, state_dir, certificate, CredentialMinter(secrets))
+    try:
+        runtime.revocations = load_revocations(runtime.revocations_file)
+    except RevocationError as exc:
+        raise ConfigError(str(runtime.revocations_file), "", str(exc)) from None
     if secrets:  # nodes sharing the secret share nonces (ALTERNATE-SERVER, docs/cluster.md)
         runtime.nonces = NonceMint.shared(secrets[0])
     if config.signal.auth == "token":
@@ -325,6 +339,7 @@ def build_turn(
         sha256=turn.sha256_integrity,
         unauthorized=RateLimiter.per_second(turn.unauthorized_rate),
         user_backoff=user_backoff,
+        revocations=runtime.revocations,
     )
     parts = CoreParts(
         settings,
@@ -402,6 +417,7 @@ def worker_spec(runtime: Runtime, slices: Sequence[tuple[int, int]], index: int)
         nonces=runtime.nonces,
         port_range=slices[index - 1],
         other_services=stun_udp_endpoints(config),
+        revocations_file=runtime.revocations_file,
     )
 
 

@@ -10,13 +10,16 @@ the listening sockets it was given (its share of each reuseport group), takes re
 slice of the range and asks the parent's quota book over the quota socket, then says ``bound``.
 From then on it reports its counters every second and obeys ``reload`` (new TURN secrets, sent
 when the parent gets SIGHUP), ``block-user`` (a static user's backoff, counted over every
-process) and ``drain``. It ends when the parent closes the control socket
-(the parent stops, dies, or restarts it), and an error in the server ends the process: the
-parent starts a fresh one, and the other workers never notice.
+process), ``admin`` (an operator's command, docs/admin.md: answered in one or more ``admin``
+reports; ``revoked`` re-reads the revocation list the parent wrote) and ``drain``. It ends
+when the parent closes the control socket (the parent stops, dies, or restarts it), and an
+error in the server ends the process: the parent starts a fresh one, and the other workers
+never notice.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -24,9 +27,11 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import trio
 
+from secureconnect.admin.store import load_revocations
 from secureconnect.credentials import CredentialMinter
 from secureconnect.logs import configure_logging, fields
 from secureconnect.runtime import Runtime, build_turn
@@ -44,6 +49,7 @@ from secureconnect.workers import WorkerSpec
 log = logging.getLogger("secureconnect.turnworker")
 
 METRICS_INTERVAL = 1.0  # seconds between counter reports to the parent
+ADMIN_PART_BYTES = MAX_MESSAGE // 4  # JSON per admin answer part: well under a message
 
 
 def build_worker(
@@ -62,6 +68,8 @@ def build_worker(
         minter=minter,
         nonces=spec.nonces,
     )
+    if spec.revocations_file is not None:  # RevocationError: the worker does not start
+        runtime.revocations = load_revocations(spec.revocations_file)
     server = build_turn(
         runtime,
         udp_sockets=listeners,
@@ -106,7 +114,57 @@ async def serve_worker(
                 server.begin_drain()
             elif message[0] == "block-user":  # a static user backs off in every process
                 backoff.block(message[1], message[2], time.time())
+            elif message[0] == "admin":
+                nursery.start_soon(_answer_admin, spec, server, channel, message[1], message[2])
         nursery.cancel_scope.cancel()
+
+
+async def _answer_admin(
+    spec: WorkerSpec,
+    server: TurnServer,
+    channel: trio.socket.SocketType,
+    ident: int,
+    request: dict[str, Any],
+) -> None:
+    """Answer the parent's admin request ``ident`` (see ``TurnWorker._ask``): a listing in
+    parts of at most ``ADMIN_PART_BYTES`` of JSON, a count in one."""
+    try:
+        op = request["op"]
+        if op == "sessions":
+            records = await server.admin_sessions(request["user"])
+            for part, last in _parts(records):
+                await channel.send(encode_report(["admin", ident, part, last]))
+            return
+        if op == "kill":
+            count = await server.admin_kill(
+                user=request["user"], allocation=request["allocation"], peer=request["peer"]
+            )
+        elif op == "revoked":
+            if spec.revocations_file is not None:
+                revocations = server.parts.auth.revocations
+                revocations.replace(load_revocations(spec.revocations_file))
+            count = await server.admin_revoked(request["user"])
+        else:
+            count = 0  # a parent newer than this worker: nothing here to do
+        await channel.send(encode_report(["admin", ident, [count], True]))
+    except Exception as exc:  # the parent waits for an answer: it gets the error
+        log.exception("admin-request-failed", extra=fields(worker=spec.index))
+        await channel.send(encode_report(["admin", ident, {"error": str(exc)}, True]))
+
+
+def _parts(records: list[dict[str, object]]) -> list[tuple[list[dict[str, object]], bool]]:
+    """``records`` cut into parts of at most about ``ADMIN_PART_BYTES`` of JSON each (at
+    least one part, the last marked)."""
+    parts: list[list[dict[str, object]]] = [[]]
+    size = 0
+    for record in records:
+        length = len(json.dumps(record))
+        if size + length > ADMIN_PART_BYTES and parts[-1]:
+            parts.append([])
+            size = 0
+        parts[-1].append(record)
+        size += length
+    return [(part, index == len(parts) - 1) for index, part in enumerate(parts)]
 
 
 async def _report_metrics(server: TurnServer, channel: trio.socket.SocketType) -> None:

@@ -30,7 +30,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,6 +78,8 @@ class WorkerSpec:
     port_range: tuple[int, int]
     #: UDP endpoints of the other services (STUN): never relayed to
     other_services: tuple[Address, ...]
+    #: where the parent keeps the revocation list: read at start and when told (docs/admin.md)
+    revocations_file: Path | None = None
 
 
 def port_slices(low: int, high: int, count: int) -> list[tuple[int, int]]:
@@ -154,6 +156,30 @@ class WorkerPool:
         self.groups.clear()
 
 
+class _Answer:
+    """A worker's answer to an admin request, as its parts arrive (a listing of many
+    allocations comes in several messages, each under ``MAX_MESSAGE``)."""
+
+    def __init__(self) -> None:
+        self.items: list[object] = []
+        self.error: str | None = None
+        self.done = trio.Event()
+
+    def take(self, part: object, last: bool) -> None:
+        if isinstance(part, list):
+            self.items.extend(part)
+        elif isinstance(part, dict) and isinstance(part.get("error"), str):
+            self.error = part["error"]
+        else:
+            self.items.append(part)
+        if last:
+            self.done.set()
+
+
+def _count(items: list[object]) -> int:
+    return sum(item for item in items if isinstance(item, int) and not isinstance(item, bool))
+
+
 class WorkerExited(Exception):
     """A worker process ended without being asked to."""
 
@@ -175,6 +201,9 @@ class TurnWorker:
     pid: int | None = None
     _control: socket.socket | None = None
     _draining: bool = False
+    #: admin requests sent to the worker and not yet answered, by id (see ``_ask``)
+    _asked: dict[int, _Answer] = field(default_factory=dict)
+    _ask_ids: Iterator[int] = field(default_factory=itertools.count)
 
     def __post_init__(self) -> None:
         self.name = self.name or f"turn-worker-{self.index}"
@@ -224,6 +253,8 @@ class TurnWorker:
                 await self._stop(process)
             self._control = None
             self.pool.controls.pop(self.index, None)
+            for answer in self._asked.values():  # nobody is left to answer them
+                answer.take({"error": "the worker exited"}, True)
             for name, value in self.samples.items():
                 if is_cumulative(name):
                     kept = retired_name(name)
@@ -269,7 +300,11 @@ class TurnWorker:
     async def _follow(self, control: trio.socket.SocketType) -> None:
         """Take the worker's reports until it closes its end (it exits)."""
         while (message := await self._receive(control)) is not None:
-            if message[0] == "metrics" and len(message) == 2 and isinstance(message[1], dict):
+            if message[0] == "admin" and len(message) == 4:
+                answer = self._asked.get(message[1]) if isinstance(message[1], int) else None
+                if answer is not None:
+                    answer.take(message[2], bool(message[3]))
+            elif message[0] == "metrics" and len(message) == 2 and isinstance(message[1], dict):
                 self.samples = {
                     str(name): float(value)
                     for name, value in message[1].items()
@@ -330,6 +365,41 @@ class TurnWorker:
             send_message(self._control, message)
         except OSError as exc:
             log.warning("worker-unreachable", extra=fields(worker=self.index, error=str(exc)))
+
+    # -- the operator's commands, answered by the worker (docs/admin.md) ---------------------
+
+    async def admin_sessions(self, user: str | None) -> list[dict[str, object]]:
+        """The worker's allocations, as its own ``TurnServer.admin_sessions`` lists them."""
+        return [r for r in await self._ask({"op": "sessions", "user": user}) if isinstance(r, dict)]
+
+    async def admin_kill(
+        self, *, user: str | None = None, allocation: str | None = None, peer: str | None = None
+    ) -> int:
+        request = {"op": "kill", "user": user, "allocation": allocation, "peer": peer}
+        return _count(await self._ask(request))
+
+    async def admin_revoked(self, user: str | None) -> int:
+        """The worker re-reads the revocation list, then ends ``user``'s allocations."""
+        return _count(await self._ask({"op": "revoked", "user": user}))
+
+    async def _ask(self, request: Mapping[str, object]) -> list[object]:
+        """Send the worker an admin request and wait for every part of its answer (the
+        admin server bounds the wait). RuntimeError when the worker is not running or says
+        the request failed."""
+        if self._control is None:
+            raise RuntimeError("the worker is not running")
+        ident = next(self._ask_ids)
+        answer = self._asked[ident] = _Answer()
+        try:
+            send_message(self._control, ("admin", ident, request))
+            await answer.done.wait()
+        except OSError as exc:
+            raise RuntimeError(f"the worker cannot be reached: {exc}") from None
+        finally:
+            del self._asked[ident]
+        if answer.error is not None:
+            raise RuntimeError(answer.error)
+        return answer.items
 
     def metrics(self) -> dict[str, float]:
         """The worker's counters as last reported, its earlier processes' totals added

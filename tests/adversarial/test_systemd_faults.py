@@ -51,6 +51,8 @@ with what is missing: nothing is skipped. Everything is bounded: the restarts by
 from __future__ import annotations
 
 import asyncio
+import http.client
+import json
 import socket
 import ssl
 import subprocess
@@ -493,3 +495,51 @@ def test_sigkill_of_each_component_is_restarted_and_clients_recover(tmp_path: Pa
             "seconds from SIGKILL to active again: "
             + ", ".join(f"{u} {t:.2f}" for u, t in scene.timings.items())
         )
+
+
+@pytest.mark.timeout(BUDGET + 60)
+def test_per_component_units_share_the_admin_commands_and_one_metrics_endpoint(
+    tmp_path: Path,
+) -> None:
+    """Run as three units, the node still answers as one (docs/admin.md, docs/metrics.md): each
+    unit's admin socket is in the shared ``/run/secureconnect``, 0600 and the dynamic user's,
+    ``secureconnect sessions`` run by root in the lab sees a TURN allocation made from outside,
+    and signaling's ``/metrics`` carries the TURN and STUN processes' samples."""
+    ports = Ports.free()
+    config = write_config(tmp_path / "etc", ports, tmp_path)
+    secret = (config / "turn-secret").read_text().strip()
+    tls = ssl.create_default_context(cafile=str(config / "tls-cert.pem"))
+    with lab_or_fail(tmp_path, tmp_path / "etc") as lab, echo_peer() as peer:
+        lab.systemctl("start", TARGET, *SERVICES)
+        for unit in SERVICES:
+            lab.wait_running(unit)
+        sockets = [f"/run/secureconnect/admin-{c}.sock" for c in ("signal", "stun", "turn")]
+        for line in lab.run("stat", "-c", "%n %a %U", *sockets).splitlines():
+            _, mode, owner = line.split()
+            assert (mode, owner) == ("600", "secureconnect"), line
+        stun_binding(ports.stun)
+        relay = relaying(turn_client(ports.turn, secret, "alice"), peer)
+        relay.check()
+        try:
+            sessions = json.loads(
+                lab.run(sys.executable, "-m", "secureconnect", "sessions", "--json", "-c", CONFIG)
+            )
+            assert [a["user"] for a in sessions["turn"]] == ["alice"], sessions
+            deadline = time.monotonic() + STEP
+            while True:  # the signal process asks its siblings every 2 s
+                text = _https_get(ports.signal, "/metrics", tls)
+                if "turn_allocations 1" in text and "stun_requests_total" in text:
+                    break
+                assert time.monotonic() < deadline, text
+                time.sleep(0.2)
+        finally:
+            relay.close()
+
+
+def _https_get(port: int, path: str, tls: ssl.SSLContext) -> str:
+    connection = http.client.HTTPSConnection("127.0.0.1", port, context=tls, timeout=STEP)
+    try:
+        connection.request("GET", path)
+        return connection.getresponse().read().decode()
+    finally:
+        connection.close()

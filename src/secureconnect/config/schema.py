@@ -85,6 +85,13 @@ class GeneralConfig:
             "or ~/.local/state/secureconnect"
         ),
     )
+    runtime_dir: str = field(
+        default="",
+        metadata=_doc(
+            "where the admin socket lives (secureconnect sessions/kill/revoke); empty: "
+            "$RUNTIME_DIRECTORY (systemd), else run/ in state_dir"
+        ),
+    )
     drain_timeout: float = field(
         default=3.0,
         metadata=_doc(

@@ -46,8 +46,9 @@ from secureconnect.logs import fields
 Message = dict[str, Any]
 log = logging.getLogger("secureconnect.signal.client")
 
-#: Close codes after which reconnecting would be wrong (normal, policy, replaced by a resume).
-FINAL_CLOSE_CODES = frozenset({1000, 1008, 4001})
+#: Close codes after which reconnecting would be wrong (normal, policy, replaced by a resume,
+#: ended by the operator).
+FINAL_CLOSE_CODES = frozenset({1000, 1008, 4001, 4002})
 
 
 class SignalClientError(Exception):

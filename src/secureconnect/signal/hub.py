@@ -20,6 +20,10 @@ with its resume secret re-attaches it, on this process or (with Redis) on anothe
 owed messages delivered, no ``peer-left``/``peer-joined`` for the others. After the grace period
 the others see ``peer-left``.
 
+An operator may end a session (:meth:`SignalHub.kill`): it leaves the room at once, as with a
+``leave`` (the others see ``peer-left``, its resume secret stops working), and its connection gets
+an ``error`` with code ``killed`` and is closed with :data:`CLOSE_KILLED`.
+
 Errors are raised as :class:`~secureconnect.signal.messages.SignalError` where they are found
 and become an ``error`` message at one site, :meth:`SignalHub.receive`.
 
@@ -67,6 +71,7 @@ IceSource = Callable[[str, float], tuple[list[dict[str, Any]], int]]
 
 CLOSE_POLICY = 1008  # RFC 6455 §7.4.1: "a message that violates its policy"
 CLOSE_REPLACED = 4001  # ours: a resumed session moved to a new connection
+CLOSE_KILLED = 4002  # ours: the operator ended the session (no resume)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -118,16 +123,30 @@ class HubCounters:
 
 
 class Session:
-    """A peer of this process: in a room, attached to one of its connections."""
+    """A peer of this process: in a room, attached to one of its connections. ``joined`` is
+    when it was welcomed here (the hub's monotonic ``now``) and ``resumed`` whether that welcome
+    took back an earlier session, so operators can see how long it has been attached here."""
 
-    __slots__ = ("conn", "epoch", "ice_due", "peer", "resume", "room")
+    __slots__ = ("conn", "epoch", "ice_due", "joined", "peer", "resume", "resumed", "room")
 
-    def __init__(self, peer: str, room: str, resume: str, conn: int, epoch: int) -> None:
+    def __init__(
+        self,
+        peer: str,
+        room: str,
+        resume: str,
+        conn: int,
+        epoch: int,
+        *,
+        joined: float,
+        resumed: bool,
+    ) -> None:
         self.peer = peer
         self.room = room
         self.resume = resume
         self.conn = conn
         self.epoch = epoch
+        self.joined = joined
+        self.resumed = resumed
         self.ice_due = 0.0
 
 
@@ -220,6 +239,29 @@ class SignalHub:
         """Events of the backplane that came later than the call that caused them."""
         return self._run(events, now, wall_now)
 
+    def kill(self, peer: str, now: float) -> list[Outbound]:
+        """The operator ends the session ``peer`` attached here, for good: unlike a closed
+        connection there is no grace period to resume in. It leaves the room (the other peers,
+        here and on other nodes, see ``peer-left``; the backplane forgets its resume secret), and
+        its connection gets a ``killed`` error, is closed with :data:`CLOSE_KILLED` and is
+        marked closing, so frames it still sends are ignored.
+
+        A peer not attached here gives [] and changes nothing. With the Redis backplane it may
+        be attached to another node; ending it there (a cluster-wide kill) is a later step."""
+        session = self.sessions.get(peer)
+        if session is None:
+            return []
+        self._forget(session)
+        out: list[Outbound] = []
+        state = self.connections.get(session.conn)
+        if state is not None:
+            state.session = None
+            state.closing = True
+            error = self._error(session.conn, "killed", "ended by the operator", None)
+            out.append(Outbound(session.conn, error.message, close=CLOSE_KILLED))
+        # Leave only produces peer-left notices, which need no wall clock.
+        return out + self._run(self.backplane.leave(session.peer, session.epoch, now), now, now)
+
     # -- messages ----------------------------------------------------------------------------
 
     def _dispatch(
@@ -295,7 +337,15 @@ class SignalHub:
             return self._run(self.backplane.detach(event.peer, event.epoch, now), now, wall)
         state.joining = False
         out = self._replaced(event.peer, None) if event.peer in self.sessions else []
-        session = Session(event.peer, event.room, event.resume, event.conn, event.epoch)
+        session = Session(
+            event.peer,
+            event.room,
+            event.resume,
+            event.conn,
+            event.epoch,
+            joined=now,
+            resumed=event.resumed,
+        )
         state.session = session
         self.sessions[session.peer] = session
         self.local_rooms.setdefault(session.room, set()).add(session.peer)

@@ -246,7 +246,7 @@ class RedisBackplane:
         first = True
         while True:
             try:
-                await _cancellation_wins(self._connected(first, task_status))
+                await cancellation_wins(self._connected(first, task_status))
             except Exception as exc:
                 if not self._started:
                     raise BackplaneUnavailable(
@@ -526,7 +526,7 @@ class RedisBackplane:
             self._deliver(events)
 
 
-async def _cancellation_wins(work: Awaitable[None]) -> None:
+async def cancellation_wins(work: Awaitable[None]) -> None:
     """Await ``work``; when it ends cancelled, only the cancellation goes on. coredis's clients
     close their connections as they are cancelled and may raise while doing so (anyio's
     ``ClosedResourceError`` next to trio's ``Cancelled``): at shutdown that is no error."""

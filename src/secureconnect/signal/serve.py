@@ -21,6 +21,10 @@ and never fails the connection it was meant for.
 Every refusal is counted: the caps' as ``signal_connections_refused_total{reason=...}`` (the 429
 as ``reason="websockets-per-ip"``), the 400s as ``signal_http_bad_requests_total``, connections
 closed for a full outbox as ``signal_slow_closed_total``.
+
+Operators (the admin interface, on the same trio loop) list the sessions attached here with
+:meth:`SignalServer.admin_sessions` and end one with :meth:`SignalServer.admin_kill`; for that
+the client address of each WebSocket is kept while it is open.
 """
 
 from __future__ import annotations
@@ -110,6 +114,7 @@ class SignalServer:
     name: str = "signal"
     bound: list[tuple[str, str, int]] = field(default_factory=list)
     _outboxes: dict[int, _Outbox] = field(default_factory=dict)
+    _addresses: dict[int, str] = field(default_factory=dict)  # conn -> client IP, while open
     _ids: itertools.count[int] = field(default_factory=itertools.count)
     _server: Any = None
     _nursery: trio.Nursery | None = None
@@ -221,6 +226,52 @@ class SignalServer:
         )
         return samples
 
+    # -- operators -------------------------------------------------------------------------------
+
+    async def admin_sessions(self, user: str | None) -> list[dict[str, object]]:
+        """The signaling sessions attached to this process, one dict each: ``kind`` ("signal"),
+        ``peer``, ``room``, ``address`` (the client IP, X-Forwarded-For from trusted proxies
+        applied), ``age`` (seconds since it was welcomed here: joined or resumed) and
+        ``resumed``. ``user``: only the session with that peer id (a signaling peer's TURN
+        credentials carry its peer id as the user, see :mod:`~.ice`); None: all of them."""
+        await trio.lowlevel.checkpoint()
+        sessions = self.hub.sessions
+        if user is None:
+            chosen = list(sessions.values())
+        else:
+            one = sessions.get(user)
+            chosen = [] if one is None else [one]
+        now = self.clock()
+        return [
+            {
+                "kind": "signal",
+                "peer": session.peer,
+                "room": session.room,
+                "address": self._addresses.get(session.conn, ""),
+                "age": max(0.0, now - session.joined),
+                "resumed": session.resumed,
+            }
+            for session in chosen
+        ]
+
+    async def admin_kill(
+        self, *, user: str | None = None, allocation: str | None = None, peer: str | None = None
+    ) -> int:
+        """End the session named by ``peer`` (or ``user``: for signaling the same peer id; given
+        both, they must agree) for good, see :meth:`SignalHub.kill`; how many sessions ended
+        here (0 or 1). ``allocation`` names a TURN allocation, which matches nothing here; no
+        criterion at all matches nothing either (never "all"). Only this process's sessions:
+        with the Redis backplane a peer on another node is not ended (a later step)."""
+        await trio.lowlevel.checkpoint()
+        named = {name for name in (peer, user) if name is not None}
+        if allocation is not None or len(named) != 1:
+            return 0
+        (target,) = named
+        if target not in self.hub.sessions:
+            return 0
+        self._dispatch(self.hub.kill(target, self.clock()))
+        return 1
+
     # -- HTTP ------------------------------------------------------------------------------------
 
     def _client_ip(self, connection: ServerConnection, request: Request | None) -> str:
@@ -252,6 +303,7 @@ class SignalServer:
     async def _connection(self, websocket: ServerConnection) -> None:
         conn = next(self._ids)
         outbox = self._outboxes[conn] = _Outbox(websocket.stream)
+        self._addresses[conn] = self._client_ip(websocket, websocket.request)
         self.hub.open(conn, self.clock())
         if self.draining:  # its handshake finished after the drain began: it goes too
             self._dispatch([Outbound(conn, None, close=CLOSE_GOING_AWAY)])
@@ -268,6 +320,7 @@ class SignalServer:
                 nursery.cancel_scope.cancel()
         finally:
             self._outboxes.pop(conn, None)
+            self._addresses.pop(conn, None)
             outbox.drop()
             self._dispatch(self.hub.closed(conn, self.clock()))
             self.admission.end_websocket(websocket)

@@ -56,6 +56,7 @@ from secureconnect.stun.message import (
     verify_integrity_sha256,
 )
 from secureconnect.turn.allocation import quota_key
+from secureconnect.turn.revocations import Revocations
 
 
 class Silent(Exception):
@@ -73,8 +74,9 @@ class Silent(Exception):
 #: or issued to another address), ``realm`` (a REALM other than ours), ``expired`` (a REST
 #: credential past its expiry, or further ahead than ``credential_ttl`` allows), ``unauthorized``
 #: (MESSAGE-INTEGRITY does not check: a wrong password, an unknown user, a REST name signed with
-#: a secret we do not have).
-AUTH_FAILURES: Final = ("stale-nonce", "realm", "expired", "unauthorized")
+#: a secret we do not have), ``revoked`` (the right key, of a user revoked by the operator:
+#: turn/revocations.py).
+AUTH_FAILURES: Final = ("stale-nonce", "realm", "expired", "unauthorized", "revoked")
 
 
 class Challenge(StunError):
@@ -175,6 +177,7 @@ class Authenticator:
         "named",
         "nonces",
         "realm",
+        "revocations",
         "sha256",
         "static_users",
         "strict_expiry",
@@ -192,8 +195,11 @@ class Authenticator:
         unauthorized: RateLimiter | None = None,
         sha256: bool = False,
         user_backoff: UserBackoff | None = None,
+        revocations: Revocations | None = None,
     ) -> None:
         self.realm = realm
+        #: users the operator revoked (``secureconnect revoke``), shared with the admin server
+        self.revocations = revocations if revocations is not None else Revocations()
         self.sha256 = sha256  # offer RFC 8489 password algorithms (SHA-256 integrity)
         self.minter = minter
         self.nonces = nonces
@@ -289,6 +295,13 @@ class Authenticator:
             key = hash_key(username, self.realm, password)
             if verify(msg, key):
                 guesses.succeeded(source_ip, username)
+                # The key is right, but the operator revoked the credential (turn/revocations.py):
+                # "not currently valid within the server", RFC 8489 §9.2.4's 401. Checked after
+                # the MAC, so only the credential's holder learns that it was revoked.
+                if self.revocations.refuses(username, now, self.minter.max_ttl):
+                    raise self.challenge(
+                        ErrorCode.UNAUTHORIZED, source_ip, now, username, "revoked"
+                    )
                 credential_expiry = float(expiry) if expiry is not None else None
                 return Authenticated(username, key, credential_expiry, sha256)
         guesses.failed(source_ip, username, now, static=expiry is None)

@@ -60,6 +60,7 @@ from secureconnect.turn.dataplane import EpollThread
 from secureconnect.turn.peerpolicy import OwnEndpoints, PeerPolicy
 from secureconnect.turn.pyfastpath import RECV_SIZE
 from secureconnect.turn.quotas import QuotaGate
+from secureconnect.turn.sessions import allocation_records, end_allocations
 from secureconnect.turn.settings import counter_samples
 from secureconnect.turn.udpplane import UdpDataPlane, log_allocation_ended
 
@@ -321,6 +322,41 @@ class TurnServer(StreamComponent):
 
     def reload(self) -> None:
         """TLS contexts are fetched per connection and secrets live in the shared minter."""
+
+    # -- the operator's commands (secureconnect.admin, docs/admin.md) ----------------------
+
+    async def admin_sessions(self, user: str | None) -> list[dict[str, object]]:
+        """This server's allocations (``user``'s only, if given), for ``secureconnect sessions``."""
+        async with self.locked():
+            core = self.core
+            if core is None:
+                return []
+            now = self.clock()
+            return allocation_records(
+                core, now, now + self.udp.wall_offset, user=user, node=self.name
+            )
+
+    async def admin_kill(
+        self, *, user: str | None = None, allocation: str | None = None, peer: str | None = None
+    ) -> int:
+        """End ``user``'s allocations, or the one relaying from ``allocation``; a signaling
+        ``peer``'s are its user's (signaling mints its credentials with the peer id as the
+        user, signal/ice.py). How many ended (reason ``killed``)."""
+        return await self._end(user if user is not None else peer, allocation, "killed")
+
+    async def admin_revoked(self, user: str | None) -> int:
+        """``user`` was revoked (None: a revocation was lifted): its allocations end (reason
+        ``revoked``); the authenticator already reads the new list."""
+        return 0 if user is None else await self._end(user, None, "revoked")
+
+    async def _end(self, user: str | None, relayed: str | None, reason: str) -> int:
+        if user is None and relayed is None:
+            return 0
+        async with self.locked():
+            core = self.core
+            if core is None:
+                return 0
+            return end_allocations(core, self.clock(), user=user, relayed=relayed, reason=reason)
 
     # -- relay sockets ---------------------------------------------------------------------
 

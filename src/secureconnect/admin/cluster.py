@@ -1,0 +1,169 @@
+"""The admin commands across the nodes of a cluster, over the Redis backplane (docs/admin.md).
+
+With ``signal.backplane`` set, every process whose components hold sessions (TURN, signaling)
+runs a :class:`ClusterAdmin`: it subscribes to the cluster's admin channel (``<prefix>admin``)
+and carries out what arrives there on its own components through its
+:class:`~.server.AdminServer`, as if it had come over its socket, then pushes its answer onto the
+list the request names. The commands (:func:`cluster_request`) publish a request, learn from
+PUBLISH how many processes received it, and collect that many answers (or say which are
+missing when :data:`ANSWER_SECONDS` pass). Nothing else travels between nodes: there is no
+admin port on the network, and only someone who can write to the cluster's Redis can send
+these requests (docs/cluster.md: Redis is the cluster's trust anchor already).
+
+Revocations are also kept in Redis, in the hash ``<prefix>admin:revocations`` (user -> the
+revocation as JSON): a node that was down or cut off from Redis when a user was revoked reads
+the hash whenever it connects and revokes what it did not know, with the original time.
+
+Redis trouble is not an outage: the agent retries with a backoff, the local commands (the
+socket) keep working, and the cluster-wide commands say that Redis cannot be reached.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+import trio
+
+from secureconnect.admin.protocol import AdminError, Request, parse_request
+from secureconnect.admin.server import AdminServer
+from secureconnect.logs import fields
+from secureconnect.signal.redisplane import cancellation_wins, redacted, redis_client
+from secureconnect.turn.revocations import RevocationError, Revocations
+
+log = logging.getLogger("secureconnect.admin")
+
+CHANNEL: Final = "admin"
+REVOCATIONS: Final = "admin:revocations"
+ANSWER_SECONDS: Final = 5.0  # for every process to answer a cluster-wide request
+REPLY_TTL: Final = 30  # seconds an answer list lives in Redis
+BACKOFF: Final = (0.2, 5.0)
+
+
+@dataclass
+class ClusterAdmin:
+    """This process's part in the cluster-wide commands; see the module docstring."""
+
+    url: str
+    prefix: str
+    node: str
+    server: AdminServer
+    timeout: float = 2.0
+    up: bool = False
+    handled: int = 0
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve the channel until cancelled; Redis trouble is retried, never raised."""
+        task_status.started()
+        delay = BACKOFF[0]
+        while True:
+            try:
+                await cancellation_wins(self._connected())
+            except Exception as exc:  # Redis gone, a timeout: retried
+                if self.up:
+                    log.warning("cluster-admin-down", extra=fields(error=repr(exc)[:200]))
+            self.up = False
+            await trio.sleep(delay)
+            delay = min(BACKOFF[1], delay * 2)
+
+    async def _connected(self) -> None:
+        async with redis_client(self.url, self.timeout) as client:
+            await self._catch_up(client)
+            async with client.pubsub(
+                channels=[self.prefix + CHANNEL], ignore_subscribe_messages=True, retry_policy=None
+            ) as pubsub:
+                self.up = True
+                log.info("cluster-admin-up", extra=fields(url=redacted(self.url)))
+                async for message in pubsub:
+                    await self._handle(client, message.get("data"))
+
+    async def _catch_up(self, client: Any) -> None:
+        """Revoke here what the cluster revoked while this process was not listening."""
+        store = self.server.store
+        if store is None:
+            return
+        entries = await client.hgetall(self.prefix + REVOCATIONS)
+        for value in entries.values():
+            try:
+                [entry] = Revocations.from_json(_listing_of(value)).entries.values()
+            except (RevocationError, ValueError):
+                continue
+            known = store.revocations.entries.get(entry.user)
+            if known is not None and known.revoked_at >= entry.revoked_at:
+                continue
+            request = Request("revoke", user=entry.user, until=entry.until)
+            await self.server.execute(request, now=entry.revoked_at)
+
+    async def _handle(self, client: Any, data: Any) -> None:
+        """One request from the channel: carried out here, answered on its reply list."""
+        try:
+            request, reply, at = self._parse(data)
+        except (ValueError, TypeError, AdminError) as exc:
+            log.warning("cluster-admin-bad-request", extra=fields(error=str(exc)[:200]))
+            return
+        self.handled += 1
+        answer: dict[str, Any] = {"ok": True, "node": self.node, "pid": os.getpid()}
+        try:
+            answer.update(await self.server.execute(request, now=at))
+        except (AdminError, RevocationError) as exc:
+            answer = {"ok": False, "node": self.node, "pid": os.getpid(), "error": str(exc)}
+        await client.rpush(reply, [json.dumps(answer, default=str)])
+        await client.expire(reply, REPLY_TTL)
+
+    def _parse(self, data: Any) -> tuple[Request, str, float | None]:
+        """A channel message's request, reply list and revocation time (checked: what is in
+        Redis is the cluster's, but a bad message must cost nothing but a log line)."""
+        message = json.loads(data)
+        reply = message.pop("reply", None)
+        at = message.pop("revoked_at", None)
+        request = parse_request(json.dumps(message).encode())
+        if not isinstance(reply, str) or not reply.startswith(self.prefix + "admin:r:"):
+            raise AdminError("no reply list")
+        if request.command == "revoke" and not _finite(at):
+            raise AdminError("a cluster-wide revocation carries its time")
+        return request, reply, at
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _listing_of(value: bytes | str) -> str:
+    """One hash value as a one-entry revocation list (the list's parser checks it)."""
+    text = value.decode() if isinstance(value, bytes) else value
+    return json.dumps({"version": 1, "revocations": [json.loads(text)]})
+
+
+async def cluster_request(
+    url: str, prefix: str, command: str, fields_: Mapping[str, Any]
+) -> tuple[list[dict[str, Any]], int]:
+    """Publish ``command`` to every process of the cluster and collect their answers; (the
+    answers, how many processes received it). A revocation is written to the hash first, with
+    its time, so a node that misses the message reads it when it connects."""
+    message: dict[str, Any] = {"command": command, **{k: v for k, v in fields_.items() if v}}
+    reply = f"{prefix}admin:r:{secrets.token_hex(8)}"
+    async with redis_client(url, ANSWER_SECONDS) as client:
+        user = fields_.get("user")
+        if command == "revoke":
+            message["revoked_at"] = at = time.time()
+            entry = {"user": user, "revoked_at": at, "until": fields_.get("until")}
+            await client.hset(prefix + REVOCATIONS, {str(user): json.dumps(entry)})
+        elif command == "lift":
+            await client.hdel(prefix + REVOCATIONS, [str(user)])
+        message["reply"] = reply
+        receivers = int(await client.publish(prefix + CHANNEL, json.dumps(message)))
+        answers: list[dict[str, Any]] = []
+        deadline = trio.current_time() + ANSWER_SECONDS
+        while len(answers) < receivers and (left := deadline - trio.current_time()) > 0:
+            popped = await client.blpop([reply], timeout=max(0.1, min(1.0, left)))
+            if popped is not None:
+                answers.append(json.loads(popped[1]))
+        await client.delete([reply])
+    return answers, receivers

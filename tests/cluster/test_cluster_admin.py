@@ -1,0 +1,107 @@
+"""The operator's commands across a cluster (docs/admin.md, "With several nodes"): nodes on
+127.0.0.2 and 127.0.0.3 share a real ``redis-server``; ``secureconnect sessions`` lists both
+nodes' allocations, ``revoke`` run once ends a user's allocation on the other node and is
+refused there and on a node that joins later (it reads the revocation from Redis), ``--lift``
+undoes it, and without Redis the commands say so while ``--local`` still works."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aioice_turn
+from aioice_turn import allocate, relays, udp_peer
+from appliance import appliance_env
+from cluster_nodes import TURN_SECRET, Node, node
+from redis_server import RedisServer
+
+from secureconnect.credentials import CredentialMinter
+
+
+def admin(workdir: Path, redis: RedisServer, *args: str) -> subprocess.CompletedProcess[str]:
+    """``secureconnect ARGS`` with the cluster's backplane, as an operator on any node runs it."""
+    argv = [sys.executable, "-m", "secureconnect", *args]
+    argv += ["--set", f"signal.backplane={redis.url}", "--state-dir", str(workdir / "state")]
+    return subprocess.run(
+        argv, capture_output=True, text=True, timeout=60, env=appliance_env(workdir), check=False
+    )
+
+
+def credential(user: str, minted: float) -> tuple[str, str]:
+    made = CredentialMinter((TURN_SECRET,)).mint(user, 600, minted)
+    return made.username, made.password
+
+
+async def allocates(target: Node, username: str, password: str) -> bool:
+    assert target.turn_port is not None
+    return await aioice_turn.allocates(target.turn_port, username, password, target.ip)
+
+
+def test_sessions_and_revoke_reach_every_node(tmp_path: Path, redis: RedisServer) -> None:
+    before = time.time() - 5
+    old, alice = credential("mallory", before), credential("alice", before)
+    with (
+        node(tmp_path / "node2", 2, redis, turn=True) as two,
+        node(tmp_path / "node3", 3, redis, turn=True) as three,
+    ):
+        asyncio.run(_across(tmp_path, redis, two, three, old=old, alice=alice))
+        with node(tmp_path / "node4", 4, redis, turn=True) as four:  # joins after the revocation
+            assert not asyncio.run(allocates(four, *old)), "a later node reads it from Redis"
+        lifted = admin(tmp_path, redis, "revoke", "--lift", "--user", "mallory")
+        assert lifted.returncode == 0, lifted.stderr
+        assert asyncio.run(allocates(three, *old)), "lifted everywhere"
+        redis.stop()
+        try:
+            down = admin(tmp_path, redis, "sessions")
+            assert down.returncode == 1
+            assert "cannot reach the cluster's Redis" in down.stderr
+            local = admin(tmp_path / "node2", redis, "sessions", "--local", "--json")
+            assert local.returncode == 0, local.stderr
+        finally:
+            redis.start()
+
+
+async def _across(
+    workdir: Path,
+    redis: RedisServer,
+    two: Node,
+    three: Node,
+    *,
+    old: tuple[str, str],
+    alice: tuple[str, str],
+) -> None:
+    assert three.turn_port is not None
+    assert two.turn_port is not None
+    mallory, mallory_client = await allocate(three.turn_port, *old, host=three.ip)
+    other, other_client = await allocate(two.turn_port, *alice, host=two.ip)
+    peer, box = await udp_peer()
+    try:
+        assert await relays(mallory, mallory_client, peer, box)
+        listed = await asyncio.to_thread(admin, workdir, redis, "sessions", "--json")
+        assert listed.returncode == 0, listed.stderr
+        seen: dict[str, Any] = {a["user"]: a for a in json.loads(listed.stdout)["turn"]}
+        assert seen["mallory"]["node"] == "node3"
+        assert seen["alice"]["node"] == "node2"
+
+        done = await asyncio.to_thread(admin, workdir, redis, "revoke", "--user", "mallory")
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == "revoked mallory; ended 1 allocations"
+        assert not await relays(mallory, mallory_client, peer, box)
+        assert await relays(other, other_client, peer, box), "alice is untouched"
+        log = (three.workdir / "stderr.log").read_text().splitlines()
+        assert any("event=allocation-ended" in x and "reason=revoked" in x for x in log)
+        for target in (two, three):
+            assert not await allocates(target, *old), f"refused on {target.ip}"
+        kept = json.loads((three.workdir / "state" / "revocations.json").read_text())
+        assert [entry["user"] for entry in kept["revocations"]] == ["mallory"]
+        again = await asyncio.to_thread(admin, workdir, redis, "sessions", "--json")
+        assert [a["user"] for a in json.loads(again.stdout)["turn"]] == ["alice"]
+    finally:
+        mallory.close()
+        other.close()
+        peer.close()
