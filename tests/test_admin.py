@@ -26,6 +26,7 @@ import signal_peers
 from aioice_turn import STEP, allocate, allocates, relays, udp_peer
 from appliance import appliance_env
 from signal_peers import Appliance, dial, new_room
+from turnwire import Credential, Session, UdpConn, error_code
 from websockets.exceptions import ConnectionClosed
 
 from secureconnect.credentials import MAX_TTL, CredentialMinter
@@ -262,3 +263,27 @@ def test_commands_say_when_no_process_runs(tmp_path: Path) -> None:
     done = admin(tmp_path / "state", "sessions", "--json")
     assert done.returncode == 1, done.stdout
     assert done.stderr == ""
+
+
+def test_a_busy_worker_s_listing_arrives_whole(tmp_path: Path) -> None:
+    """With TURN workers, each worker sends its part of a listing to the parent over a message
+    socket, in pieces that fit the socket's buffer: 1,200 allocations from 16 addresses (the
+    workers share them out by address; about 500 KB of JSON, more than one message may hold)
+    are all listed, each worker's under its own name."""
+    with turn_node(tmp_path, "turn.workers=2") as target:
+        state = tmp_path / "state"
+        minter = CredentialMinter((target.secret,))
+        made = 0
+        for index in range(1200):
+            minted = minter.mint(f"user{index % 10}", 600, time.time())
+            session = Session(
+                UdpConn((target.host, target.port), (f"127.0.0.{1 + index % 16}", 0)),
+                Credential(minted.username, minted.password),
+            )
+            answer = session.allocate()
+            session.conn.close()  # a UDP allocation outlives its socket (its port may be reused:
+            made += answer is not None and error_code(answer) == 0  # then 437, not counted)
+        listed = sessions(state)["turn"]
+        assert len(listed) == made > 1000
+        assert {a["component"] for a in listed} == {"turn-worker-1", "turn-worker-2"}
+        assert len({a["id"] for a in listed}) == made

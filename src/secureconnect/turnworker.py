@@ -49,7 +49,9 @@ from secureconnect.workers import WorkerSpec
 log = logging.getLogger("secureconnect.turnworker")
 
 METRICS_INTERVAL = 1.0  # seconds between counter reports to the parent
-ADMIN_PART_BYTES = MAX_MESSAGE // 4  # JSON per admin answer part: well under a message
+#: JSON per admin answer part: a SOCK_SEQPACKET message must fit the socket's send buffer
+#: (net.core.wmem_default, 208 KiB on Linux), far below MAX_MESSAGE
+ADMIN_PART_BYTES = 64 * 1024
 
 
 def build_worker(

@@ -333,7 +333,7 @@ class TurnServer(StreamComponent):
                 return []
             now = self.clock()
             return allocation_records(
-                core, now, now + self.udp.wall_offset, user=user, node=self.name
+                core, now, now + self.udp.wall_offset, user=user, component=self.name
             )
 
     async def admin_kill(

@@ -33,7 +33,7 @@ def matches(allocation: Allocation, user: str | None, relayed: str | None) -> bo
 
 
 def allocation_record(
-    allocation: Allocation, now: float, wall_now: float, node: str
+    allocation: Allocation, now: float, wall_now: float, component: str
 ) -> dict[str, object]:
     """One allocation as ``secureconnect sessions`` shows it (JSON-ready)."""
     transport, client, _ = allocation.five_tuple
@@ -41,7 +41,7 @@ def allocation_record(
     expiry = allocation.credential_expiry  # a deadline on the core's clock
     return {
         "kind": "turn",
-        "node": node,
+        "component": component,
         "id": address_text(allocation.relayed),
         "user": quota_key(allocation.username),
         "username": allocation.username,
@@ -65,12 +65,12 @@ def allocation_record(
 
 
 def allocation_records(
-    core: TurnCore, now: float, wall_now: float, *, user: str | None = None, node: str = ""
+    core: TurnCore, now: float, wall_now: float, *, user: str | None = None, component: str = ""
 ) -> list[dict[str, object]]:
     """The allocations of ``user`` (every one when None), oldest first."""
     chosen = [a for a in core.table if matches(a, user, None)]
     chosen.sort(key=lambda a: a.created)
-    return [allocation_record(a, now, wall_now, node) for a in chosen]
+    return [allocation_record(a, now, wall_now, component) for a in chosen]
 
 
 def end_allocations(
