@@ -98,6 +98,8 @@ class ClusterAdmin:
             known = store.revocations.entries.get(entry.user)
             if known is not None and known.revoked_at >= entry.revoked_at:
                 continue
+            if entry.lapsed(time.time(), store.max_ttl, entry.user in store.static_users):
+                continue  # refuses nothing any more (the hash is not pruned)
             request = Request("revoke", user=entry.user, until=entry.until)
             await self.server.execute(request, now=entry.revoked_at)
 
