@@ -116,6 +116,9 @@ class ClusterAdmin:
             answer.update(await self.server.execute(request, now=at))
         except (AdminError, RevocationError) as exc:
             answer = {"ok": False, "node": self.node, "pid": os.getpid(), "error": str(exc)}
+        except Exception as exc:  # a bug: this request fails, the channel is kept
+            log.exception("cluster-admin-request-failed", extra=fields(command=request.command))
+            answer = {"ok": False, "node": self.node, "pid": os.getpid(), "error": repr(exc)}
         await client.rpush(reply, [json.dumps(answer, default=str)])
         await client.expire(reply, REPLY_TTL)
 

@@ -50,6 +50,7 @@ log = logging.getLogger("secureconnect.admin")
 
 MAX_CLIENTS: Final = 8
 READ_TIMEOUT: Final = 5.0
+ACCEPT_PAUSE: Final = 0.1  # seconds after a failed accept (out of file descriptors)
 ANSWER_TIMEOUT: Final = 10.0
 _PEERCRED: Final = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
@@ -113,7 +114,12 @@ class AdminServer:
             async with trio.open_nursery() as nursery:
                 task_status.started()
                 while True:
-                    conn, _ = await listener.accept()
+                    try:
+                        conn, _ = await listener.accept()
+                    except OSError as exc:  # EMFILE and the like: the appliance serves on
+                        log.warning("admin-accept-failed", extra=fields(error=str(exc)))
+                        await trio.sleep(ACCEPT_PAUSE)
+                        continue
                     nursery.start_soon(self._connection, conn)
         finally:
             listener.close()
@@ -154,27 +160,38 @@ class AdminServer:
         return trio.socket.from_stdlib_socket(sock)
 
     async def _connection(self, conn: trio.socket.SocketType) -> None:
+        """One client: nothing it does, and no failure of a command, reaches the appliance
+        (an unexpected error is logged and ends this connection only)."""
         with conn:
             try:
-                pid, uid = peer_credentials(conn)
+                await self._converse(conn)
             except OSError:
+                return  # the client went away
+            except Exception:
+                log.exception("admin-connection-failed")
+
+    async def _converse(self, conn: trio.socket.SocketType) -> None:
+        try:
+            pid, uid = peer_credentials(conn)
+        except OSError:
+            return
+        if uid not in self.allowed:
+            self.refused += 1
+            log.warning("admin-refused", extra=fields(uid=uid, pid=pid))
+            with contextlib.suppress(OSError):
+                with trio.move_on_after(1.0):  # read (and ignore) what it sent: closing on
+                    await _read_line(conn)  # unread bytes would reset its connection
+                await conn.send(encode_reply({"ok": False, "error": "not allowed"}))
+            return
+        async with self._limit:
+            line = None
+            with trio.move_on_after(READ_TIMEOUT):
+                line = await _read_line(conn)
+            if line is None:  # nothing, or not within READ_TIMEOUT
                 return
-            if uid not in self.allowed:
-                self.refused += 1
-                log.warning("admin-refused", extra=fields(uid=uid, pid=pid))
-                with contextlib.suppress(OSError):
-                    with trio.move_on_after(1.0):  # read (and ignore) what it sent: closing on
-                        await _read_line(conn)  # unread bytes would reset its connection
-                    await conn.send(encode_reply({"ok": False, "error": "not allowed"}))
-                return
-            async with self._limit:
-                with trio.move_on_after(READ_TIMEOUT):
-                    line = await _read_line(conn)
-                if line is None:
-                    return
-                reply = await self._answer(line, pid, uid)
-                with trio.move_on_after(ANSWER_TIMEOUT), contextlib.suppress(OSError):
-                    await _send_all(conn, encode_reply(reply))
+            reply = await self._answer(line, pid, uid)
+            with trio.move_on_after(ANSWER_TIMEOUT), contextlib.suppress(OSError):
+                await _send_all(conn, encode_reply(reply))
 
     async def _answer(self, line: bytes, pid: int, uid: int) -> dict[str, Any]:
         try:
@@ -199,6 +216,9 @@ class AdminServer:
             reply.update(await self.execute(request))
         except (AdminError, RevocationError) as exc:
             return {"ok": False, "error": str(exc), "pid": os.getpid()}
+        except Exception as exc:  # a bug: the command fails, the process serves on
+            log.exception("admin-command-failed", extra=fields(command=request.command))
+            return {"ok": False, "error": f"internal error: {exc!r}", "pid": os.getpid()}
         return reply
 
     async def execute(self, request: Request, now: float | None = None) -> dict[str, Any]:

@@ -51,7 +51,10 @@ class SiblingMetrics:
     async def run(self) -> None:
         """Ask the siblings every :data:`INTERVAL` seconds until cancelled."""
         while True:
-            await self.refresh()
+            try:
+                await self.refresh()
+            except Exception:  # a bug here costs the siblings' samples, never the process
+                log.exception("sibling-metrics-failed")
             await trio.sleep(INTERVAL)
 
     async def refresh(self) -> None:
