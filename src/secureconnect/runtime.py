@@ -260,6 +260,7 @@ def turn_settings(turn: TurnConfig) -> TurnSettings:
         metrics_users=turn.metrics_users,
         alternate_servers=tuple(parse_address(a) for a in turn.alternate_servers),
         tls_alternate_servers=tuple(parse_address(a) for a in turn.tls_alternate_servers),
+        tls_alternate_domain=turn.tls_alternate_domain,
         # Each process counts its own allocations; client addresses spread evenly over workers.
         alternate_threshold=-(-turn.alternate_threshold // max(1, turn.workers)),
     )

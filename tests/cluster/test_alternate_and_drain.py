@@ -110,6 +110,7 @@ def test_a_busy_node_redirects_authenticated_allocates_in_turn(tmp_path: Path) -
         1,
         f"turn.alternate_servers={alternates}",
         'turn.tls_alternate_servers=["127.0.0.3:5349"]',
+        "turn.tls_alternate_domain=turn.example.net",
         "turn.alternate_threshold=1",
     ) as node:
         first = node.client(user="first")
@@ -125,11 +126,15 @@ def test_a_busy_node_redirects_authenticated_allocates_in_turn(tmp_path: Path) -
         redirect = second.call(second.allocate_bytes())
         assert error_code(redirect) == ErrorCode.TRY_ALTERNATE
         assert alternate_of(redirect) == ("127.0.0.2", 3478)
+        assert redirect.get(A.ALTERNATE_DOMAIN) is None  # not over UDP
         assert verify_integrity(redirect, second.credential.key)
         third = node.client(transport="tcp", user="third")
         assert alternate_of(third.allocate()) == ("::1", 3478)  # the next one, over TCP too
         tls = node.client(transport="tls", user="fourth")
-        assert alternate_of(tls.allocate()) == ("127.0.0.3", 5349)
+        over_tls = tls.allocate()
+        assert alternate_of(over_tls) == ("127.0.0.3", 5349)
+        # RFC 8489 §10: over TLS, the name to check the alternate's certificate against.
+        assert over_tls.get(A.ALTERNATE_DOMAIN) == b"turn.example.net"
         # The allocation that exists is not moved: it refreshes as before.
         assert first.call(first.refresh_bytes(600)).cls.name == "SUCCESS"
         for client in (first, second, third, tls):

@@ -92,6 +92,8 @@ def test_no_file_and_empty_file_give_the_defaults(tmp_path: Path) -> None:
         ("[signal]\nice_ttl = 864000\n", "signal.ice_ttl", "7 days"),
         ("[turn]\nmetrics_users = -1\n", "turn.metrics_users", "no per-user series"),
         ("[turn]\nmetrics_users = 101\n", "turn.metrics_users", "to 100"),
+        ("[turn]\ntls_alternate_domain = 'a b'\n", "turn.tls_alternate_domain", "domain name"),
+        ("[turn]\ntls_alternate_domain = '-x.net'\n", "turn.tls_alternate_domain", "domain"),
     ],
 )
 def test_bad_config_names_file_and_key(tmp_path: Path, text: str, key: str, fragment: str) -> None:

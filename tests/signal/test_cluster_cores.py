@@ -111,6 +111,10 @@ def test_redirect_policy() -> None:
     error = redirect_error(("10.0.0.2", 3478))
     assert error.code == 300
     assert error.attributes[0][0] == 0x8023
+    # RFC 8489 §10, §14.16: a TLS client's 300 names the domain of the alternate's certificate.
+    named = RedirectPolicy((), (("10.0.0.4", 5349),), tls_domain="turn.example.net")
+    assert named.error(("10.0.0.4", 5349), "tls").attributes[1] == (0x8003, b"turn.example.net")
+    assert len(named.error(("10.0.0.2", 3478), "udp").attributes) == 1
 
 
 @pytest.mark.parametrize(

@@ -113,6 +113,19 @@ def name_or_empty(value: str) -> str | None:
     return None if not value else name(value)
 
 
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def domain_or_empty(value: str) -> str | None:
+    """A DNS name in ASCII (an IDN as its ``xn--`` form), at most 253 characters, or empty."""
+    if not value:
+        return None
+    labels = value.removesuffix(".").split(".")
+    if len(value) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
+        return "must be a domain name: labels of A-Z a-z 0-9 - joined by dots (IDNs as xn--)"
+    return None
+
+
 def backplane_url(value: str) -> str | None:
     if not value:
         return None

@@ -200,6 +200,15 @@ class TurnConfig:
             check=checks.address_list,
         ),
     )
+    tls_alternate_domain: str = field(
+        default="",
+        metadata=_doc(
+            "the domain name tls_alternate_servers' certificates are valid for, sent to TLS "
+            "clients as ALTERNATE-DOMAIN with a 300 (RFC 8489 §10); empty: not sent, and the "
+            "client checks the alternate's certificate against the name it used for this node",
+            check=checks.domain_or_empty,
+        ),
+    )
     alternate_threshold: int = field(
         default=0,
         metadata=_doc(

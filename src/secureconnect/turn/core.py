@@ -2,24 +2,22 @@
 
 Theory of operation
 -------------------
-:meth:`TurnCore.handle_stun` takes one STUN message from a client, the client's 5-tuple and
-``now`` (Unix seconds), and returns what to do: ``bytes`` (a response for the client), a
-:class:`ToPeer` (a Send indication's payload for a peer) or None. Relay sockets are opened and
-closed through the :class:`~secureconnect.turn.allocation.RelayBinder` the I/O layer passes in,
-synchronously, so a request is answered in one call. ChannelData and peer datagrams never come
-here: they take :mod:`secureconnect.turn.relaypath`.
+:meth:`TurnCore.handle_stun` takes one STUN message, the client's 5-tuple and the times, and
+returns what to do: ``bytes`` (a response), a :class:`ToPeer` (a Send indication's payload for
+a peer) or None. Relay sockets are opened and closed synchronously through the I/O layer's
+:class:`~secureconnect.turn.allocation.RelayBinder`, so a request is answered in one call.
+ChannelData and peer datagrams take :mod:`secureconnect.turn.relaypath` instead.
 
 Errors are raised as ``StunError`` wherever a guard fails and become an error response at one
 site, :meth:`TurnCore._error`; once a request has authenticated, its error responses carry
 MESSAGE-INTEGRITY too (RFC 8489 §9.2.4). Unauthenticated requests only ever get 400, 401 or 438,
 small and without SOFTWARE or reason phrases unless configured (amplification, docs/security.md).
 
-Every request on an allocation records its transaction id and response, so a retransmission
-(same 5-tuple, same transaction id, RFC 8656 §7.2 and §6.3) gets the same answer.
+A retransmission (same 5-tuple and transaction id, RFC 8656 §7.2, §6.3) gets the same answer.
 
-:meth:`TurnCore.handle_timeout` expires allocations, permissions, channels and reservations and
-refills bandwidth budgets; the I/O layer calls it about once a second. An allocation that ends is
-counted (``TurnCounters.ended``) and handed to the I/O layer's ``on_ended``, which logs it.
+:meth:`TurnCore.handle_timeout` (about once a second) expires allocations, permissions,
+channels and reservations and refills budgets. An allocation that ends is counted and handed to
+the I/O layer's ``on_ended``, which logs it.
 """
 
 from __future__ import annotations
@@ -62,7 +60,7 @@ from secureconnect.turn.auth import Authenticated, Authenticator, Challenge, Sil
 from secureconnect.turn.manager import AllocationManager
 from secureconnect.turn.peerpolicy import OwnEndpoints, PeerPolicy
 from secureconnect.turn.quotas import QuotaBook, QuotaGate
-from secureconnect.turn.redirect import REFUSE, RedirectPolicy, redirect_error
+from secureconnect.turn.redirect import REFUSE, RedirectPolicy
 from secureconnect.turn.relaypath import (
     spend_to_peer,
     split_send_indication_untrusted,
@@ -104,15 +102,17 @@ class TurnCore:
         redirect: RedirectPolicy | None = None,
         on_ended: Callable[[AllocationEnded], None] | None = None,
     ) -> None:
-        """Everything the core uses comes in here and stays (h11's ``Connection`` is the
-        model): ``binder`` opens and closes relay sockets (the I/O layer's data plane),
-        ``own_endpoints`` are the server's bound service endpoints (never relayed to),
-        ``quotas`` the quota book (a book of its own by default; the parent's, shared by every
-        worker, in a worker process), ``redirect`` where new allocations go (here by default),
-        ``on_ended`` what the I/O layer does with each allocation that ends (logs it)."""
+        """Everything the core uses comes in here and stays (h11's ``Connection``): ``binder``
+        opens and closes relay sockets, ``own_endpoints`` are never relayed to, ``quotas`` is
+        the quota book (the parent's in a worker), ``redirect`` where new allocations go (the
+        settings' alternates by default), ``on_ended`` what the I/O layer does with each
+        allocation that ends (logs it)."""
         self.settings = settings
         self.redirect = redirect or RedirectPolicy(
-            settings.alternate_servers, settings.tls_alternate_servers, settings.alternate_threshold
+            settings.alternate_servers,
+            settings.tls_alternate_servers,
+            settings.alternate_threshold,
+            tls_domain=settings.tls_alternate_domain,
         )
         self.auth = auth
         self.peers = peers
@@ -259,7 +259,7 @@ class TurnCore:
                     self.counters.allocations_refused_draining += 1
                 else:
                     self.counters.allocations_redirected += 1
-                raise redirect_error(alternate)
+                raise self.redirect.error(alternate, five_tuple[0])
             allocation, attributes = self._allocate(msg, five_tuple, identity, now)
         else:
             # RFC 8656 §7.3, §10.2, §11.2: requests other than Allocate need an allocation.

@@ -2,7 +2,9 @@
 (486). RFC 8489 §10 and RFC 8656 §7.2 (sans-IO).
 
 ``turn.alternate_servers`` (UDP and TCP clients) and ``turn.tls_alternate_servers`` (TLS
-clients, on the alternates' TLS port) list where to send them, in turn. An Allocate is
+clients, on the alternates' TLS port) list where to send them, in turn; a 300 to a TLS client
+also carries ``turn.tls_alternate_domain`` as ALTERNATE-DOMAIN when it is set, the name the
+client checks the alternate's certificate against (RFC 8489 §10, §14.16). An Allocate is
 redirected:
 
 * always while the node drains (a rolling upgrade): to an alternate, or refused with 486
@@ -41,6 +43,7 @@ class RedirectPolicy:
     tls_alternates: tuple[Address, ...] = ()
     threshold: int = 0
     draining: bool = False
+    tls_domain: str = ""  # ALTERNATE-DOMAIN of a TLS client's 300; "": none
     _turn: dict[bool, int] = field(default_factory=lambda: {False: 0, True: 0})
 
     def decide(self, transport: str, allocations: int) -> Address | None:
@@ -58,13 +61,23 @@ class RedirectPolicy:
         self._turn[tls] = index + 1
         return choices[index]
 
+    def error(self, alternate: Address, transport: str) -> StunError:
+        """:func:`redirect_error` for a client over ``transport``: over TLS, with
+        ALTERNATE-DOMAIN when one is configured (RFC 8489 §10: "If the transport protocol uses
+        TLS or DTLS, the server SHOULD include an ALTERNATE-DOMAIN attribute")."""
+        domain = self.tls_domain if transport == "tls" else ""
+        return redirect_error(alternate, domain)
 
-def redirect_error(alternate: Address) -> StunError:
-    """The error for :meth:`RedirectPolicy.decide`'s answer: 486 or 300 naming ``alternate``."""
+
+def redirect_error(alternate: Address, domain: str = "") -> StunError:
+    """The error for :meth:`RedirectPolicy.decide`'s answer: 486, or 300 naming ``alternate``
+    (and ``domain`` as ALTERNATE-DOMAIN, when given)."""
     if alternate == REFUSE:
         # RFC 8656 §7.2: "the server MAY ... reject with 486 (Allocation Quota Reached)".
         return StunError(ErrorCode.ALLOCATION_QUOTA_REACHED, "this server is draining")
     # RFC 8489 §10: "the server ... generates an error response with an error code of 300
     # (Try Alternate) ... MUST include an ALTERNATE-SERVER attribute".
-    value = encode_address(*alternate)
-    return StunError(ErrorCode.TRY_ALTERNATE, attributes=((A.ALTERNATE_SERVER, value),))
+    attributes = [(int(A.ALTERNATE_SERVER), encode_address(*alternate))]
+    if domain:
+        attributes.append((int(A.ALTERNATE_DOMAIN), domain.encode("ascii")))
+    return StunError(ErrorCode.TRY_ALTERNATE, attributes=tuple(attributes))

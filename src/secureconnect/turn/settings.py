@@ -58,6 +58,7 @@ class TurnSettings:
     # operator's values come from [turn] like the rest, defaults here keep tests' settings short.
     alternate_servers: tuple[Address, ...] = ()
     tls_alternate_servers: tuple[Address, ...] = ()
+    tls_alternate_domain: str = ""  # ALTERNATE-DOMAIN for TLS clients' 300s; "": none
     alternate_threshold: int = 0  # allocations held here before redirecting; 0: never
 
     def relay_ip(self, family: int) -> str | None:
