@@ -263,6 +263,11 @@ def test_commands_say_when_no_process_runs(tmp_path: Path) -> None:
     done = admin(tmp_path / "state", "sessions", "--json")
     assert done.returncode == 1, done.stdout
     assert done.stderr == ""
+    # A request no process would take is refused before any is asked (status 2: misuse).
+    bad = admin(tmp_path / "state", "revoke", "--user", "a\tb")
+    assert bad.returncode == 2
+    assert "control characters" in bad.stderr
+    assert admin(tmp_path / "state", "revoke", "--user", "a", "--until", "soon").returncode == 2
 
 
 def test_a_busy_worker_s_listing_arrives_whole(tmp_path: Path) -> None:

@@ -34,7 +34,7 @@ import trio
 from secureconnect.admin.client import Replies, ask_all, cluster_replies
 from secureconnect.admin.cluster import cluster_request
 from secureconnect.admin.paths import candidate_dirs, find_sockets, resolve_runtime_dir
-from secureconnect.admin.protocol import request_line
+from secureconnect.admin.protocol import AdminError, parse_request, request_line
 from secureconnect.config import Config
 from secureconnect.signal.exposition import render
 from secureconnect.signal.redisplane import redacted
@@ -136,7 +136,8 @@ def run_admin(args: argparse.Namespace, config: Config) -> int:
     """Run one of the commands; see the module docstring."""
     try:
         command, fields = _request(args)
-    except ValueError as exc:
+        parse_request(request_line(command, **fields))  # refused here, not by every process
+    except (ValueError, AdminError) as exc:
         print(f"secureconnect: {exc}", file=sys.stderr)
         return 2
     asker = _Asker(args, config)
