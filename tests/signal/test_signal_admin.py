@@ -18,6 +18,7 @@ import pytest
 import trio
 import trustme
 from default_settings import http_settings, hub_settings
+from hub_outbound import by_connection
 from websockets.exceptions import ConnectionClosed
 from websockets.trio.client import ClientConnection, connect
 
@@ -47,13 +48,7 @@ class Hub:
         self.closes: dict[int, int] = {}
 
     def collect(self, outbound: list[Outbound]) -> dict[int, list[Message]]:
-        out: dict[int, list[Message]] = {}
-        for item in outbound:
-            if item.message is not None:
-                out.setdefault(item.conn, []).append(item.message)
-            if item.close is not None:
-                self.closes[item.conn] = item.close
-        return out
+        return by_connection(outbound, self.closes)
 
     def send(self, conn: int, message: Message, now: float = T0) -> dict[int, list[Message]]:
         return self.collect(self.hub.receive(conn, json.dumps(message), now, now))

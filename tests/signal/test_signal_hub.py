@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from default_settings import hub_settings
+from hub_outbound import by_connection
 from prometheus_client.parser import text_string_to_metric_families
 
 from secureconnect.signal.backplane import MemoryBackplane
@@ -65,13 +66,7 @@ class Harness:
             self.hub.open(conn, now)
 
     def collect(self, outbound: list[Outbound]) -> dict[int, list[Message]]:
-        out: dict[int, list[Message]] = {}
-        for item in outbound:
-            if item.message is not None:
-                out.setdefault(item.conn, []).append(item.message)
-            if item.close is not None:
-                self.closes[item.conn] = item.close
-        return out
+        return by_connection(outbound, self.closes)
 
     def send(self, conn: int, message: Message | str, now: float = T0) -> dict[int, list[Message]]:
         frame = message if isinstance(message, str) else json.dumps(message)
