@@ -44,7 +44,9 @@ class _Formatter(logging.Formatter):
 
 def _kv(value: Any) -> str:
     text = str(value)
-    if text == "" or any(ch in text for ch in ' "=\n'):
+    # Quoted (JSON escapes) when it could be taken for more than one value: a space, a quote,
+    # '=' or any unprintable character (a CR or an escape sequence in a client's user name).
+    if text == "" or any(ch in text for ch in ' "=') or not text.isprintable():
         return json.dumps(text)
     return text
 

@@ -394,6 +394,24 @@ def right_password_answered(conn: Conn) -> bool:
     return answered
 
 
+def backoffs_logged(app: Appliance, count: int, within: float = 5.0) -> float:
+    """Wait until the parent has logged carol's ``count``-th backoff, which it does after
+    sending it to every worker (a worker reports a failure one-way, so the other worker learns
+    of the backoff a moment after the 401 was sent: on a loaded machine, after the next
+    request of the test); the seconds that backoff lasts."""
+    deadline = time.monotonic() + within
+    while True:
+        lines = [
+            line
+            for line in app.running.log_text().splitlines()
+            if "event=user-backoff" in line and "user=carol" in line
+        ]
+        if len(lines) >= count:
+            return float(lines[count - 1].split("seconds=", 1)[1].split(" ", 1)[0])
+        assert time.monotonic() < deadline, app.log_tail()
+        time.sleep(0.02)
+
+
 def test_a_static_user_s_failures_count_once_across_the_workers(tmp_path: Path) -> None:
     """A static user backs off after 20 failures from any address, 1 s, then 2 s, 4 s... for
     each further failure (docs/security.md). Spread over both workers' addresses (4 per
@@ -405,10 +423,13 @@ def test_a_static_user_s_failures_count_once_across_the_workers(tmp_path: Path) 
         for source in (*one[:3], *two[:2]):
             failures(app, source, 4)  # 20: worker 1 saw 12, worker 2 saw 8
         failures(app, two[2], 1)  # the 21st, on worker 2: a 1 s backoff everywhere
+        backoffs_logged(app, 1)
         time.sleep(1.2)
         failures(app, one[3], 1)  # the 22nd, on worker 1 once the backoff is over: 2 s
+        backoffs_logged(app, 2)
         time.sleep(2.2)
         failures(app, two[3], 1)  # the 23rd (worker 1 saw 13, worker 2 10): 4 s
+        assert 3.0 < backoffs_logged(app, 3) <= 4.0
         assert not right_password_answered(UdpConn(app.server, (one[4], 0)))
         assert not right_password_answered(UdpConn(app.server, (two[4], 0)))
         assert not right_password_answered(StreamConn(app.server))
