@@ -2,7 +2,9 @@
 127.0.0.2 and 127.0.0.3 share a real ``redis-server``; ``secureconnect sessions`` lists both
 nodes' allocations, ``revoke`` run once ends a user's allocation on the other node and is
 refused there and on a node that joins later (it reads the revocation from Redis), ``--lift``
-undoes it, and without Redis the commands say so while ``--local`` still works."""
+undoes it (also on a node that was down during the lift, which keeps the revocation in its
+state directory: it reads the lift's tombstone when it is back), the hash is pruned of what
+refuses nothing any more, and without Redis the commands say so while ``--local`` still works."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from appliance import appliance_env
 from cluster_nodes import TURN_SECRET, Node, node
 from redis_server import RedisServer
 
+from secureconnect.admin.cluster import keyspace
 from secureconnect.credentials import CredentialMinter
 
 
@@ -55,6 +58,7 @@ def test_sessions_and_revoke_reach_every_node(tmp_path: Path, redis: RedisServer
         lifted = admin(tmp_path, redis, "revoke", "--lift", "--user", "mallory")
         assert lifted.returncode == 0, lifted.stderr
         assert asyncio.run(allocates(three, *old)), "lifted everywhere"
+        _missed_lift_and_pruning(tmp_path, redis, old)
         redis.stop()
         try:
             down = admin(tmp_path, redis, "sessions")
@@ -105,3 +109,25 @@ async def _across(
         mallory.close()
         other.close()
         peer.close()
+
+
+def _missed_lift_and_pruning(workdir: Path, redis: RedisServer, old: tuple[str, str]) -> None:
+    """Node 4 was down during the lift: its revocations.json still refuses mallory, and the
+    tombstone in Redis lifts it when it is back. Meanwhile the hash holds a revocation that
+    lapsed long ago and a tombstone older than a week: whoever connects next prunes both."""
+    key = keyspace("secureconnect") + "admin:revocations"
+    kept = json.loads((workdir / "node4" / "state" / "revocations.json").read_text())
+    assert [entry["user"] for entry in kept["revocations"]] == ["mallory"]
+    day = 86400.0
+    stale = {"user": "gone", "revoked_at": time.time() - 10 * day, "until": None}
+    ancient = {"user": "forgotten", "lifted_at": time.time() - 8 * day}
+    redis.command("HSET", key, "gone", json.dumps(stale), "forgotten", json.dumps(ancient))
+    with node(workdir / "node4", 4, redis, turn=True) as four:
+        deadline = time.monotonic() + 15
+        while not asyncio.run(allocates(four, *old)):
+            assert time.monotonic() < deadline, "the missed lift never reached node 4"
+            time.sleep(0.2)
+        while b"gone" in (fields := redis.command("HKEYS", key)) or b"forgotten" in fields:
+            assert time.monotonic() < deadline, f"not pruned: {fields!r}"
+            time.sleep(0.2)
+    assert b"mallory" in fields, "the lift's tombstone stays for nodes still away"

@@ -1,7 +1,7 @@
 """The admin commands across the nodes of a cluster, over the Redis backplane (docs/admin.md).
 
 With ``signal.backplane`` set, every process whose components hold sessions (TURN, signaling)
-runs a :class:`ClusterAdmin`: it subscribes to the cluster's admin channel (``<prefix>admin``)
+runs a :class:`ClusterAdmin`: it subscribes to the cluster's admin channel (``{<prefix>}:admin``)
 and carries out what arrives there on its own components through its
 :class:`~.server.AdminServer`, as if it had come over its socket, then pushes its answer onto the
 list the request names. The commands (:func:`cluster_request`) publish a request, learn from
@@ -10,9 +10,13 @@ missing when :data:`ANSWER_SECONDS` pass). Nothing else travels between nodes: t
 admin port on the network, and only someone who can write to the cluster's Redis can send
 these requests (docs/cluster.md: Redis is the cluster's trust anchor already).
 
-Revocations are also kept in Redis, in the hash ``<prefix>admin:revocations`` (user -> the
+Revocations are also kept in Redis, in the hash ``{<prefix>}:admin:revocations`` (user -> the
 revocation as JSON): a node that was down or cut off from Redis when a user was revoked reads
-the hash whenever it connects and revokes what it did not know, with the original time.
+the hash whenever it connects and revokes what it did not know, with the original time. A
+cluster-wide lift replaces the user's entry with a tombstone (``lifted_at``), so a node that
+missed the lift lifts its own older revocation of that user when it connects, too. Whoever
+reads the hash prunes what no longer matters: revocations that lapsed, tombstones older than
+:data:`TOMBSTONE_SECONDS` (only if unchanged since read, so a concurrent revoke is kept).
 
 Redis trouble is not an outage: the agent retries with a backoff, the local commands (the
 socket) keep working, and the cluster-wide commands say that Redis cannot be reached.
@@ -45,6 +49,16 @@ REVOCATIONS: Final = "admin:revocations"
 ANSWER_SECONDS: Final = 5.0  # for every process to answer a cluster-wide request
 REPLY_TTL: Final = 30  # seconds an answer list lives in Redis
 BACKOFF: Final = (0.2, 5.0)
+#: how long a cluster-wide lift is remembered for nodes that were cut off from Redis
+TOMBSTONE_SECONDS: Final = 7 * 86400.0
+#: KEYS[1] the hash; ARGV: field, the value read. Deletes the field only if it still holds that
+#: value (a revoke written between the read and the prune is kept). -> 1 if deleted
+_PRUNE: Final = """
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+  return redis.call('HDEL', KEYS[1], ARGV[1])
+end
+return 0
+"""
 
 
 @dataclass
@@ -77,7 +91,9 @@ class ClusterAdmin:
         async with redis_client(self.url, self.timeout) as client:
             await self._catch_up(client)
             async with client.pubsub(
-                channels=[self.prefix + CHANNEL], ignore_subscribe_messages=True, retry_policy=None
+                channels=[keyspace(self.prefix) + CHANNEL],
+                ignore_subscribe_messages=True,
+                retry_policy=None,
             ) as pubsub:
                 self.up = True
                 log.info("cluster-admin-up", extra=fields(url=redacted(self.url)))
@@ -85,21 +101,34 @@ class ClusterAdmin:
                     await self._handle(client, message.get("data"))
 
     async def _catch_up(self, client: Any) -> None:
-        """Revoke here what the cluster revoked while this process was not listening."""
+        """Revoke (and lift) here what the cluster revoked (and lifted) while this process was
+        not listening; prune the hash of what matters no more."""
         store = self.server.store
         if store is None:
             return
-        entries = await client.hgetall(self.prefix + REVOCATIONS)
-        for value in entries.values():
+        key = keyspace(self.prefix) + REVOCATIONS
+        entries = await client.hgetall(key)
+        now = time.time()
+        for field, value in entries.items():
+            lifted_at = _lifted_at(value)
+            if lifted_at is not None:
+                user = field.decode() if isinstance(field, bytes) else str(field)
+                known = store.revocations.entries.get(user)
+                if known is not None and known.revoked_at <= lifted_at:
+                    await self.server.execute(Request("lift", user=user), now=now)
+                if lifted_at < now - TOMBSTONE_SECONDS:
+                    await client.eval(_PRUNE, keys=[key], args=[field, value])
+                continue
             try:
                 [entry] = Revocations.from_json(_listing_of(value)).entries.values()
             except (RevocationError, ValueError):
                 continue
+            if entry.lapsed(now, store.max_ttl, entry.user in store.static_users):
+                await client.eval(_PRUNE, keys=[key], args=[field, value])
+                continue  # refuses nothing any more
             known = store.revocations.entries.get(entry.user)
             if known is not None and known.revoked_at >= entry.revoked_at:
                 continue
-            if entry.lapsed(time.time(), store.max_ttl, entry.user in store.static_users):
-                continue  # refuses nothing any more (the hash is not pruned)
             request = Request("revoke", user=entry.user, until=entry.until)
             await self.server.execute(request, now=entry.revoked_at)
 
@@ -129,15 +158,31 @@ class ClusterAdmin:
         reply = message.pop("reply", None)
         at = message.pop("revoked_at", None)
         request = parse_request(json.dumps(message).encode())
-        if not isinstance(reply, str) or not reply.startswith(self.prefix + "admin:r:"):
+        if not isinstance(reply, str) or not reply.startswith(keyspace(self.prefix) + "admin:r:"):
             raise AdminError("no reply list")
         if request.command == "revoke" and not _finite(at):
             raise AdminError("a cluster-wide revocation carries its time")
         return request, reply, at
 
 
+def keyspace(prefix: str) -> str:
+    """The start of every admin key: ``{prefix}:``, as the signaling backplane's keys (the
+    braces are a Redis Cluster hash tag: docs/cluster.md)."""
+    return "{" + prefix + "}:"
+
+
 def _finite(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _lifted_at(value: bytes | str) -> float | None:
+    """A tombstone's lift time (``{"user": ..., "lifted_at": T}``); None for anything else."""
+    try:
+        entry = json.loads(value)
+    except ValueError:
+        return None
+    at = entry.get("lifted_at") if isinstance(entry, dict) else None
+    return float(at) if isinstance(at, int | float) and _finite(at) else None
 
 
 def _listing_of(value: bytes | str) -> str:
@@ -153,17 +198,19 @@ async def cluster_request(
     answers, how many processes received it). A revocation is written to the hash first, with
     its time, so a node that misses the message reads it when it connects."""
     message: dict[str, Any] = {"command": command, **{k: v for k, v in fields_.items() if v}}
-    reply = f"{prefix}admin:r:{secrets.token_hex(8)}"
+    space = keyspace(prefix)
+    reply = f"{space}admin:r:{secrets.token_hex(8)}"
     async with redis_client(url, ANSWER_SECONDS) as client:
         user = fields_.get("user")
         if command == "revoke":
             message["revoked_at"] = at = time.time()
             entry = {"user": user, "revoked_at": at, "until": fields_.get("until")}
-            await client.hset(prefix + REVOCATIONS, {str(user): json.dumps(entry)})
-        elif command == "lift":
-            await client.hdel(prefix + REVOCATIONS, [str(user)])
+            await client.hset(space + REVOCATIONS, {str(user): json.dumps(entry)})
+        elif command == "lift":  # a tombstone: a node that misses the message lifts later
+            entry = {"user": user, "lifted_at": time.time()}
+            await client.hset(space + REVOCATIONS, {str(user): json.dumps(entry)})
         message["reply"] = reply
-        receivers = int(await client.publish(prefix + CHANNEL, json.dumps(message)))
+        receivers = int(await client.publish(space + CHANNEL, json.dumps(message)))
         answers: list[dict[str, Any]] = []
         deadline = trio.current_time() + ANSWER_SECONDS
         while len(answers) < receivers and (left := deadline - trio.current_time()) > 0:
