@@ -17,13 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import aioice_turn
+import websockets
 from aioice_turn import allocate, relays, udp_peer
 from appliance import appliance_env
-from cluster_nodes import TURN_SECRET, Node, node
+from cluster_nodes import TURN_SECRET, Node, node, room, run, until
 from redis_server import RedisServer
 
 from secureconnect.admin.cluster import keyspace
 from secureconnect.credentials import CredentialMinter
+from secureconnect.signal.client import SignalClient
 
 
 def admin(workdir: Path, redis: RedisServer, *args: str) -> subprocess.CompletedProcess[str]:
@@ -131,3 +133,46 @@ def _missed_lift_and_pruning(workdir: Path, redis: RedisServer, old: tuple[str, 
             assert time.monotonic() < deadline, f"not pruned: {fields!r}"
             time.sleep(0.2)
     assert b"mallory" in fields, "the lift's tombstone stays for nodes still away"
+
+
+def test_kill_ends_a_signaling_peer_on_any_node_even_away(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    """``kill --peer`` run once, on any node: bob, attached on node 3, gets ``killed``; carol,
+    whose connection to node 3 just dropped (away, her grace period running), is ended in
+    Redis by whichever node gets there first, once (``ended 1``), and cannot resume. Alice on
+    node 2 hears ``peer-left`` for both."""
+    with (
+        node(tmp_path / "node2", 2, redis) as two,
+        node(tmp_path / "node3", 3, redis) as three,
+    ):
+        run(_kill_peers(tmp_path, redis, two, three))
+
+
+async def _kill_peers(workdir: Path, redis: RedisServer, two: Node, three: Node) -> None:
+    name = room()
+    async with SignalClient.connect(two.ws_url, name) as alice:
+        bob = await SignalClient.connect(three.ws_url, name)
+        carol = await SignalClient.connect(three.ws_url, name)
+        assert bob.peer is not None
+        assert carol.peer is not None
+        for joined in (bob, carol):
+            assert await alice.receive() == {"type": "peer-joined", "peer": joined.peer}
+
+        killed = await asyncio.to_thread(admin, workdir, redis, "kill", "--peer", bob.peer)
+        assert (killed.returncode, killed.stdout.strip()) == (0, "ended 1"), killed.stderr
+        assert await alice.receive() == {"type": "peer-left", "peer": bob.peer}
+        await bob.close(leave=False)
+
+        resume = carol.resume_token
+        await carol.close(leave=False)  # no leave: away in Redis, resumable for the grace
+        await until(lambda: three.metrics().get("signal_sessions_away", 0) >= 1, "carol away")
+        killed = await asyncio.to_thread(admin, workdir, redis, "kill", "--peer", carol.peer)
+        assert (killed.returncode, killed.stdout.strip()) == (0, "ended 1"), killed.stderr
+        assert await alice.receive() == {"type": "peer-left", "peer": carol.peer}
+        async with websockets.connect(two.ws_url) as ws:
+            await ws.send(json.dumps({"type": "join", "room": name, "resume": resume}))
+            welcome = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        assert welcome["type"] == "welcome"
+        assert welcome["resumed"] is False
+        assert welcome["peer"] != carol.peer

@@ -115,6 +115,27 @@ def test_kill_of_a_peer_not_attached_here_changes_nothing() -> None:
     assert h.closes == {}
 
 
+async def test_an_away_session_is_ended_in_the_directory() -> None:
+    """The hub's kill only ends what is attached here; an away session (its connection
+    dropped, its grace period running) is the backplane's to end: it leaves the room, whose
+    peers hear ``peer-left``, and its resume secret is forgotten."""
+    h = Hub()
+    first = h.join(1)
+    away = h.join(2)
+    h.hub.closed(2, T0 + 1)
+    backplane = h.hub.backplane
+    assert await backplane.end_away(first["peer"], T0 + 2) == (False, [])  # attached
+    assert await backplane.end_away("p-000000000000", T0 + 2) == (False, [])
+    ended, events = await backplane.end_away(away["peer"], T0 + 2)
+    assert ended
+    out = h.collect(h.hub.apply(events, T0 + 2, T0 + 2))
+    assert out == {1: [{"type": "peer-left", "peer": away["peer"]}]}
+    assert await backplane.end_away(away["peer"], T0 + 3) == (False, [])  # gone already
+    again = h.join(3, now=T0 + 3, resume=away["resume"])
+    assert again["resumed"] is False
+    assert again["peer"] != away["peer"]
+
+
 def test_our_client_does_not_resume_after_a_kill() -> None:
     assert CLOSE_KILLED == 4002
     assert CLOSE_KILLED in FINAL_CLOSE_CODES
@@ -202,6 +223,25 @@ async def test_admin_lists_and_kills_live_sessions() -> None:
             listed = await server.admin_sessions(None)
             assert [s["peer"] for s in listed] == [first["peer"]]
             assert await server.admin_kill(user=second["peer"]) == 0  # already gone
+
+            # A session whose connection just dropped is ended too: it cannot resume.
+            async with connect(url, ssl=client_ctx) as three:
+                await three.send(json.dumps({"type": "join", "room": "lobby"}))
+                third = await expect(three, "welcome")
+                await expect(one, "peer-joined")
+            with trio.fail_after(STEP):
+                while third["peer"] in server.hub.sessions:  # noqa: ASYNC110
+                    await trio.sleep(0.01)
+            assert await server.admin_kill(peer=third["peer"]) == 1
+            assert (await expect(one, "peer-left"))["peer"] == third["peer"]
+            assert await server.admin_kill(peer=third["peer"]) == 0
+            async with connect(url, ssl=client_ctx) as back:
+                join = {"type": "join", "room": "lobby", "resume": third["resume"]}
+                await back.send(json.dumps(join))
+                fresh = await expect(back, "welcome")
+                assert fresh["resumed"] is False
+                assert fresh["peer"] != third["peer"]
+            assert (await expect(one, "peer-joined"))["peer"] == fresh["peer"]
 
             # ``user`` means the peer id here too.
             assert await server.admin_kill(user=first["peer"]) == 1

@@ -128,6 +128,13 @@ class Backplane(Protocol):
 
     def tick(self, now: float) -> list[Event] | None: ...
 
+    async def end_away(self, peer: str, now: float) -> tuple[bool, list[Event]]:
+        """End ``peer``'s session if it is away (in its grace period, attached nowhere): the
+        operator's kill of a session whose connection just dropped, which must not resume.
+        (whether it ended, the events that follows); awaited, since a shared directory has
+        to be asked."""
+        ...
+
     def metrics(self) -> dict[str, float]: ...
 
 
@@ -284,6 +291,13 @@ class MemoryBackplane:
             else:
                 self._forget_history(member, now)
         return out
+
+    async def end_away(self, peer: str, now: float) -> tuple[bool, list[Event]]:
+        """See :class:`Backplane` (no I/O here: answered at once)."""
+        member = self._members.get(peer)
+        if member is None or member.attached:
+            return False, []
+        return True, self._remove(member, now)
 
     def metrics(self) -> dict[str, float]:
         members = self._members.values()

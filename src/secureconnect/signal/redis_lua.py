@@ -199,6 +199,14 @@ redis.call('SREM', P .. 'n:' .. ARGV[4], ARGV[2])
 return 1
 """
 
+#: ARGV: P, peer. Ends the session only if it is away (the operator's kill; an attached one is
+#: ended by its node). -> its age in ms (-1 without 'born'), -2 if it was not away
+END_AWAY: Final = r"""
+local away = redis.call('HGET', P .. 's:' .. ARGV[2], 'away')
+if not away or tonumber(away) == 0 then return -2 end
+return remove(ARGV[2]) or -2
+"""
+
 #: ARGV: P, grace ms, at most this many. -> the ages in ms of the sessions that ended
 EXPIRE: Final = r"""
 local ages = {}
@@ -266,6 +274,7 @@ SCRIPTS: Final = {
     "route": ROUTE,
     "leave": LEAVE,
     "detach": DETACH,
+    "end_away": END_AWAY,
     "expire": EXPIRE,
     "heartbeat": HEARTBEAT,
     "restore": RESTORE,

@@ -190,6 +190,22 @@ class RedisBackplane:
         self.mirror.forget_early(time.monotonic())
         return None
 
+    async def end_away(self, peer: str, now: float) -> tuple[bool, list[Event]]:
+        """See :class:`~.backplane.Backplane`: one script in Redis, atomic, so when every node
+        is asked (a cluster-wide kill) one of them ends it. Its room hears ``peer-left`` through
+        the nodes' channels. Without Redis nothing can be ended: (False, [])."""
+        if self._client is None or not self.stats.up:
+            return False, []
+        try:
+            age = int(await self._script("end_away", peer))
+        except Exception as exc:  # Redis trouble: the kill says 0, the connection task retries
+            log.warning("backplane-end-away-failed", extra=fields(error=repr(exc)[:200]))
+            return False, []
+        if age < -1:
+            return False, []
+        self._ended([age])
+        return True, []
+
     def metrics(self) -> dict[str, float]:
         stats = self.stats
         return {

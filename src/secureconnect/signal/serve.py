@@ -260,17 +260,26 @@ class SignalServer:
         """End the session named by ``peer`` (or ``user``: for signaling the same peer id; given
         both, they must agree) for good, see :meth:`SignalHub.kill`; how many sessions ended
         here (0 or 1). ``allocation`` names a TURN allocation, which matches nothing here; no
-        criterion at all matches nothing either (never "all"). Only this process's sessions:
-        with the Redis backplane a peer on another node is not ended (a later step)."""
+        criterion at all matches nothing either (never "all"). A session attached here is
+        ended here; one that is away (its connection dropped, its grace period running) is
+        ended in the directory (:meth:`~.backplane.Backplane.end_away`), so it cannot resume:
+        with the Redis backplane, whichever node gets there first (a session attached to
+        another node is that node's to end)."""
         await trio.lowlevel.checkpoint()
         named = {name for name in (peer, user) if name is not None}
         if allocation is not None or len(named) != 1:
             return 0
         (target,) = named
-        if target not in self.hub.sessions:
-            return 0
-        self._dispatch(self.hub.kill(target, self.clock()))
-        return 1
+        if target in self.hub.sessions:
+            self._dispatch(self.hub.kill(target, self.clock()))
+            log.info("signal-session-killed", extra=fields(peer=target, away=False))
+            return 1
+        ended, events = await self.hub.backplane.end_away(target, self.clock())
+        if events:
+            self._from_backplane(events)
+        if ended:
+            log.info("signal-session-killed", extra=fields(peer=target, away=True))
+        return int(ended)
 
     # -- HTTP ------------------------------------------------------------------------------------
 
