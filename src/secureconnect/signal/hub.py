@@ -246,8 +246,9 @@ class SignalHub:
         its connection gets a ``killed`` error, is closed with :data:`CLOSE_KILLED` and is
         marked closing, so frames it still sends are ignored.
 
-        A peer not attached here gives [] and changes nothing. With the Redis backplane it may
-        be attached to another node; ending it there (a cluster-wide kill) is a later step."""
+        A peer not attached here gives [] and changes nothing: one attached to another node is
+        ended there (a cluster-wide kill reaches every node), one that is away is ended in the
+        directory (``Backplane.end_away``, which the service calls)."""
         session = self.sessions.get(peer)
         if session is None:
             return []
