@@ -30,7 +30,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,16 +133,10 @@ class WorkerPool:
 
     def broadcast_block(self, user: str, until: float) -> None:
         """Tell every live worker that static user ``user`` backs off until ``until`` (from
-        the quota service's thread; a worker that cannot be told is being replaced).
-
-        Logged once, after every worker was sent it: a guessing burst on a static user is a
-        security event an operator wants to see (at most one line per backoff, and a backoff
-        lasts at least 1 s, so at most about one line a second per static user)."""
+        the quota service's thread; a worker that cannot be told is being replaced)."""
         for control in list(self.controls.values()):
             with contextlib.suppress(OSError):
                 send_message(control, ("block-user", user, until))
-        seconds = round(until - time.time(), 1)
-        log.warning("user-backoff", extra=fields(user=user, seconds=seconds))
 
     def sockets_for(self, index: int) -> list[socket.socket]:
         """Worker ``index``'s socket of every group, binding the groups on first use (a

@@ -152,16 +152,19 @@ def test_ice_servers_are_pushed_before_they_expire(tokened: Appliance) -> None:
     async def scenario() -> None:
         room = new_room()
         peer = await dial(tokened)
+        asked = time.monotonic()  # the server welcomes after this: its push comes 4.8 s later
         await peer.join(room, token=RoomTokens([ROOM_SECRET]).mint(room, 60, time.time()))
-        joined = time.monotonic()
         first = peer.welcome["iceServers"][-1]["username"]
         async with asyncio.timeout(ICE_TTL + 2):
             push = json.loads(await peer.ws.recv())
-        elapsed = time.monotonic() - joined
         assert push["type"] == "ice", push
         assert push["iceTtl"] == ICE_TTL
-        assert 0.8 * ICE_TTL - 0.2 <= elapsed < ICE_TTL
-        assert int(push["iceServers"][-1]["username"].split(":")[0]) > int(first.split(":")[0])
+        assert time.monotonic() - asked >= 0.8 * ICE_TTL - 0.1
+        # Pushed before the first credentials expire, by the server's own clock: the expiries
+        # it minted (whole seconds) are 4.8-5.8 s apart; the client's clock would add delays
+        # of delivery on a loaded machine.
+        apart = int(push["iceServers"][-1]["username"].split(":")[0]) - int(first.split(":")[0])
+        assert 0.8 * ICE_TTL - 1 <= apart <= ICE_TTL
         await peer.ws.close()
 
     run(scenario())

@@ -108,6 +108,15 @@ def node(
         settings=(*common, *turn_settings, *settings),
         log_file=workdir / "stderr.log",
     ) as running:
+        # Ready comes before the node's admin agent has read the cluster's revocations and
+        # subscribed to its admin channel (it logs cluster-admin-up then): wait for that too,
+        # so a cluster-wide command or a revoked credential does not race the node's start.
+        log = workdir / "stderr.log"
+        deadline = time.monotonic() + STEP
+        while "event=cluster-admin-up" not in log.read_text(errors="replace"):
+            assert running.proc.poll() is None, log.read_text(errors="replace")[-3000:]
+            assert time.monotonic() < deadline, "the node's admin agent never reached Redis"
+            time.sleep(0.05)
         yield Node(index, port, turn_port, running, workdir)
 
 

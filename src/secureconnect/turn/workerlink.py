@@ -248,6 +248,10 @@ class QuotaService:
             until = self.users.blocked_until(user)
         if until > now and self.on_block is not None:
             self.on_block(user, until)
+            # Logged once every worker was sent it: a guessing burst on a static user is a
+            # security event an operator wants to see. At most one line per backoff, which
+            # lasts 1 s at least: about one line a second per user at most.
+            log.warning("user-backoff", extra=fields(user=user, seconds=round(until - now, 1)))
 
     def gate(self, owner: int = 0) -> LockedQuotas:
         """The book as ``owner``'s gate (for the parent's own core: owner 0)."""
