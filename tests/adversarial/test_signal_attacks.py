@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -52,7 +53,7 @@ from secureconnect.signal.ice import IceConfig
 from secureconnect.signal.tokens import RoomTokens
 
 SECRET = "adversarial-room-secret"
-GRACE = 3.0
+GRACE = 8.0  # a resume over TLS on a loaded machine fits in it
 MIB = 1024 * 1024
 ATTACKER = "127.0.0.1"  # the half-open connections come from here ...
 BYSTANDER = "127.0.0.2"  # ... a fresh client from here ...
@@ -523,10 +524,16 @@ def _join_cost(rooms: int, joins: int = 300) -> float:
     frames = [json.dumps({"type": "join", "room": f"new{n}"}) for n in range(joins)]
     for n in range(joins):
         hub.open(rooms + n, 0.0)
-    started = time.perf_counter()
-    for n, frame in enumerate(frames):
-        hub.receive(rooms + n, frame, 0.0, 0.0)
-    return time.perf_counter() - started
+    # CPU time of this thread, without the collector: what the joins cost, not what a loaded
+    # machine's scheduler or a collection of the 20,000 rooms adds to the wall clock.
+    gc.disable()
+    try:
+        started = time.thread_time()
+        for n, frame in enumerate(frames):
+            hub.receive(rooms + n, frame, 0.0, 0.0)
+        return time.thread_time() - started
+    finally:
+        gc.enable()
 
 
 def test_a_join_does_not_cost_more_with_every_other_room() -> None:

@@ -207,12 +207,12 @@ def test_frames_far_above_the_limit_close_with_1009(main: Appliance) -> None:
 def test_rate_limited_messages_are_dropped_and_the_connection_recovers(main: Appliance) -> None:
     async def scenario() -> None:
         peer = await dial(main)
-        for n in range(60):  # the burst is 2 * rate_limit = 40
+        for n in range(120):  # the burst is 2 * rate_limit = 40, then 20/s
             await peer.send({"type": "ping", "id": n})
-        replies = [await peer.recv() for _ in range(60)]
+        replies = [await peer.recv() for _ in range(120)]
         limited = [r for r in replies if r["type"] == "error"]
         assert {r["code"] for r in limited} == {"rate-limited"}
-        assert 1 <= len(limited) <= 20  # fewer when the sender was slow and tokens refilled
+        assert 1 <= len(limited) <= 80  # fewer when the sender was slow and tokens refilled
         pongs = [r["id"] for r in replies if r["type"] == "pong"]
         assert pongs == sorted(pongs)
         assert pongs[:40] == list(range(40))
@@ -289,8 +289,7 @@ def test_resume_after_the_grace_period_is_a_new_session(main: Appliance) -> None
             room, old_id = alice.welcome["room"], bob.id
             bob.kill()
             started = time.monotonic()
-            async with asyncio.timeout(GRACE + STEP):
-                await alice.expect("peer-left", peer=old_id)
+            await alice.expect("peer-left", peer=old_id, within=GRACE + STEP)
             assert time.monotonic() - started >= GRACE - 0.5
             bob.ws = (await dial(main)).ws
             await bob.join(room, resume=bob.welcome["resume"])
@@ -328,7 +327,7 @@ def test_signal_client_resumes_by_itself(main: Appliance) -> None:
         room = new_room()
         async with (
             SignalClient.connect(main.ws_url, room, ssl=main.ssl) as alice,
-            SignalClient.connect(main.ws_url, room, ssl=main.ssl, backoff=2.0) as bob,
+            SignalClient.connect(main.ws_url, room, ssl=main.ssl, backoff=5.0) as bob,
         ):
             assert (await alice.receive())["type"] == "peer-joined"
             assert alice.peers == (bob.peer,)
@@ -337,7 +336,9 @@ def test_signal_client_resumes_by_itself(main: Appliance) -> None:
             assert old_id is not None
             before = (await metrics(main))["signal_sessions_away"]
             assert bob.websocket is not None
-            bob.websocket.transport.abort()  # bob reconnects after 1-2 s (backoff=2.0)
+            # Bob reconnects after 2.5-5 s (backoff=5.0): time for what follows to happen
+            # while he is away, and for his resume to fit in the grace period of 8 s.
+            bob.websocket.transport.abort()
             await away_rises(main, before)
             carol = await SignalClient.connect(main.ws_url, room, ssl=main.ssl)
             assert (await alice.receive())["peer"] == carol.peer

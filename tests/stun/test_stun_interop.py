@@ -146,9 +146,11 @@ async def test_pystun3_without_rfc5780_is_not_told_it_is_on_the_open_internet() 
     "Symmetric UDP Firewall": the reply from another address did not come, which is the truth."""
     async with running_stun() as server:
         host, port = bound(server, "udp")
-        seen = await pystun("--timeout", "0.25", "classify", host, host, str(port))
+        seen = await pystun("--timeout", "0.5", "classify", host, host, str(port))
     assert seen["nat_type"] == "Symmetric UDP Firewall"
-    assert server.counters.dropped_classic_change == 4  # pystun3 sends each test four times
+    # pystun3 sends each test four times (more when a late answer to Test I, on a loaded
+    # machine, restarts its count)
+    assert server.counters.dropped_classic_change >= 4
 
 
 @pytest.mark.coturn

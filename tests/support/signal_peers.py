@@ -29,7 +29,7 @@ Message = dict[str, Any]
 PEER_ID = re.compile(r"p-[0-9a-f]{12}")
 ROOM_SECRET = "contract-room-secret"
 STEP = 5.0  # seconds any single expected message may take
-GRACE = 3.0  # signal.resume_grace of the main appliance
+GRACE = 8.0  # signal.resume_grace of the main appliance: a resume on a loaded machine fits
 ICE_TTL = 6  # signal.ice_ttl of the token appliance: pushes come at 4.8-5.8 s (1 s ticks)
 
 
@@ -154,13 +154,14 @@ class Peer:
     async def send(self, message: Message | str | bytes) -> None:
         await self.ws.send(message if isinstance(message, str | bytes) else json.dumps(message))
 
-    async def recv(self) -> Message:
-        async with asyncio.timeout(STEP):
+    async def recv(self, within: float = STEP) -> Message:
+        async with asyncio.timeout(within):
             message: Message = json.loads(await self.ws.recv())
         return message
 
-    async def expect(self, kind: str, **fields: Any) -> Message:
-        message = await self.recv()
+    async def expect(self, kind: str, *, within: float = STEP, **fields: Any) -> Message:
+        """The next message, of type ``kind`` with these ``fields``, within ``within`` s."""
+        message = await self.recv(within)
         assert message["type"] == kind, message
         for key, value in fields.items():
             assert message.get(key) == value, message

@@ -363,12 +363,12 @@ async def test_trio_keeps_running_while_the_data_plane_holds_the_lock() -> None:
     request is answered once the lock is free."""
     async with running_turn() as server:
         stream = await trio.open_tcp_stream(*bound(server, "tcp"))
-        holding = threading.Event()
+        holding, release = threading.Event(), threading.Event()
 
         def hold() -> None:
             with server.lock:
                 holding.set()
-                time.sleep(1.0)
+                release.wait(10)  # until the checks below are done (a blocked trio: 10 s)
 
         holder = threading.Thread(target=hold)
         holder.start()
@@ -381,12 +381,14 @@ async def test_trio_keeps_running_while_the_data_plane_holds_the_lock() -> None:
                 start = time.monotonic()
                 await trio.sleep(0.02)
                 gaps.append(time.monotonic() - start)
-            assert max(gaps) < 0.5, gaps  # blocked on the lock, one would last ~1 s
+            assert max(gaps) < 2.0, gaps  # blocked on the lock, one would last 10 s
             assert holder.is_alive()  # all of that while the lock was held
+            release.set()
             with trio.fail_after(5):
                 answer = decode_message_untrusted(await stream.receive_some(2048))
             assert answer.cls is MessageClass.SUCCESS
         finally:
+            release.set()
             await trio.to_thread.run_sync(holder.join)
             await stream.aclose()
 

@@ -33,6 +33,7 @@ def test_a_grant_that_comes_after_the_worker_gave_up_is_given_back() -> None:
     remote = RemoteQuotas(child)
     child.settimeout(0.2)  # instead of QUOTA_TIMEOUT's 2 s
     assert not remote.take("alice", "192.0.2.1", 1)  # nobody answers yet
+    child.settimeout(10)  # from now on answers come: time for a thread to start under load
     thread = serve_in_thread(service, parent, 7)
     assert remote.take("bob", "192.0.2.2", 1)
     deadline = time.monotonic() + 5
