@@ -289,7 +289,7 @@ def test_resume_after_the_grace_period_is_a_new_session(main: Appliance) -> None
             room, old_id = alice.welcome["room"], bob.id
             bob.kill()
             started = time.monotonic()
-            await alice.expect("peer-left", peer=old_id, within=GRACE + STEP)
+            await alice.expect_within(GRACE + STEP, "peer-left", peer=old_id)
             assert time.monotonic() - started >= GRACE - 0.5
             bob.ws = (await dial(main)).ws
             await bob.join(room, resume=bob.welcome["resume"])

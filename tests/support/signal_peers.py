@@ -159,8 +159,12 @@ class Peer:
             message: Message = json.loads(await self.ws.recv())
         return message
 
-    async def expect(self, kind: str, *, within: float = STEP, **fields: Any) -> Message:
-        """The next message, of type ``kind`` with these ``fields``, within ``within`` s."""
+    async def expect(self, kind: str, **fields: Any) -> Message:
+        """The next message, of type ``kind`` with these ``fields``, within :data:`STEP`."""
+        return await self.expect_within(STEP, kind, **fields)
+
+    async def expect_within(self, within: float, kind: str, **fields: Any) -> Message:
+        """:meth:`expect`, waiting ``within`` seconds for the message."""
         message = await self.recv(within)
         assert message["type"] == kind, message
         for key, value in fields.items():
