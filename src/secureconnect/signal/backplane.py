@@ -131,7 +131,7 @@ class Backplane(Protocol):
     async def end_away(self, peer: str, now: float) -> tuple[bool, list[Event]]:
         """End ``peer``'s session if it is away (in its grace period, attached nowhere): the
         operator's kill of a session whose connection just dropped, which must not resume.
-        (whether it ended, the events that follows); awaited, since a shared directory has
+        (whether it ended, the events that follow); awaited, since a shared directory has
         to be asked."""
         ...
 
