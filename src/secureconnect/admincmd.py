@@ -107,6 +107,7 @@ class _Asker:
         signal = config.signal
         local = getattr(args, "local", True) or bool(args.socket)
         self.cluster = None if local or not signal.backplane else signal
+        self.static_users = frozenset(user.split(":", 1)[0] for user in config.turn.users)
         self.failure = ""
 
     def ask(self, command: str, **fields: Any) -> Replies | None:
@@ -114,7 +115,9 @@ class _Asker:
         if self.cluster is not None:
             url, prefix = self.cluster.backplane, self.cluster.backplane_prefix
             try:
-                answers, receivers = trio.run(cluster_request, url, prefix, command, fields)
+                answers, receivers = trio.run(
+                    cluster_request, url, prefix, command, fields, self.static_users
+                )
             except Exception as exc:  # Redis unreachable, a timeout
                 self.failure = (
                     f"cannot reach the cluster's Redis ({redacted(url)}): {exc}; "

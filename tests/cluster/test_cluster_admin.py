@@ -121,9 +121,19 @@ def _missed_lift_and_pruning(workdir: Path, redis: RedisServer, old: tuple[str, 
     kept = json.loads((workdir / "node4" / "state" / "revocations.json").read_text())
     assert [entry["user"] for entry in kept["revocations"]] == ["mallory"]
     day = 86400.0
-    stale = {"user": "gone", "revoked_at": time.time() - 10 * day, "until": None}
+    # REST users' revocations whose credentials have expired under any config (7 days at
+    # most), a static user's (kept until lifted: it may be static on some node), and a lift
+    # older than a week; a damaged entry costs a log line, not the agent.
+    stale = {"user": "gone", "revoked_at": time.time() - 10 * day, "until": None, "static": False}
+    static = {"user": "carol", "revoked_at": time.time() - 10 * day, "until": None, "static": True}
     ancient = {"user": "forgotten", "lifted_at": time.time() - 8 * day}
-    redis.command("HSET", key, "gone", json.dumps(stale), "forgotten", json.dumps(ancient))
+    damaged = '{"user": "x", "revoked_at": 1' + "0" * 400 + "}"
+    redis.command(
+        "HSET",
+        key,
+        *("gone", json.dumps(stale), "carol", json.dumps(static)),
+        *("forgotten", json.dumps(ancient), "x", damaged, "y", "[" * 100_000),
+    )
     with node(workdir / "node4", 4, redis, turn=True) as four:
         deadline = time.monotonic() + 15
         while not asyncio.run(allocates(four, *old)):
@@ -133,6 +143,9 @@ def _missed_lift_and_pruning(workdir: Path, redis: RedisServer, old: tuple[str, 
             assert time.monotonic() < deadline, f"not pruned: {fields!r}"
             time.sleep(0.2)
     assert b"mallory" in fields, "the lift's tombstone stays for nodes still away"
+    assert b"carol" in fields, "a static user's revocation stays until lifted"
+    log = (workdir / "node4" / "stderr.log").read_text()
+    assert log.count("event=cluster-admin-bad-entry") == 2, log[-3000:]
 
 
 def test_kill_ends_a_signaling_peer_on_any_node_even_away(

@@ -14,9 +14,13 @@ Revocations are also kept in Redis, in the hash ``{<prefix>}:admin:revocations``
 revocation as JSON): a node that was down or cut off from Redis when a user was revoked reads
 the hash whenever it connects and revokes what it did not know, with the original time. A
 cluster-wide lift replaces the user's entry with a tombstone (``lifted_at``), so a node that
-missed the lift lifts its own older revocation of that user when it connects, too. Whoever
-reads the hash prunes what no longer matters: revocations that lapsed, tombstones older than
-:data:`TOMBSTONE_SECONDS` (only if unchanged since read, so a concurrent revoke is kept).
+missed the lift lifts its own older revocation of that user when it connects, too. Every TURN
+process that reads the hash prunes what no longer matters to any node, whatever its config:
+revocations that refuse nothing even with the longest credential TTL a config allows (7 days)
+and, for a user the revoking command's config named static, only once their ``--until`` has
+passed; tombstones older than :data:`TOMBSTONE_SECONDS`. A field is deleted only if unchanged
+since read, so a revocation written meanwhile is kept. An entry that cannot be read or carried
+out costs a log line, never the agent.
 
 Redis trouble is not an outage: the agent retries with a backoff, the local commands (the
 socket) keep working, and the cluster-wide commands say that Redis cannot be reached.
@@ -38,6 +42,7 @@ import trio
 
 from secureconnect.admin.protocol import AdminError, Request, parse_request
 from secureconnect.admin.server import AdminServer
+from secureconnect.admin.store import RevocationStore
 from secureconnect.logs import fields
 from secureconnect.signal.redisplane import cancellation_wins, redacted, redis_client
 from secureconnect.turn.revocations import RevocationError, Revocations
@@ -51,6 +56,9 @@ REPLY_TTL: Final = 30  # seconds an answer list lives in Redis
 BACKOFF: Final = (0.2, 5.0)
 #: how long a cluster-wide lift is remembered for nodes that were cut off from Redis
 TOMBSTONE_SECONDS: Final = 7 * 86400.0
+#: the longest ``turn.credential_ttl`` any node's config may have (config/checks.py ``ttl``):
+#: what pruning the shared hash assumes, so that no node's credentials outlive an entry
+LONGEST_TTL: Final = 7 * 86400.0
 #: KEYS[1] the hash; ARGV: field, the value read. Deletes the field only if it still holds that
 #: value (a revoke written between the read and the prune is kept). -> 1 if deleted
 _PRUNE: Final = """
@@ -83,22 +91,28 @@ class ClusterAdmin:
             except Exception as exc:  # Redis gone, a timeout: retried
                 if self.up:
                     log.warning("cluster-admin-down", extra=fields(error=repr(exc)[:200]))
+                else:  # at most one line per backoff step (5 s once it has grown)
+                    log.info("cluster-admin-connect-failed", extra=fields(error=repr(exc)[:200]))
             self.up = False
             await trio.sleep(delay)
             delay = min(BACKOFF[1], delay * 2)
 
     async def _connected(self) -> None:
-        async with redis_client(self.url, self.timeout) as client:
-            await self._catch_up(client)
-            async with client.pubsub(
+        async with (
+            redis_client(self.url, self.timeout) as client,
+            client.pubsub(
                 channels=[keyspace(self.prefix) + CHANNEL],
                 ignore_subscribe_messages=True,
                 retry_policy=None,
-            ) as pubsub:
-                self.up = True
-                log.info("cluster-admin-up", extra=fields(url=redacted(self.url)))
-                async for message in pubsub:
-                    await self._handle(client, message.get("data"))
+            ) as pubsub,
+        ):
+            # Subscribed first: a revoke published while the hash is read waits in the
+            # subscription instead of falling between the two.
+            await self._catch_up(client)
+            self.up = True
+            log.info("cluster-admin-up", extra=fields(url=redacted(self.url)))
+            async for message in pubsub:
+                await self._handle(client, message.get("data"))
 
     async def _catch_up(self, client: Any) -> None:
         """Revoke (and lift) here what the cluster revoked (and lifted) while this process was
@@ -108,35 +122,44 @@ class ClusterAdmin:
             return
         key = keyspace(self.prefix) + REVOCATIONS
         entries = await client.hgetall(key)
-        now = time.time()
         for field, value in entries.items():
-            lifted_at = _lifted_at(value)
-            if lifted_at is not None:
-                user = field.decode() if isinstance(field, bytes) else str(field)
-                known = store.revocations.entries.get(user)
-                if known is not None and known.revoked_at <= lifted_at:
-                    await self.server.execute(Request("lift", user=user), now=now)
-                if lifted_at < now - TOMBSTONE_SECONDS:
-                    await client.eval(_PRUNE, keys=[key], args=[field, value])
-                continue
             try:
-                [entry] = Revocations.from_json(_listing_of(value)).entries.values()
-            except (RevocationError, ValueError):
+                prune = await self._catch_up_one(store, field, value)
+            except Exception as exc:  # what is in Redis may be anything: a log line, no more
+                log.warning(
+                    "cluster-admin-bad-entry",
+                    extra=fields(field=repr(field)[:100], error=repr(exc)[:200]),
+                )
                 continue
-            if entry.lapsed(now, store.max_ttl, entry.user in store.static_users):
+            if prune:  # Redis trouble here is the connection's: raised, and retried
                 await client.eval(_PRUNE, keys=[key], args=[field, value])
-                continue  # refuses nothing any more
-            known = store.revocations.entries.get(entry.user)
-            if known is not None and known.revoked_at >= entry.revoked_at:
-                continue
+
+    async def _catch_up_one(self, store: RevocationStore, field: Any, value: Any) -> bool:
+        """Carry out one field of the revocations hash here; whether it is to be pruned."""
+        now = time.time()
+        lifted_at = _lifted_at(value)
+        if lifted_at is not None:
+            user = field.decode() if isinstance(field, bytes) else str(field)
+            known = store.revocations.entries.get(user)
+            if known is not None and known.revoked_at <= lifted_at:
+                await self.server.execute(Request("lift", user=user), now=now)
+            return lifted_at < now - TOMBSTONE_SECONDS
+        [entry] = Revocations.from_json(_listing_of(value)).entries.values()
+        if entry.lapsed(now, LONGEST_TTL, _named_static(value)):
+            return True  # refuses nothing on any node, whatever its config
+        if entry.lapsed(now, store.max_ttl, entry.user in store.static_users):
+            return False  # refuses nothing here any more
+        known = store.revocations.entries.get(entry.user)
+        if known is None or known.revoked_at < entry.revoked_at:
             request = Request("revoke", user=entry.user, until=entry.until)
             await self.server.execute(request, now=entry.revoked_at)
+        return False
 
     async def _handle(self, client: Any, data: Any) -> None:
         """One request from the channel: carried out here, answered on its reply list."""
         try:
             request, reply, at = self._parse(data)
-        except (ValueError, TypeError, AdminError) as exc:
+        except (ValueError, TypeError, RecursionError, AdminError) as exc:
             log.warning("cluster-admin-bad-request", extra=fields(error=str(exc)[:200]))
             return
         self.handled += 1
@@ -172,17 +195,29 @@ def keyspace(prefix: str) -> str:
 
 
 def _finite(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 def _lifted_at(value: bytes | str) -> float | None:
     """A tombstone's lift time (``{"user": ..., "lifted_at": T}``); None for anything else."""
     try:
         entry = json.loads(value)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     at = entry.get("lifted_at") if isinstance(entry, dict) else None
     return float(at) if isinstance(at, int | float) and _finite(at) else None
+
+
+def _named_static(value: bytes | str) -> bool:
+    """Whether the command that wrote this revocation knew its user as a static user (its
+    ``static``; an entry without it counts as static: kept until its ``until`` passes)."""
+    entry = json.loads(value)
+    return not isinstance(entry, dict) or entry.get("static") is not False
 
 
 def _listing_of(value: bytes | str) -> str:
@@ -192,11 +227,16 @@ def _listing_of(value: bytes | str) -> str:
 
 
 async def cluster_request(
-    url: str, prefix: str, command: str, fields_: Mapping[str, Any]
+    url: str,
+    prefix: str,
+    command: str,
+    fields_: Mapping[str, Any],
+    static_users: frozenset[str] = frozenset(),
 ) -> tuple[list[dict[str, Any]], int]:
     """Publish ``command`` to every process of the cluster and collect their answers; (the
     answers, how many processes received it). A revocation is written to the hash first, with
-    its time, so a node that misses the message reads it when it connects."""
+    its time, so a node that misses the message reads it when it connects; ``static_users``
+    (this command's config's) says whether it may be pruned once its credentials expire."""
     message: dict[str, Any] = {"command": command, **{k: v for k, v in fields_.items() if v}}
     space = keyspace(prefix)
     reply = f"{space}admin:r:{secrets.token_hex(8)}"
@@ -204,7 +244,12 @@ async def cluster_request(
         user = fields_.get("user")
         if command == "revoke":
             message["revoked_at"] = at = time.time()
-            entry = {"user": user, "revoked_at": at, "until": fields_.get("until")}
+            entry = {
+                "user": user,
+                "revoked_at": at,
+                "until": fields_.get("until"),
+                "static": user in static_users,
+            }
             await client.hset(space + REVOCATIONS, {str(user): json.dumps(entry)})
         elif command == "lift":  # a tombstone: a node that misses the message lifts later
             entry = {"user": user, "lifted_at": time.time()}

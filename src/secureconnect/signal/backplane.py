@@ -132,7 +132,7 @@ class Backplane(Protocol):
         """End ``peer``'s session if it is away (in its grace period, attached nowhere): the
         operator's kill of a session whose connection just dropped, which must not resume.
         (whether it ended, the events that follow); awaited, since a shared directory has
-        to be asked."""
+        to be asked, and raises when it cannot be (a ConnectionError saying why)."""
         ...
 
     def metrics(self) -> dict[str, float]: ...

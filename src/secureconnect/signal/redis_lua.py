@@ -15,6 +15,7 @@ scripts stay valid there; see docs/cluster.md):
 ``P info``             hash    node -> its load report (JSON)
 ``P n:NODE``           set     the peers attached on the node
 ``P total``            string  bytes in every mailbox (``max_buffered_bytes`` holds cluster-wide)
+``P x:PEER``           string  the operator killed the away session PEER (a day): not restored
 ``P c:NODE``           pubsub  what the node must hand to its connections
 =====================  ======  ===============================================================
 
@@ -199,12 +200,17 @@ redis.call('SREM', P .. 'n:' .. ARGV[4], ARGV[2])
 return 1
 """
 
-#: ARGV: P, peer. Ends the session only if it is away (the operator's kill; an attached one is
-#: ended by its node). -> its age in ms (-1 without 'born'), -2 if it was not away
+#: ARGV: P, peer, ms to remember the kill. Ends the session only if it is away (the operator's
+#: kill; an attached one is ended by its node), and marks the peer killed, so that the node it
+#: was attached to, if that node was only cut off from Redis, cannot restore it when it is back.
+#: -> its age in ms (-1 without 'born'), -2 if it was not away
 END_AWAY: Final = r"""
 local away = redis.call('HGET', P .. 's:' .. ARGV[2], 'away')
 if not away or tonumber(away) == 0 then return -2 end
-return remove(ARGV[2]) or -2
+local age = remove(ARGV[2])
+if not age then return -2 end
+redis.call('SET', P .. 'x:' .. ARGV[2], 1, 'PX', tonumber(ARGV[3]))
+return age
 """
 
 #: ARGV: P, grace ms, at most this many. -> the ages in ms of the sessions that ended
@@ -247,9 +253,11 @@ return redis.call('HGETALL', P .. 'info')
 
 #: ARGV: P, node, peer, room, epoch, resume SHA, seq. After Redis came back (or restarted
 #: empty): the session is attached here again. -> "kept" | "restored" (it was lost: the room
-#: is told it joined) | "moved" (another node holds it now: drop it here)
+#: is told it joined) | "moved" (another node holds it now, or the operator killed it while this
+#: node was cut off: drop it here)
 RESTORE: Final = r"""
 local node, peer, room = ARGV[2], ARGV[3], ARGV[4]
+if redis.call('EXISTS', P .. 'x:' .. peer) == 1 then return 'moved' end
 local s = P .. 's:' .. peer
 local f = redis.call('HMGET', s, 'node', 'epoch', 'room')
 if f[1] then

@@ -57,6 +57,7 @@ from secureconnect.signal.mirror import LocalSession, Mirror
 log = logging.getLogger("secureconnect.signal.backplane")
 HEARTBEAT = 1.0  # seconds between a node's heartbeats
 NODE_TTL = 3.0  # a node silent this long is dead: its sessions are away since its last beat
+KILLED_MS = 86_400_000  # how long an operator's kill of an away session keeps it from a restore
 CONVERGE_SECONDS = 3.0  # after a reconnect: other nodes restore their sessions meanwhile
 BACKOFF = (0.1, 2.0)  # first and longest pause between reconnection attempts
 UNAVAILABLE = "unavailable"
@@ -193,14 +194,19 @@ class RedisBackplane:
     async def end_away(self, peer: str, now: float) -> tuple[bool, list[Event]]:
         """See :class:`~.backplane.Backplane`: one script in Redis, atomic, so when every node
         is asked (a cluster-wide kill) one of them ends it. Its room hears ``peer-left`` through
-        the nodes' channels. Without Redis nothing can be ended: (False, [])."""
+        the nodes' channels. Without Redis nothing can be ended, and the operator is told so
+        (ConnectionError: the admin command reports it as this component's error)."""
         if self._client is None or not self.stats.up:
-            return False, []
+            raise ConnectionError("the backplane's Redis is unreachable: away sessions not ended")
+        # After what the hub queued: a connection that just closed has its detach (which makes
+        # the session away) in the queue still (bounded: a busy queue may never be empty).
+        with trio.move_on_after(self.timeout):
+            await self.flush()
         try:
-            age = int(await self._script("end_away", peer))
-        except Exception as exc:  # Redis trouble: the kill says 0, the connection task retries
+            age = int(await self._script("end_away", peer, KILLED_MS))
+        except Exception as exc:  # Redis trouble: reported, the connection task retries
             log.warning("backplane-end-away-failed", extra=fields(error=repr(exc)[:200]))
-            return False, []
+            raise ConnectionError(f"the backplane's Redis failed: {exc!r}"[:200]) from None
         if age < -1:
             return False, []
         self._ended([age])

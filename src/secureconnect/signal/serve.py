@@ -51,7 +51,7 @@ from secureconnect.logs import fields
 from secureconnect.signal.backplane import Event
 from secureconnect.signal.http import HttpRoutes, client_address
 from secureconnect.signal.hub import CLOSE_POLICY, Outbound, SignalHub
-from secureconnect.signal.messages import encode
+from secureconnect.signal.messages import PEER_PATTERN, encode
 from secureconnect.signal.serve_admission import (
     Admission,
     AdmissionLimits,
@@ -274,6 +274,8 @@ class SignalServer:
             self._dispatch(self.hub.kill(target, self.clock()))
             log.info("signal-session-killed", extra=fields(peer=target, away=False))
             return 1
+        if PEER_PATTERN.fullmatch(target) is None:
+            return 0  # not a peer id (a TURN user's name): nothing of signaling's
         ended, events = await self.hub.backplane.end_away(target, self.clock())
         if events:
             self._from_backplane(events)

@@ -89,9 +89,12 @@ def check_user(user: object) -> str:
 
 
 def _time(value: object, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise RevocationError(f"{what} must be a finite number of Unix seconds")
-    return float(value)
+    try:  # an int too large for a float raises OverflowError in isfinite and float()
+        if not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value):
+            return float(value)
+    except OverflowError:
+        pass
+    raise RevocationError(f"{what} must be a finite number of Unix seconds")
 
 
 class Revocations:
@@ -153,8 +156,8 @@ class Revocations:
         """Parse what :meth:`to_json` wrote; RevocationError names what is wrong."""
         try:
             data = json.loads(text)
-        except ValueError as exc:
-            raise RevocationError(f"not JSON: {exc}") from None
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested too deeply
+            raise RevocationError(f"not JSON: {str(exc)[:100]}") from None
         if not isinstance(data, dict) or data.get("version") != 1:
             raise RevocationError("not a version 1 revocation list")
         items = data.get("revocations")
