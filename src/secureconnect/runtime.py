@@ -387,6 +387,7 @@ def build_turn_components(runtime: Runtime) -> tuple[list[Component], UrlSource]
         partial(worker_spec, runtime, slices[-turn.workers :]),
         stun_udp_endpoints(runtime.config),
     )
+    pool.quotas.logged_users = frozenset(user.split(":", 1)[0] for user in turn.users)
     components: list[Component] = [TurnWorker(pool, i) for i in range(1, turn.workers + 1)]
     parent: TurnServer | None = None
     if streams:

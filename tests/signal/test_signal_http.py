@@ -160,9 +160,9 @@ def test_ice_servers_are_pushed_before_they_expire(tokened: Appliance) -> None:
         assert push["type"] == "ice", push
         assert push["iceTtl"] == ICE_TTL
         assert time.monotonic() - asked >= 0.8 * ICE_TTL - 0.1
-        # Pushed before the first credentials expire, by the server's own clock: the expiries
-        # it minted (whole seconds) are 4.8-5.8 s apart; the client's clock would add delays
-        # of delivery on a loaded machine.
+        # Pushed at 0.8 of the TTL (and the next 1 s tick), by the server's own clock: minted
+        # 4.8-5.8 s apart, so the expiries (whole seconds) are 4 to 6 apart. The client's clock
+        # would add the delays of delivery on a loaded machine.
         apart = int(push["iceServers"][-1]["username"].split(":")[0]) - int(first.split(":")[0])
         assert 0.8 * ICE_TTL - 1 <= apart <= ICE_TTL
         await peer.ws.close()

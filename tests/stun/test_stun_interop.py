@@ -150,7 +150,7 @@ async def test_pystun3_without_rfc5780_is_not_told_it_is_on_the_open_internet() 
     assert seen["nat_type"] == "Symmetric UDP Firewall"
     # pystun3 sends each test four times (more when a late answer to Test I, on a loaded
     # machine, restarts its count)
-    assert server.counters.dropped_classic_change >= 4
+    assert 4 <= server.counters.dropped_classic_change <= 8
 
 
 @pytest.mark.coturn

@@ -225,7 +225,7 @@ class QuotaService:
     """The parent's side of every worker's quota socket: one :meth:`serve` call (in a thread of
     its own) per worker, all on one book under one lock."""
 
-    __slots__ = ("book", "lock", "on_block", "users")
+    __slots__ = ("book", "lock", "logged_users", "on_block", "users")
 
     def __init__(self, book: QuotaBook, lock: threading.Lock | None = None) -> None:
         self.book = book
@@ -235,6 +235,10 @@ class QuotaService:
         #: told (user, until) when a static user's backoff starts or grows: the pool sends it
         #: to every worker
         self.on_block: Callable[[str, float], object] | None = None
+        #: the configured static users, whose backoffs are logged (any other name failing is
+        #: counted the same, so that a backoff says nothing of which names exist, but its
+        #: name is the client's choice: not written to the log)
+        self.logged_users: frozenset[str] = frozenset()
 
     def user_backoff(self) -> SharedUserBackoff:
         """The shared static-user backoff for the parent's own server."""
@@ -250,8 +254,10 @@ class QuotaService:
             self.on_block(user, until)
             # Logged once every worker was sent it: a guessing burst on a static user is a
             # security event an operator wants to see. At most one line per backoff, which
-            # lasts 1 s at least: about one line a second per user at most.
-            log.warning("user-backoff", extra=fields(user=user, seconds=round(until - now, 1)))
+            # lasts 1 s at least: about one line a second per configured user at most.
+            if user in self.logged_users:
+                seconds = round(until - now, 1)
+                log.warning("user-backoff", extra=fields(user=user, seconds=seconds))
 
     def gate(self, owner: int = 0) -> LockedQuotas:
         """The book as ``owner``'s gate (for the parent's own core: owner 0)."""
