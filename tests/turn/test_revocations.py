@@ -82,6 +82,7 @@ def test_the_file_round_trips_and_damage_is_named() -> None:
     revoked.revoke("bob", T, until=T + 60)
     again = Revocations.from_json(revoked.to_json())
     assert again.entries == revoked.entries
+    huge = "9" * 400  # an int too large for a float
     for text, why in [
         ("{", "not JSON"),
         ("[]", "version 1"),
@@ -89,6 +90,8 @@ def test_the_file_round_trips_and_damage_is_named() -> None:
         (json.dumps({"version": 1, "revocations": [1]}), "object"),
         (json.dumps({"version": 1, "revocations": [{"user": "a"}]}), "revoked_at"),
         (json.dumps({"version": 1, "revocations": [{"user": "a", "revoked_at": 1e999}]}), "finite"),
+        ('{"version": 1, "revocations": [{"user": "a", "revoked_at": ' + huge + "}]}", "finite"),
+        ("[" * 100_000, "not JSON"),  # nested too deeply: RecursionError inside json
     ]:
         with pytest.raises(RevocationError, match=why):
             Revocations.from_json(text)
