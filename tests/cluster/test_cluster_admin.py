@@ -9,23 +9,29 @@ refuses nothing any more, and without Redis the commands say so while ``--local`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import aioice_turn
+import pytest
 import websockets
 from aioice_turn import allocate, relays, udp_peer
 from appliance import appliance_env
 from cluster_nodes import TURN_SECRET, Node, node, room, run, until
 from redis_server import RedisServer
+from websockets.exceptions import ConnectionClosed
 
 from secureconnect.admin.cluster import keyspace
 from secureconnect.credentials import CredentialMinter
 from secureconnect.signal.client import SignalClient
+from secureconnect.signal.hub import CLOSE_REPLACED
 
 
 def admin(workdir: Path, redis: RedisServer, *args: str) -> subprocess.CompletedProcess[str]:
@@ -177,9 +183,9 @@ async def _kill_peers(workdir: Path, redis: RedisServer, two: Node, three: Node)
         assert await alice.receive() == {"type": "peer-left", "peer": bob.peer}
         await bob.close(leave=False)
 
-        resume = carol.resume_token
+        resume, carol_peer = carol.resume_token, carol.peer
         await carol.close(leave=False)  # no leave: away in Redis, resumable for the grace
-        await until(lambda: three.metrics().get("signal_sessions_away", 0) >= 1, "carol away")
+        await until(lambda: away_in_redis(redis, carol_peer), "carol away")
         killed = await asyncio.to_thread(admin, workdir, redis, "kill", "--peer", carol.peer)
         assert (killed.returncode, killed.stdout.strip()) == (0, "ended 1"), killed.stderr
         assert await alice.receive() == {"type": "peer-left", "peer": carol.peer}
@@ -189,3 +195,113 @@ async def _kill_peers(workdir: Path, redis: RedisServer, two: Node, three: Node)
         assert welcome["type"] == "welcome"
         assert welcome["resumed"] is False
         assert welcome["peer"] != carol.peer
+
+
+def away_in_redis(redis: RedisServer, peer: str) -> bool:
+    """Whether the cluster counts ``peer``'s session away (in its grace period): other tests'
+    sessions in the same Redis make the away gauge of /metrics no proof of it."""
+    reply = redis.command("ZSCORE", keyspace("secureconnect") + "away", peer)
+    return reply.startswith(b"$") and not reply.startswith(b"$-1")
+
+
+class Cuttable:
+    """A TCP proxy to Redis that can cut its clients off (and refuse them) and let them back:
+    one node's link to Redis fails while the rest of the cluster's stays up."""
+
+    def __init__(self, upstream: int) -> None:
+        self.upstream = upstream
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.open = True
+        self.conns: list[socket.socket] = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if not self.open:
+                client.close()
+                continue
+            server = socket.create_connection(("127.0.0.1", self.upstream))
+            with self.lock:
+                self.conns += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        self.open = False
+        with self.lock:
+            for conn in self.conns:
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
+            self.conns.clear()
+
+    def close(self) -> None:
+        self.cut()
+        self.listener.close()
+
+
+def test_a_peer_killed_while_its_node_was_cut_off_is_not_restored(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    """Node 3 loses Redis (its link through a proxy is cut); the cluster sees carol, attached
+    there, go away and the operator kills her from node 2's side (``ended 1``, alice hears
+    ``peer-left``). When node 3 reaches Redis again it must not restore her: her connection is
+    closed (4001, taken over), and the room does not hear her join again. (Node 3 is cut off
+    about a second after it started, before its first periodic heartbeat: the cluster sees it
+    die only because a node is in the registry from its connection on.)"""
+    proxy = Cuttable(redis.port)
+    try:
+        with (
+            node(tmp_path / "node2", 2, redis) as two,
+            node(
+                tmp_path / "node3", 3, redis, f"signal.backplane=redis://127.0.0.1:{proxy.port}/0"
+            ) as three,
+        ):
+            run(_kill_across_a_cut(tmp_path, redis, proxy, two, three), timeout=90)
+    finally:
+        proxy.close()
+
+
+async def _kill_across_a_cut(
+    workdir: Path, redis: RedisServer, proxy: Cuttable, two: Node, three: Node
+) -> None:
+    name = room()
+    async with (
+        SignalClient.connect(two.ws_url, name) as alice,
+        websockets.connect(three.ws_url) as carol,
+    ):
+        await carol.send(json.dumps({"type": "join", "room": name}))
+        welcome = json.loads(await asyncio.wait_for(carol.recv(), 10))
+        peer = welcome["peer"]
+        assert await alice.receive() == {"type": "peer-joined", "peer": peer}
+        proxy.cut()
+        await until(lambda: away_in_redis(redis, peer), "carol away")
+        killed = await asyncio.to_thread(admin, workdir, redis, "kill", "--peer", peer)
+        assert (killed.returncode, killed.stdout.strip()) == (0, "ended 1"), killed.stderr
+        assert await alice.receive() == {"type": "peer-left", "peer": peer}
+        proxy.open = True
+        assert await close_code(carol, within=30) == CLOSE_REPLACED  # node 3 is back: dropped
+        with pytest.raises(TimeoutError):  # and the room did not hear her join again
+            await asyncio.wait_for(alice.receive(), 1.0)
+
+
+async def close_code(ws: websockets.ClientConnection, within: float) -> int | None:
+    """Read ``ws`` until the server closes it (within ``within`` s); its close code."""
+    async with asyncio.timeout(within):
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                await ws.recv()
+    return ws.close_code

@@ -299,6 +299,10 @@ class RedisBackplane:
                 # At start, sessions Redis still holds under this node's name are a previous
                 # process's (a crash, a restart): they go away now, to resume elsewhere.
                 await self._restore()
+                # In the node registry before the first join: a node that dies before its first
+                # heartbeat would otherwise never be seen to die, and its sessions would stay
+                # attached to it in Redis for good (members of their rooms, never expiring).
+                await self._beat()
                 if first:
                     task_status.started()
                     self._started = True
