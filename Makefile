@@ -49,7 +49,7 @@ typecheck: $(VENV)/.test
 test: system-deps $(VENV)/.test lint typecheck
 	$(BIN)/pytest
 	@echo "== the TURN tests again on the pure-Python fast path (SECURECONNECT_NO_EXTENSIONS=1;"
-	@echo "   tests/turn/conftest.py leaves out the differential test, which ran above)"
+	@echo "   tests/support/fastpath_selection.py leaves out the differential test, run above)"
 	SECURECONNECT_NO_EXTENSIONS=1 $(BIN)/pytest -q $(TURN_TESTS)
 
 # Side-by-side with coturn: writes bench/results/latest.md and latest.json (bench/README.md).
